@@ -1,0 +1,308 @@
+// Fused CPU kernels: one pass forward (y, mu, sigma -> y_hat, P), one pass backward
+// (g_yhat, g_P, y, mu, sigma -> grad_y, grad_mu, grad_sigma) that recomputes u from the seed.
+// The float32 path works on blocks of kBlock elements in plain loops over the header math, which
+// GCC vectorizes; target_clones builds AVX-512, AVX2 and baseline versions chosen at load time
+// (never -march=native). Contraction is off (setup.py), so every ISA gives the same bits.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../lic_quant/op_args.h"
+
+namespace lic_quant {
+namespace {
+
+constexpr int64_t kBlock = 256;
+// Elements per task of at::parallel_for: large enough to hide the scheduling cost.
+constexpr int64_t kGrain = 32768;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define LQ_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LQ_CLONES
+#endif
+
+LQ_CLONES void fill_noise_f32(float* u, int64_t n, uint64_t seed, uint64_t index0) {
+  for (int64_t j = 0; j < n; ++j) u[j] = philox_uniform(seed, index0 + static_cast<uint64_t>(j));
+}
+
+LQ_CLONES void forward_block_f32(const float* __restrict y, const float* __restrict mu,
+                                 const float* __restrict sigma, const float* __restrict u,
+                                 float* __restrict y_hat, float* __restrict lik, int64_t n,
+                                 QuantParams<float> p) {
+  for (int64_t j = 0; j < n; ++j) {
+    const ForwardOut<float> o = forward_element<float>(y[j], mu[j], sigma[j], u[j], p);
+    y_hat[j] = o.y_hat;
+    lik[j] = o.likelihood;
+  }
+}
+
+template <bool kSkipLikelihood>
+LQ_CLONES void backward_block_f32(const float* __restrict g_yhat, const float* __restrict g_lik,
+                                  const float* __restrict y, const float* __restrict mu,
+                                  const float* __restrict sigma, const float* __restrict u,
+                                  float* __restrict gy, float* __restrict gmu,
+                                  float* __restrict gs, int64_t n, QuantParams<float> p) {
+  for (int64_t j = 0; j < n; ++j) {
+    const BackwardOut<float> o =
+        backward_element<float, kSkipLikelihood>(g_yhat[j], g_lik[j], y[j], mu[j], sigma[j], u[j], p);
+    gy[j] = o.grad_y;
+    gmu[j] = o.grad_mu;
+    gs[j] = o.grad_sigma;
+  }
+}
+
+bool all_negative(const float* g, int64_t n) {
+  bool all = true;
+  for (int64_t j = 0; j < n; ++j) all &= g[j] < 0.0f;
+  return all;
+}
+
+// Loads kBlock elements of a half/bfloat16/float tensor as float. float32 blocks are used in place.
+template <typename scalar_t>
+const float* as_float(const scalar_t* src, float* buf, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return src;
+  } else {
+    for (int64_t j = 0; j < n; ++j) buf[j] = static_cast<float>(src[j]);
+    return buf;
+  }
+}
+
+template <typename scalar_t>
+void store(const float* src, scalar_t* dst, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+}
+
+struct Scratch {
+  alignas(64) float a[kBlock];
+};
+
+// ---------------------------------------------------------------------------------------------
+// float16 / bfloat16 / float32: float compute, vectorized blocks.
+
+template <typename scalar_t>
+void forward_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma, scalar_t* y_hat,
+                     float* lik, int64_t numel, uint64_t seed, const QuantParams<float>& p) {
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    Scratch by, bm, bs, bu, byh;
+    std::fill(bm.a, bm.a + kBlock, 0.0f);
+    std::fill(bu.a, bu.a + kBlock, 0.0f);
+    for (int64_t i = begin; i < end; i += kBlock) {
+      const int64_t n = std::min(kBlock, end - i);
+      const float* fy = as_float(y + i, by.a, n);
+      const float* fm = mu ? as_float(mu + i, bm.a, n) : bm.a;
+      const float* fs = as_float(sigma + i, bs.a, n);
+      if (mode_uses_noise(p.mode)) fill_noise_f32(bu.a, n, seed, static_cast<uint64_t>(i));
+      float* out = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(y_hat + i) : byh.a;
+      forward_block_f32(fy, fm, fs, bu.a, out, lik + i, n, p);
+      if constexpr (!std::is_same_v<scalar_t, float>) store(byh.a, y_hat + i, n);
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_reduced(const scalar_t* g_yhat, const float* g_lik, const scalar_t* y,
+                      const scalar_t* mu, const scalar_t* sigma, scalar_t* gy, scalar_t* gmu,
+                      scalar_t* gs, int64_t numel, uint64_t seed, const QuantParams<float>& p) {
+  constexpr bool kFloat = std::is_same_v<scalar_t, float>;
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    Scratch bg, by, bm, bs, bu, oy, om, os;
+    std::fill(bg.a, bg.a + kBlock, 0.0f);
+    std::fill(bm.a, bm.a + kBlock, 0.0f);
+    std::fill(bu.a, bu.a + kBlock, 0.0f);
+    for (int64_t i = begin; i < end; i += kBlock) {
+      const int64_t n = std::min(kBlock, end - i);
+      const float* fg = g_yhat ? as_float(g_yhat + i, bg.a, n) : bg.a;
+      const float* fy = as_float(y + i, by.a, n);
+      const float* fm = mu ? as_float(mu + i, bm.a, n) : bm.a;
+      const float* fs = as_float(sigma + i, bs.a, n);
+      if (mode_uses_noise(p.mode)) fill_noise_f32(bu.a, n, seed, static_cast<uint64_t>(i));
+      // Gradients nobody asked for land in scratch, never in memory that is read back.
+      float* py = (kFloat && gy) ? reinterpret_cast<float*>(gy + i) : oy.a;
+      float* pm = (kFloat && gmu) ? reinterpret_cast<float*>(gmu + i) : om.a;
+      float* ps = (kFloat && gs) ? reinterpret_cast<float*>(gs + i) : os.a;
+      if (all_negative(g_lik + i, n)) {
+        backward_block_f32<true>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
+      } else {
+        backward_block_f32<false>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
+      }
+      if constexpr (!kFloat) {
+        if (gy) store(oy.a, gy + i, n);
+        if (gmu) store(om.a, gmu + i, n);
+        if (gs) store(os.a, gs + i, n);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// float64: double compute through libm, element by element.
+
+void forward_double(const double* y, const double* mu, const double* sigma, double* y_hat,
+                    double* lik, int64_t numel, uint64_t seed, const QuantParams<double>& p) {
+  const bool noisy = mode_uses_noise(p.mode);
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const double u = noisy ? philox_uniform(seed, static_cast<uint64_t>(i)) : 0.0;
+      const ForwardOut<double> o = forward_element<double>(y[i], mu ? mu[i] : 0.0, sigma[i], u, p);
+      y_hat[i] = o.y_hat;
+      lik[i] = o.likelihood;
+    }
+  });
+}
+
+void backward_double(const double* g_yhat, const double* g_lik, const double* y, const double* mu,
+                     const double* sigma, double* gy, double* gmu, double* gs, int64_t numel,
+                     uint64_t seed, const QuantParams<double>& p) {
+  const bool noisy = mode_uses_noise(p.mode);
+  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const double u = noisy ? philox_uniform(seed, static_cast<uint64_t>(i)) : 0.0;
+      const double gyh = g_yhat ? g_yhat[i] : 0.0;
+      const double m = mu ? mu[i] : 0.0;
+      const BackwardOut<double> o =
+          g_lik[i] < 0.0 ? backward_element<double, true>(gyh, g_lik[i], y[i], m, sigma[i], u, p)
+                         : backward_element<double, false>(gyh, g_lik[i], y[i], m, sigma[i], u, p);
+      if (gy) gy[i] = o.grad_y;
+      if (gmu) gmu[i] = o.grad_mu;
+      if (gs) gs[i] = o.grad_sigma;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Op implementations.
+
+template <typename scalar_t>
+const scalar_t* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+}
+template <typename scalar_t>
+scalar_t* mutable_or_null(at::Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
+}
+
+void check_cpu(const at::Tensor& y) {
+  TORCH_CHECK(y.device().is_cpu(), "lic_quant: the CPU kernels got y on ", y.device());
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_forward_cpu(
+    const at::Tensor& y_in, const at::Tensor& scales_in, const c10::optional<at::Tensor>& means_in,
+    const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode_name,
+    double scale_bound, double likelihood_bound, bool zero_center) {
+  check_cpu(y_in);
+  check_inputs(y_in, scales_in, means_in, seed, temperature, scale_bound, likelihood_bound);
+  const int32_t mode = parse_mode(mode_name);
+  const double t = temperature.item<double>();
+  check_temperature_value(t);
+  const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
+  // The noise index is the logical row-major index, so strided inputs are made contiguous.
+  const at::Tensor y = y_in.contiguous();
+  const at::Tensor scales = scales_in.contiguous();
+  const at::Tensor means =
+      (means_in.has_value() && means_in->defined()) ? means_in->contiguous() : at::Tensor();
+  at::Tensor y_hat = at::empty_like(y, at::MemoryFormat::Contiguous);
+  at::Tensor lik = at::empty(y.sizes(), y.options().dtype(likelihood_dtype(y.scalar_type())));
+  const int64_t numel = y.numel();
+  if (numel == 0) return {y_hat, lik};
+  if (y.scalar_type() == at::kDouble) {
+    forward_double(y.const_data_ptr<double>(), data_or_null<double>(means),
+                   scales.const_data_ptr<double>(), y_hat.mutable_data_ptr<double>(),
+                   lik.mutable_data_ptr<double>(), numel, s,
+                   make_params<double>(mode, t, scale_bound, likelihood_bound, zero_center));
+  } else {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "lic_quant_fwd", [&] {
+      forward_reduced<scalar_t>(y.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(means),
+                                scales.const_data_ptr<scalar_t>(),
+                                y_hat.mutable_data_ptr<scalar_t>(), lik.mutable_data_ptr<float>(),
+                                numel, s,
+                                make_params<float>(mode, t, scale_bound, likelihood_bound, zero_center));
+    });
+  }
+  return {y_hat, lik};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cpu(
+    const c10::optional<at::Tensor>& grad_y_hat_in, const at::Tensor& grad_lik_in,
+    const at::Tensor& y_in, const at::Tensor& scales_in, const c10::optional<at::Tensor>& means_in,
+    const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode_name,
+    double scale_bound, double likelihood_bound, bool zero_center,
+    std::array<bool, 3> output_mask) {
+  check_cpu(y_in);
+  check_inputs(y_in, scales_in, means_in, seed, temperature, scale_bound, likelihood_bound);
+  const bool has_means = means_in.has_value() && means_in->defined();
+  const auto lik_dtype = likelihood_dtype(y_in.scalar_type());
+  TORCH_CHECK_VALUE(grad_lik_in.sizes() == y_in.sizes() && grad_lik_in.scalar_type() == lik_dtype &&
+                        grad_lik_in.device() == y_in.device(),
+                    "lic_quant: grad_likelihoods must be ", lik_dtype, " with the shape and device of y");
+  const bool has_gyh = grad_y_hat_in.has_value() && grad_y_hat_in->defined();
+  if (has_gyh) check_like(*grad_y_hat_in, y_in, "grad_y_hat");
+  TORCH_CHECK_VALUE(!output_mask[2] || has_means, "lic_quant: grad of means requested without means");
+  const int32_t mode = parse_mode(mode_name);
+  const double t = temperature.item<double>();
+  check_temperature_value(t);
+  const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
+
+  const at::Tensor y = y_in.contiguous();
+  const at::Tensor scales = scales_in.contiguous();
+  const at::Tensor means = has_means ? means_in->contiguous() : at::Tensor();
+  const at::Tensor g_lik = grad_lik_in.contiguous();
+  const at::Tensor g_yhat = has_gyh ? grad_y_hat_in->contiguous() : at::Tensor();
+  const auto opts = y.options();
+  // Outputs not asked for are returned as empty tensors and never written.
+  at::Tensor gy = output_mask[0] ? at::empty(y.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor gs = output_mask[1] ? at::empty(y.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor gm = output_mask[2] ? at::empty(y.sizes(), opts) : at::empty({0}, opts);
+  const int64_t numel = y.numel();
+  if (numel == 0) return {gy, gs, gm};
+  at::Tensor ny = output_mask[0] ? gy : at::Tensor();
+  at::Tensor ns = output_mask[1] ? gs : at::Tensor();
+  at::Tensor nm = output_mask[2] ? gm : at::Tensor();
+  if (y.scalar_type() == at::kDouble) {
+    backward_double(data_or_null<double>(g_yhat), g_lik.const_data_ptr<double>(),
+                    y.const_data_ptr<double>(), data_or_null<double>(means),
+                    scales.const_data_ptr<double>(), mutable_or_null<double>(ny),
+                    mutable_or_null<double>(nm), mutable_or_null<double>(ns), numel, s,
+                    make_params<double>(mode, t, scale_bound, likelihood_bound, zero_center));
+  } else {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "lic_quant_bwd", [&] {
+      backward_reduced<scalar_t>(data_or_null<scalar_t>(g_yhat), g_lik.const_data_ptr<float>(),
+                                 y.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(means),
+                                 scales.const_data_ptr<scalar_t>(), mutable_or_null<scalar_t>(ny),
+                                 mutable_or_null<scalar_t>(nm), mutable_or_null<scalar_t>(ns), numel,
+                                 s, make_params<float>(mode, t, scale_bound, likelihood_bound, zero_center));
+    });
+  }
+  return {gy, gs, gm};
+}
+
+at::Tensor uniform_noise_cpu(const at::Tensor& seed, c10::SymIntArrayRef size) {
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.dim() == 0,
+                   "lic_quant: seed must be a 0-dim int64 tensor");
+  const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
+  at::Tensor u = at::empty(C10_AS_INTARRAYREF_SLOW(size), seed.options().dtype(at::kFloat));
+  float* out = u.mutable_data_ptr<float>();
+  at::parallel_for(0, u.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i += kBlock) {
+      fill_noise_f32(out + i, std::min(kBlock, end - i), s, static_cast<uint64_t>(i));
+    }
+  });
+  return u;
+}
+
+}  // namespace
+}  // namespace lic_quant
+
+TORCH_LIBRARY_IMPL(lic_quant, CPU, m) {
+  m.impl("quantize_forward", &lic_quant::quantize_forward_cpu);
+  m.impl("quantize_backward", &lic_quant::quantize_backward_cpu);
+  m.impl("uniform_noise", &lic_quant::uniform_noise_cpu);
+}
