@@ -41,7 +41,7 @@ def extra_cuda_includes():
 def extension():
     # Contraction off: `rand - 0.5f` and every other step round on their own, so the CPU,
     # CUDA and Triton kernels produce the same bits (SPEC section 3).
-    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-math-errno"]
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
     sources = ["csrc/ops.cpp", "csrc/cpu/quantize_cpu.cpp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not cuda_wanted():

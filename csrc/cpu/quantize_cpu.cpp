@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../lic_quant/op_args.h"
 
@@ -24,7 +25,7 @@ constexpr int64_t kBlock = 256;
 constexpr int64_t kGrain = 32768;
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define LQ_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define LQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LQ_CLONES
 #endif
@@ -33,10 +34,15 @@ LQ_CLONES void fill_noise_f32(float* u, int64_t n, uint64_t seed, uint64_t index
   for (int64_t j = 0; j < n; ++j) u[j] = philox_uniform(seed, index0 + static_cast<uint64_t>(j));
 }
 
+// Mode and centring are template constants so the per-element switch folds away and the loop
+// body is straight-line code the vectorizer accepts.
+template <int32_t kMode, bool kZeroCenter>
 LQ_CLONES void forward_block_f32(const float* __restrict y, const float* __restrict mu,
                                  const float* __restrict sigma, const float* __restrict u,
                                  float* __restrict y_hat, float* __restrict lik, int64_t n,
                                  QuantParams<float> p) {
+  p.mode = kMode;
+  p.zero_center = kZeroCenter;
   for (int64_t j = 0; j < n; ++j) {
     const ForwardOut<float> o = forward_element<float>(y[j], mu[j], sigma[j], u[j], p);
     y_hat[j] = o.y_hat;
@@ -44,18 +50,38 @@ LQ_CLONES void forward_block_f32(const float* __restrict y, const float* __restr
   }
 }
 
-template <bool kSkipLikelihood>
+template <int32_t kMode, bool kZeroCenter, bool kSkipLikelihood>
 LQ_CLONES void backward_block_f32(const float* __restrict g_yhat, const float* __restrict g_lik,
                                   const float* __restrict y, const float* __restrict mu,
                                   const float* __restrict sigma, const float* __restrict u,
                                   float* __restrict gy, float* __restrict gmu,
                                   float* __restrict gs, int64_t n, QuantParams<float> p) {
+  p.mode = kMode;
+  p.zero_center = kZeroCenter;
   for (int64_t j = 0; j < n; ++j) {
     const BackwardOut<float> o =
         backward_element<float, kSkipLikelihood>(g_yhat[j], g_lik[j], y[j], mu[j], sigma[j], u[j], p);
     gy[j] = o.grad_y;
     gmu[j] = o.grad_mu;
     gs[j] = o.grad_sigma;
+  }
+}
+
+// Calls fn with (mode, zero_center) as compile-time constants.
+template <typename Fn>
+void dispatch_mode(int32_t mode, bool zero_center, Fn&& fn) {
+  auto with_center = [&](auto mode_c) {
+    if (zero_center) {
+      fn(mode_c, std::true_type{});
+    } else {
+      fn(mode_c, std::false_type{});
+    }
+  };
+  switch (mode) {
+    case kNoise: return with_center(std::integral_constant<int32_t, kNoise>{});
+    case kSte: return with_center(std::integral_constant<int32_t, kSte>{});
+    case kMixed: return with_center(std::integral_constant<int32_t, kMixed>{});
+    default: return with_center(std::integral_constant<int32_t, kSua>{});
   }
 }
 
@@ -102,7 +128,9 @@ void forward_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t* sigm
       const float* fs = as_float(sigma + i, bs.a, n);
       if (mode_uses_noise(p.mode)) fill_noise_f32(bu.a, n, seed, static_cast<uint64_t>(i));
       float* out = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(y_hat + i) : byh.a;
-      forward_block_f32(fy, fm, fs, bu.a, out, lik + i, n, p);
+      dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
+        forward_block_f32<decltype(m)::value, decltype(zc)::value>(fy, fm, fs, bu.a, out, lik + i, n, p);
+      });
       if constexpr (!std::is_same_v<scalar_t, float>) store(byh.a, y_hat + i, n);
     }
   });
@@ -129,11 +157,16 @@ void backward_reduced(const scalar_t* g_yhat, const float* g_lik, const scalar_t
       float* py = (kFloat && gy) ? reinterpret_cast<float*>(gy + i) : oy.a;
       float* pm = (kFloat && gmu) ? reinterpret_cast<float*>(gmu + i) : om.a;
       float* ps = (kFloat && gs) ? reinterpret_cast<float*>(gs + i) : os.a;
-      if (all_negative(g_lik + i, n)) {
-        backward_block_f32<true>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
-      } else {
-        backward_block_f32<false>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
-      }
+      const bool skip = all_negative(g_lik + i, n);
+      dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
+        constexpr int32_t kM = decltype(m)::value;
+        constexpr bool kZ = decltype(zc)::value;
+        if (skip) {
+          backward_block_f32<kM, kZ, true>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
+        } else {
+          backward_block_f32<kM, kZ, false>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
+        }
+      });
       if constexpr (!kFloat) {
         if (gy) store(oy.a, gy + i, n);
         if (gmu) store(om.a, gmu + i, n);

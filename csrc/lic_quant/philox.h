@@ -13,14 +13,6 @@ constexpr uint32_t kPhiloxMulB = 0xCD9E8D57u;  // multiplies c2
 constexpr uint32_t kPhiloxKeyA = 0x9E3779B9u;  // Weyl increment of k0 (golden ratio)
 constexpr uint32_t kPhiloxKeyB = 0xBB67AE85u;  // Weyl increment of k1 (sqrt 3 - 1)
 
-LQ_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
-#if defined(__CUDA_ARCH__)
-  return __umulhi(a, b);
-#else
-  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
-#endif
-}
-
 // First output word of Philox4x32-10 for counter (c0, c1, 0, 0) and key (k0, k1).
 LQ_HD uint32_t philox4x32_10_word0(uint32_t c0, uint32_t c1, uint32_t k0, uint32_t k1) {
   uint32_t c2 = 0u, c3 = 0u;
@@ -28,10 +20,20 @@ LQ_HD uint32_t philox4x32_10_word0(uint32_t c0, uint32_t c1, uint32_t k0, uint32
 #pragma unroll
 #endif
   for (int round = 0; round < 10; ++round) {
-    const uint32_t n0 = mulhi32(kPhiloxMulB, c2) ^ c1 ^ k0;
-    const uint32_t n2 = mulhi32(kPhiloxMulA, c0) ^ c3 ^ k1;
+#if defined(__CUDA_ARCH__)
+    const uint32_t n0 = __umulhi(kPhiloxMulB, c2) ^ c1 ^ k0;
+    const uint32_t n2 = __umulhi(kPhiloxMulA, c0) ^ c3 ^ k1;
     c1 = kPhiloxMulB * c2;
     c3 = kPhiloxMulA * c0;
+#else
+    // One widening product gives both halves (a vector unit has no 32-bit mulhi).
+    const uint64_t pb = static_cast<uint64_t>(kPhiloxMulB) * c2;
+    const uint64_t pa = static_cast<uint64_t>(kPhiloxMulA) * c0;
+    const uint32_t n0 = static_cast<uint32_t>(pb >> 32) ^ c1 ^ k0;
+    const uint32_t n2 = static_cast<uint32_t>(pa >> 32) ^ c3 ^ k1;
+    c1 = static_cast<uint32_t>(pb);
+    c3 = static_cast<uint32_t>(pa);
+#endif
     c0 = n0;
     c2 = n2;
     k0 += kPhiloxKeyA;
