@@ -14,32 +14,39 @@ constexpr uint32_t kPhiloxKeyA = 0x9E3779B9u;  // Weyl increment of k0 (golden r
 constexpr uint32_t kPhiloxKeyB = 0xBB67AE85u;  // Weyl increment of k1 (sqrt 3 - 1)
 
 // First output word of Philox4x32-10 for counter (c0, c1, 0, 0) and key (k0, k1).
-LQ_HD uint32_t philox4x32_10_word0(uint32_t c0, uint32_t c1, uint32_t k0, uint32_t k1) {
-  uint32_t c2 = 0u, c3 = 0u;
+LQ_HD uint32_t philox4x32_10_word0(uint32_t c0_in, uint32_t c1_in, uint32_t k0_in, uint32_t k1_in) {
 #if defined(__CUDA_ARCH__)
+  uint32_t c0 = c0_in, c1 = c1_in, c2 = 0u, c3 = 0u, k0 = k0_in, k1 = k1_in;
 #pragma unroll
-#endif
   for (int round = 0; round < 10; ++round) {
-#if defined(__CUDA_ARCH__)
     const uint32_t n0 = __umulhi(kPhiloxMulB, c2) ^ c1 ^ k0;
     const uint32_t n2 = __umulhi(kPhiloxMulA, c0) ^ c3 ^ k1;
     c1 = kPhiloxMulB * c2;
     c3 = kPhiloxMulA * c0;
-#else
-    // One widening product gives both halves (a vector unit has no 32-bit mulhi).
-    const uint64_t pb = static_cast<uint64_t>(kPhiloxMulB) * c2;
-    const uint64_t pa = static_cast<uint64_t>(kPhiloxMulA) * c0;
-    const uint32_t n0 = static_cast<uint32_t>(pb >> 32) ^ c1 ^ k0;
-    const uint32_t n2 = static_cast<uint32_t>(pa >> 32) ^ c3 ^ k1;
-    c1 = static_cast<uint32_t>(pb);
-    c3 = static_cast<uint32_t>(pa);
-#endif
     c0 = n0;
     c2 = n2;
     k0 += kPhiloxKeyA;
     k1 += kPhiloxKeyB;
   }
   return c0;
+#else
+  // 32-bit words held in 64-bit integers: a vectorizing compiler then maps each 32x32->64
+  // product to one unsigned widening multiply per lane (vpmuludq) with no lane shuffles, which is
+  // about 1.7x faster than the 32-bit formulation on AVX-512 and AVX2.
+  constexpr uint64_t kLow = 0xffffffffull;
+  uint64_t c0 = c0_in, c1 = c1_in, c2 = 0u, c3 = 0u, k0 = k0_in, k1 = k1_in;
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t pb = (c2 & kLow) * kPhiloxMulB;
+    const uint64_t pa = (c0 & kLow) * kPhiloxMulA;
+    c0 = (pb >> 32) ^ c1 ^ k0;
+    c2 = (pa >> 32) ^ c3 ^ k1;
+    c1 = pb & kLow;
+    c3 = pa & kLow;
+    k0 = (k0 + kPhiloxKeyA) & kLow;
+    k1 = (k1 + kPhiloxKeyB) & kLow;
+  }
+  return static_cast<uint32_t>(c0);
+#endif
 }
 
 // Triton's uint_to_uniform_float for 32-bit words: [0, 1) without ever reaching 1.0f.
