@@ -130,3 +130,37 @@ def test_scale_bound_passes_or_blocks_by_sign(backend):
     assert s.grad[1].item() == 0
     assert s.grad[2].item() != 0 and s.grad[3].item() != 0
     assert torch.sign(s.grad[2]) == -torch.sign(s.grad[3])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_likelihood_accuracy_at_exact_arguments(backend):
+    # Integer v and power-of-two s make (|v| -+ 1/2)/s exact in float32, so what remains is the
+    # error of the normal tail itself: ours is within 3.3e-7 of the truth (tools/fit_normal_sf.py),
+    # torch's float32 erfc within a few ulps, and the subtraction adds one rounding. 1e-6 of the
+    # summed tails is therefore a bound a 1e-5 relative error anywhere in the tail would break.
+    import numpy as np
+    import scipy.special
+
+    v = torch.arange(0, 9, dtype=torch.float64)
+    s = 2.0 ** torch.arange(-4, 4, dtype=torch.float64)
+    vv, ss = torch.meshgrid(v, s, indexing="ij")
+    vv, ss = vv.flatten(), ss.flatten()
+    y = torch.zeros_like(vv, dtype=torch.float32)
+    _, p = lq.gaussian_quantize(y, ss.float(), (-vv).float(), mode="ste", zero_center=False,
+                                scale_bound=0.0, likelihood_bound=0.0, backend=backend)
+    a1, a2 = ((vv - 0.5) / ss).numpy(), ((vv + 0.5) / ss).numpy()
+    q1, q2 = scipy.special.ndtr(-a1), scipy.special.ndtr(-a2)
+    truth = torch.from_numpy(q1 - q2)
+    keep = truth > 1e-37
+    err = (p.double() - truth).abs()[keep]
+    bound = 1e-6 * torch.from_numpy(q1 + q2)
+    if backend == "reference":
+        # torch's form rounds the argument x = a/sqrt(2) once more before erfc (and a/s in
+        # (1/2 - |v|)/s then -x is exact): a relative argument error of 2 eps moves Q(a) by
+        # phi(a) * |a| * 2 eps. Its erfc adds a few ulps of Q.
+        phi = lambda a: np.exp(-0.5 * a * a) / np.sqrt(2 * np.pi)  # noqa: E731
+        eps32 = 2.0**-24
+        extra = 2 * eps32 * (np.abs(a1) * phi(a1) + np.abs(a2) * phi(a2)) + 4 * eps32 * (q1 + q2)
+        bound = bound + torch.from_numpy(extra)
+    bound = bound[keep]
+    assert (err <= bound).all(), (err / bound).max()
