@@ -27,7 +27,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .api import gaussian_quantize
+from .api import gaussian_quantize, make_seed
 from .reference import MODES
 
 try:  # CompressAI is optional: it prints deprecation warnings of torch.jit on import
@@ -303,7 +303,7 @@ class _FusedQuantizationMixin:
         the next ``forward`` on the same tensor reuses it (one noise draw per step)."""
         if mode != "noise":
             return super().quantize(inputs, mode, means)
-        seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, device=inputs.device)
+        seed = make_seed(None, inputs.device)  # from torch's generator, as the op's own draw
         ones = torch.ones_like(inputs)
         outputs, _ = self._op(inputs, ones, None, self.mode, False, seed=seed)
         self._shared_noise = (inputs, seed)

@@ -323,3 +323,65 @@ def _check_compiled_entropy_path(backend):
     gc.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(y, scales, means), entropy_path(y, scales, means))
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_quantize_then_forward_pattern():
+    """The JointAutoregressive pattern compiles in one graph and keeps its one noise draw."""
+    torch._dynamo.reset()
+    gc = lnn.GaussianConditional(None, mode="noise")
+
+    def context_then_rate(y, scales, means):
+        y_hat = gc.quantize(y, "noise")
+        _, lik = gc(y, scales, means)
+        return y_hat, lik
+
+    compiled = torch.compile(context_then_rate, fullgraph=True)
+    y, scales, means = make_inputs((2, 4, 8, 8), torch.float64, seed=10)
+    for _ in range(2):
+        y_hat, lik = compiled(y, scales, means)
+        expected = cai_reference(CaiGC(None).double(), y_hat, scales, means)
+        torch.testing.assert_close(lik, expected, rtol=1e-12, atol=1e-15)
+        assert gc._shared_noise is None
+
+
+# ------------------------------------------------------------------------------------------
+# Without compressai, and the example
+# ------------------------------------------------------------------------------------------
+
+def test_module_works_without_compressai():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['compressai'] = None\n"  # makes `import compressai` fail
+        "import torch, lic_quant.nn as n\n"
+        "assert not n.HAVE_COMPRESSAI and n.GaussianConditional is n.StandaloneGaussianConditional\n"
+        "gc = n.GaussianConditional(None, mode='sua', temperature=0.5)\n"
+        "y = torch.randn(2, 3, 4, 4, requires_grad=True); s = torch.rand(2, 3, 4, 4) + 0.2\n"
+        "y_hat, lik = gc(y, s, torch.zeros_like(y)); (y_hat.sum() - lik.log().sum()).backward()\n"
+        "assert torch.isfinite(y.grad).all()\n"
+        "y_hat, _ = gc.eval()(y, s); assert torch.equal(y_hat, torch.round(y))\n"
+        "print('ok')\n")
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=root, env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.parametrize("model", ["compressai", "tiny"])
+def test_example_runs(model, capsys):
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples", "train_tiny.py")
+    spec = importlib.util.spec_from_file_location("train_tiny", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(["--steps", "3", "--batch", "2", "--N", "8", "--M", "8", "--model", model])
+    out = capsys.readouterr().out
+    assert "estimated bpp" in out and "PSNR" in out
+    assert ("bitstream" in out) == (model == "compressai")
