@@ -186,6 +186,10 @@ class _StandaloneEntropyModel(nn.Module):
 # The quantization settings and the fused forward, shared by both bases
 # --------------------------------------------------------------------------------------------
 
+def _sync_bounds_after_load(module, _incompatible_keys) -> None:
+    module._sync_bounds()  # a module-level function (not a lambda) keeps the module picklable
+
+
 class _FusedQuantizationMixin:
     """Settings and forward of lic_quant's GaussianConditional; see the module docstring."""
 
@@ -219,7 +223,7 @@ class _FusedQuantizationMixin:
                              persistent=False)
         self.temperature = temperature
         self._sync_bounds()
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_bounds())
+        self.register_load_state_dict_post_hook(_sync_bounds_after_load)
         self._shared_noise = None  # (inputs, seed) between quantize("noise") and forward
 
     # -- settings ------------------------------------------------------------------------------
@@ -259,6 +263,16 @@ class _FusedQuantizationMixin:
         with torch.no_grad():
             self._temperature.fill_(float(value))
 
+    def _apply(self, fn, *args, **kwargs):
+        # model.half()/.to(bfloat16) cast floating buffers; the temperature keeps float64 (and
+        # its exact value) and only follows the device.
+        before = self._temperature
+        result = super()._apply(fn, *args, **kwargs)
+        after = self._buffers["_temperature"]
+        if after.dtype != torch.float64:
+            self._buffers["_temperature"] = before.to(after.device)
+        return result
+
     def extra_repr(self) -> str:
         return (f"mode={self.mode!r}, temperature={float(self._temperature):.4g}, "
                 f"zero_center={self.zero_center}, scale_bound={self._scale_bound_value:.4g}, "
@@ -280,12 +294,18 @@ class _FusedQuantizationMixin:
         training: Optional[bool] = None,
     ) -> tuple[Tensor, Tensor]:
         """``(outputs, likelihoods)``: the quantization surrogate of ``self.mode`` in training,
-        CompressAI's rounding (``round(inputs - means) + means``) otherwise."""
+        CompressAI's rounding (``round(inputs - means) + means``) otherwise.
+
+        Eval values equal CompressAI's (outputs bit for bit); where a caller differentiates
+        through eval, the rounding is straight-through (CompressAI's ``torch.round`` gives y a
+        zero gradient)."""
         if training is None:
             training = self.training
         shared, self._shared_noise = self._shared_noise, None
         if not training:
-            return self._op(inputs, scales, means, "ste", True)
+            # Rounding needs no noise: a fixed seed leaves torch's generator untouched, as
+            # CompressAI's eval does.
+            return self._op(inputs, scales, means, "ste", True, seed=0)
         if shared is not None and shared[0] is inputs:
             # quantize(inputs, "noise") already gave the decoder its input on the lattice around
             # 0 with this seed: evaluate the rate with the same noise on the same lattice, so the
@@ -321,7 +341,8 @@ if HAVE_COMPRESSAI:
                 (noise for the rate, rounding for the decoder) or ``"sua"`` (annealed).
             temperature: SUA temperature in [0, 1]; usually driven by a lic_quant.schedules
                 schedule.
-            zero_center: round ``y - means`` (True, as CompressAI's eval) or ``y``.
+            zero_center: in training, put the rounding lattice at ``means`` (True) or at 0;
+                eval always rounds ``y - means``, as CompressAI and its entropy coder do.
             backend: the op's backend (``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"``,
                 ``"triton"``).
         """

@@ -85,6 +85,9 @@ def test_settings_are_checked():
         gc.temperature = 1.5
     with pytest.raises(TypeError, match="temperature"):
         gc.temperature = "hot"
+    gc.temperature = 0.3
+    gc.half()  # the model's dtype does not round the temperature
+    assert gc.temperature.dtype == torch.float64 and float(gc.temperature) == 0.3
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -223,6 +226,45 @@ def test_replace_copies_buffers_and_keeps_compress_working():
     assert model.gaussian_conditional is new and new.mode == "mixed"
     with pytest.raises(TypeError, match="unknown settings"):
         lnn.replace_gaussian_conditionals(model, temprature=0.1)
+
+
+def test_checkpoints_copies_and_pickles():
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = lnn.replace_gaussian_conditionals(MeanScaleHyperprior(N=8, M=8), mode="sua",
+                                              temperature=0.3)
+    model.update(force=True)
+    state = model.state_dict()
+    # an updated checkpoint loads into a fresh swapped model (CDF buffers resized by
+    # CompressionModel.load_state_dict) and into plain CompressAI
+    fresh = lnn.replace_gaussian_conditionals(MeanScaleHyperprior(N=8, M=8), mode="sua")
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.gaussian_conditional.quantized_cdf,
+                       model.gaussian_conditional.quantized_cdf)
+    MeanScaleHyperprior(N=8, M=8).load_state_dict(state)
+    for clone in (copy.deepcopy(model), _pickled(model, io)):
+        gc = clone.gaussian_conditional
+        assert isinstance(gc, lnn.GaussianConditional) and gc.mode == "sua"
+        assert float(gc.temperature) == pytest.approx(0.3)
+
+
+def _pickled(model, io):
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def test_eval_leaves_the_random_generator_alone():
+    gc = lnn.GaussianConditional(None, mode="sua").eval()
+    y, scales, means = make_inputs(SHAPE, torch.float32, seed=12)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    gc(y, scales, means)
+    assert torch.equal(torch.rand(3), expected)  # as CompressAI's eval: no random draw
 
 
 def test_replace_keeps_shared_modules_shared_and_skips_mixtures():
