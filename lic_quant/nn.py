@@ -1,0 +1,434 @@
+"""A drop-in ``GaussianConditional`` for learned-image-compression models.
+
+``lic_quant.nn.GaussianConditional`` has the constructor, ``forward(inputs, scales, means=None,
+training=None) -> (outputs, likelihoods)`` and the attributes of CompressAI's class of that name,
+and adds the quantization settings of the fused op: ``mode``, ``temperature``, ``zero_center``,
+``likelihood_bound`` and ``backend``.
+
+* Training: one call of :func:`lic_quant.gaussian_quantize` gives both the decoder's input and the
+  likelihoods, e.g. ``mode="mixed"`` (noise for the rate, straight-through rounding for the
+  decoder) replaces CompressAI's ``gaussian_conditional(...)`` + ``quantize_ste(y - means) + means``.
+* Eval: rounds exactly like CompressAI's ``"dequantize"`` (``round(y - means) + means``, bit for
+  bit) and returns the likelihoods of the rounded values.
+* With compressai installed the class subclasses ``compressai.entropy_models.GaussianConditional``,
+  so ``update()``, ``build_indexes()``, ``compress()``/``decompress()``, the ``CompressionModel``
+  helpers (``model.update()``, ``model.load_state_dict``) and CompressAI checkpoints keep working.
+  Without compressai it subclasses a small stand-in that trains and evaluates the same way (the
+  entropy-coding methods then raise).
+
+:func:`replace_gaussian_conditionals` swaps every CompressAI ``GaussianConditional`` of an
+existing model for this one, buffers included.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .api import gaussian_quantize, make_seed
+from .reference import MODES
+
+try:  # CompressAI is optional: it prints deprecation warnings of torch.jit on import
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from compressai.entropy_models import GaussianConditional as _CompressAIGaussianConditional
+    HAVE_COMPRESSAI = True
+except ImportError:  # pragma: no cover - exercised where compressai is absent
+    _CompressAIGaussianConditional = None
+    HAVE_COMPRESSAI = False
+
+__all__ = [
+    "GaussianConditional",
+    "HAVE_COMPRESSAI",
+    "StandaloneGaussianConditional",
+    "replace_gaussian_conditionals",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Stand-in for CompressAI's classes when compressai is not installed (and for tests of that case)
+# --------------------------------------------------------------------------------------------
+
+class _LowerBoundFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bound):
+        ctx.save_for_backward(x, bound)
+        return torch.max(x, bound)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, bound = ctx.saved_tensors
+        return ((x >= bound) | (grad < 0)).to(grad.dtype) * grad, None
+
+
+class LowerBound(nn.Module):
+    """``max(x, bound)`` whose gradient passes where x >= bound or where it points up (as
+    ``compressai.ops.LowerBound``, with the same ``bound`` buffer)."""
+
+    bound: Tensor
+
+    def __init__(self, bound: float):
+        super().__init__()
+        self.register_buffer("bound", torch.Tensor([float(bound)]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _LowerBoundFn.apply(x, self.bound)
+
+
+class _StandaloneEntropyModel(nn.Module):
+    """The parts of CompressAI's ``EntropyModel``/``GaussianConditional`` that training and eval
+    use: same constructor, buffers and attribute names, so state dicts are interchangeable."""
+
+    def __init__(
+        self,
+        scale_table=None,
+        *args: Any,
+        scale_bound: float = 0.11,
+        tail_mass: float = 1e-9,
+        likelihood_bound: float = 1e-9,
+        entropy_coder: Optional[str] = None,
+        entropy_coder_precision: int = 16,
+    ):
+        super().__init__()
+        if args:
+            raise TypeError(f"unexpected positional arguments {args}")
+        if not isinstance(scale_table, (type(None), list, tuple)):
+            raise ValueError(f'Invalid type for scale_table "{type(scale_table)}"')
+        if isinstance(scale_table, (list, tuple)) and len(scale_table) < 1:
+            raise ValueError(f'Invalid scale_table length "{len(scale_table)}"')
+        if scale_table and (list(scale_table) != sorted(scale_table)
+                            or any(s <= 0 for s in scale_table)):
+            raise ValueError(f'Invalid scale_table "({scale_table})"')
+        if scale_bound is None and scale_table:
+            scale_bound = scale_table[0]
+        if scale_bound is None or scale_bound <= 0:
+            raise ValueError("Invalid parameters")
+        self.entropy_coder = entropy_coder  # a name only: no coder without compressai
+        self.entropy_coder_precision = int(entropy_coder_precision)
+        self.use_likelihood_bound = likelihood_bound > 0
+        if self.use_likelihood_bound:
+            self.likelihood_lower_bound = LowerBound(likelihood_bound)
+        self.register_buffer("_offset", torch.IntTensor())
+        self.register_buffer("_quantized_cdf", torch.IntTensor())
+        self.register_buffer("_cdf_length", torch.IntTensor())
+        self.tail_mass = float(tail_mass)
+        self.lower_bound_scale = LowerBound(scale_bound)
+        self.register_buffer(
+            "scale_table",
+            torch.Tensor(tuple(float(s) for s in scale_table)) if scale_table else torch.Tensor())
+        self.register_buffer("scale_bound", torch.Tensor([float(scale_bound)]))
+
+    @property
+    def offset(self):
+        return self._offset
+
+    @property
+    def quantized_cdf(self):
+        return self._quantized_cdf
+
+    @property
+    def cdf_length(self):
+        return self._cdf_length
+
+    def quantize(self, inputs: Tensor, mode: str, means: Optional[Tensor] = None) -> Tensor:
+        if mode not in ("noise", "dequantize", "symbols"):
+            raise ValueError(f'Invalid quantization mode: "{mode}"')
+        if mode == "noise":
+            return inputs + torch.empty_like(inputs).uniform_(-0.5, 0.5)
+        outputs = inputs.clone()
+        if means is not None:
+            outputs -= means
+        outputs = torch.round(outputs)
+        if mode == "dequantize":
+            if means is not None:
+                outputs += means
+            return outputs
+        return outputs.int()
+
+    @staticmethod
+    def dequantize(inputs: Tensor, means: Optional[Tensor] = None,
+                   dtype: torch.dtype = torch.float) -> Tensor:
+        if means is not None:
+            outputs = inputs.type_as(means)
+            outputs += means
+        else:
+            outputs = inputs.type(dtype)
+        return outputs
+
+    def _standardized_cumulative(self, inputs: Tensor) -> Tensor:
+        return 0.5 * torch.erfc(-(2**-0.5) * inputs)
+
+    def _likelihood(self, inputs: Tensor, scales: Tensor, means: Optional[Tensor] = None):
+        values = inputs - means if means is not None else inputs
+        scales = self.lower_bound_scale(scales)
+        values = torch.abs(values)
+        upper = self._standardized_cumulative((0.5 - values) / scales)
+        lower = self._standardized_cumulative((-0.5 - values) / scales)
+        return upper - lower
+
+    def build_indexes(self, scales: Tensor) -> Tensor:
+        scales = self.lower_bound_scale(scales)
+        indexes = scales.new_full(scales.size(), len(self.scale_table) - 1).int()
+        for s in self.scale_table[:-1]:
+            indexes -= (scales <= s).int()
+        return indexes
+
+    def _needs_compressai(self, *args, **kwargs):
+        raise RuntimeError("lic_quant.nn: entropy coding (update, compress, decompress) needs "
+                           "compressai; install it with `pip install compressai`")
+
+    update = update_scale_table = compress = decompress = _needs_compressai
+
+
+# --------------------------------------------------------------------------------------------
+# The quantization settings and the fused forward, shared by both bases
+# --------------------------------------------------------------------------------------------
+
+def _sync_bounds_after_load(module, _incompatible_keys) -> None:
+    module._sync_bounds()  # a module-level function (not a lambda) keeps the module picklable
+
+
+class _FusedQuantizationMixin:
+    """Settings and forward of lic_quant's GaussianConditional; see the module docstring."""
+
+    def __init__(
+        self,
+        scale_table=None,
+        *args: Any,
+        scale_bound: float = 0.11,
+        tail_mass: float = 1e-9,
+        likelihood_bound: float = 1e-9,
+        mode: str = "noise",
+        temperature: float = 1.0,
+        zero_center: bool = True,
+        backend: str = "auto",
+        **kwargs: Any,
+    ):
+        super().__init__(scale_table, *args, scale_bound=scale_bound, tail_mass=tail_mass,
+                         likelihood_bound=likelihood_bound, **kwargs)
+        if mode not in MODES:
+            raise ValueError(f"lic_quant.nn: mode must be one of {MODES}; got {mode!r}")
+        if not isinstance(zero_center, bool):
+            raise TypeError("lic_quant.nn: zero_center must be a bool")
+        self.mode = mode
+        self.zero_center = zero_center
+        self.backend = backend
+        # The temperature lives in a 0-dim float64 buffer that is updated in place: the op reads
+        # it as a tensor, so a compiled graph (or a CUDA graph) sees each new value without
+        # recompiling. It is not saved in state_dict (checkpoints stay loadable by CompressAI's
+        # class); the schedule that drives it has its own state_dict.
+        self.register_buffer("_temperature", torch.zeros((), dtype=torch.float64),
+                             persistent=False)
+        self.temperature = temperature
+        self._sync_bounds()
+        self.register_load_state_dict_post_hook(_sync_bounds_after_load)
+        self._shared_noise = None  # (inputs, seed) between quantize("noise") and forward
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def _sync_bounds(self) -> None:
+        """Python floats of the bound buffers, read once (not per call, so compiled graphs do not
+        sync on them). The float32 buffer values are what CompressAI's own class applies."""
+        self._scale_bound_value = float(self.lower_bound_scale.bound.reshape(-1)[0])
+        if self.use_likelihood_bound:
+            self._likelihood_bound_value = float(
+                self.likelihood_lower_bound.bound.reshape(-1)[0])
+        else:
+            self._likelihood_bound_value = 0.0
+
+    @property
+    def likelihood_bound(self) -> float:
+        """The lower bound of the likelihoods (0 when ``use_likelihood_bound`` is False)."""
+        return self._likelihood_bound_value
+
+    @property
+    def temperature(self) -> Tensor:
+        """The SUA temperature T in [0, 1] (a 0-dim float64 tensor; assign a float or a tensor)."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value) -> None:
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise ValueError("lic_quant.nn: temperature must be a single value")
+            with torch.no_grad():
+                self._temperature.copy_(value.detach().reshape(()))
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"lic_quant.nn: temperature must be a float; got {type(value)}")
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"lic_quant.nn: temperature must be in [0, 1]; got {value}")
+        with torch.no_grad():
+            self._temperature.fill_(float(value))
+
+    def _apply(self, fn, *args, **kwargs):
+        # model.half()/.to(bfloat16) cast floating buffers; the temperature keeps float64 (and
+        # its exact value) and only follows the device.
+        before = self._temperature
+        result = super()._apply(fn, *args, **kwargs)
+        after = self._buffers["_temperature"]
+        if after.dtype != torch.float64:
+            self._buffers["_temperature"] = before.to(after.device)
+        return result
+
+    def extra_repr(self) -> str:
+        return (f"mode={self.mode!r}, temperature={float(self._temperature):.4g}, "
+                f"zero_center={self.zero_center}, scale_bound={self._scale_bound_value:.4g}, "
+                f"likelihood_bound={self._likelihood_bound_value:.3g}, backend={self.backend!r}")
+
+    # -- the op ----------------------------------------------------------------------------------
+
+    def _op(self, inputs, scales, means, mode, zero_center, seed=None):
+        return gaussian_quantize(
+            inputs, scales, means, mode=mode, temperature=self._temperature,
+            scale_bound=self._scale_bound_value, likelihood_bound=self._likelihood_bound_value,
+            zero_center=zero_center, seed=seed, backend=self.backend)
+
+    def forward(
+        self,
+        inputs: Tensor,
+        scales: Tensor,
+        means: Optional[Tensor] = None,
+        training: Optional[bool] = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``(outputs, likelihoods)``: the quantization surrogate of ``self.mode`` in training,
+        CompressAI's rounding (``round(inputs - means) + means``) otherwise.
+
+        Eval values equal CompressAI's (outputs bit for bit); where a caller differentiates
+        through eval, the rounding is straight-through (CompressAI's ``torch.round`` gives y a
+        zero gradient)."""
+        if training is None:
+            training = self.training
+        shared, self._shared_noise = self._shared_noise, None
+        if not training:
+            # Rounding needs no noise: a fixed seed leaves torch's generator untouched, as
+            # CompressAI's eval does.
+            return self._op(inputs, scales, means, "ste", True, seed=0)
+        if shared is not None and shared[0] is inputs:
+            # quantize(inputs, "noise") already gave the decoder its input on the lattice around
+            # 0 with this seed: evaluate the rate with the same noise on the same lattice, so the
+            # likelihood belongs to the very value the decoder and context model saw.
+            return self._op(inputs, scales, means, self.mode, False, seed=shared[1])
+        return self._op(inputs, scales, means, self.mode, self.zero_center)
+
+    def quantize(self, inputs: Tensor, mode: str, means: Optional[Tensor] = None) -> Tensor:
+        """CompressAI's ``quantize``; ``"noise"`` gives the decoder-path surrogate of
+        ``self.mode`` instead of a fresh noise draw.
+
+        Models such as JointAutoregressiveHierarchicalPriors call ``quantize(y, "noise")`` for the
+        context model and decoder, then ``forward(y, scales, means)`` for the rate, which in
+        CompressAI draws a second, independent noise. Here the first call remembers its seed and
+        the next ``forward`` on the same tensor reuses it (one noise draw per step)."""
+        if mode != "noise":
+            return super().quantize(inputs, mode, means)
+        seed = make_seed(None, inputs.device)  # from torch's generator, as the op's own draw
+        ones = torch.ones_like(inputs)
+        outputs, _ = self._op(inputs, ones, None, self.mode, False, seed=seed)
+        self._shared_noise = (inputs, seed)
+        return outputs
+
+
+if HAVE_COMPRESSAI:
+
+    class GaussianConditional(_FusedQuantizationMixin, _CompressAIGaussianConditional):
+        """CompressAI's GaussianConditional with lic_quant's fused quantization + likelihood.
+
+        Args (beyond CompressAI's ``scale_table, scale_bound=0.11, tail_mass=1e-9,
+        likelihood_bound=1e-9, entropy_coder=None, entropy_coder_precision=16``):
+            mode: training surrogate, ``"noise"`` (CompressAI's default), ``"ste"``, ``"mixed"``
+                (noise for the rate, rounding for the decoder) or ``"sua"`` (annealed).
+            temperature: SUA temperature in [0, 1]; usually driven by a lic_quant.schedules
+                schedule.
+            zero_center: in training, put the rounding lattice at ``means`` (True) or at 0;
+                eval always rounds ``y - means``, as CompressAI and its entropy coder do.
+            backend: the op's backend (``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"``,
+                ``"triton"``).
+        """
+
+    class StandaloneGaussianConditional(_FusedQuantizationMixin, _StandaloneEntropyModel):
+        """The same module on the compressai-free base (what GaussianConditional is without
+        compressai); it trains and evaluates, but cannot entropy-code."""
+
+else:  # pragma: no cover - exercised where compressai is absent
+
+    class GaussianConditional(_FusedQuantizationMixin, _StandaloneEntropyModel):
+        __doc__ = _FusedQuantizationMixin.__doc__
+
+    StandaloneGaussianConditional = GaussianConditional
+
+
+# --------------------------------------------------------------------------------------------
+# Swapping the modules of an existing model
+# --------------------------------------------------------------------------------------------
+
+_SETTINGS = ("mode", "temperature", "zero_center", "backend")
+
+
+def _convert(old: nn.Module, settings: dict) -> nn.Module:
+    if isinstance(old, _FusedQuantizationMixin):
+        for key, value in settings.items():
+            setattr(old, key, value)
+        return old
+    likelihood_bound = (float(old.likelihood_lower_bound.bound.reshape(-1)[0])
+                        if old.use_likelihood_bound else 0.0)
+    coder = old.entropy_coder.name if hasattr(old.entropy_coder, "name") else old.entropy_coder
+    new = GaussianConditional(
+        None, scale_bound=float(old.lower_bound_scale.bound.reshape(-1)[0]),
+        tail_mass=old.tail_mass, likelihood_bound=likelihood_bound, entropy_coder=coder,
+        entropy_coder_precision=old.entropy_coder_precision, **settings)
+    # Copy every buffer (scale table, CDFs, offsets, bounds) as is: sizes may differ from a fresh
+    # module's empty ones (after update()), so assign rather than load_state_dict.
+    new_buffers = dict(new.named_buffers())
+    for name, buf in old.named_buffers():
+        if name not in new_buffers:
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        owner = new.get_submodule(owner_name) if owner_name else new
+        owner._buffers[leaf] = buf.clone()
+    new._sync_bounds()
+    new.to(device=old.lower_bound_scale.bound.device)
+    new.train(old.training)
+    return new
+
+
+def replace_gaussian_conditionals(model: nn.Module, **settings: Any) -> nn.Module:
+    """Swap every CompressAI ``GaussianConditional`` inside ``model`` for lic_quant's, in place.
+
+    ``settings`` are the quantization settings (``mode``, ``temperature``, ``zero_center``,
+    ``backend``). The buffers (scale table, bounds, and the CDFs/offsets of ``update()``) are
+    copied, so an updated model still compresses. Modules that are already lic_quant's get the
+    settings applied. Subclasses with another forward (GaussianMixtureConditional) are left alone,
+    with a warning. Returns ``model`` (or the replacement, when ``model`` is one itself).
+    """
+    unknown = set(settings) - set(_SETTINGS)
+    if unknown:
+        raise TypeError(f"replace_gaussian_conditionals: unknown settings {sorted(unknown)}; "
+                        f"expected some of {_SETTINGS}")
+    if not HAVE_COMPRESSAI:
+        raise RuntimeError("replace_gaussian_conditionals needs compressai installed")
+
+    def replaceable(m: nn.Module) -> bool:
+        return isinstance(m, _FusedQuantizationMixin) or type(m) is _CompressAIGaussianConditional
+
+    memo: dict[int, nn.Module] = {}
+
+    def convert(m: nn.Module) -> nn.Module:
+        if id(m) not in memo:
+            memo[id(m)] = _convert(m, settings)
+        return memo[id(m)]
+
+    if replaceable(model):
+        return convert(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if replaceable(child):
+                parent._modules[name] = convert(child)
+            elif isinstance(child, _CompressAIGaussianConditional) and id(child) not in memo:
+                memo[id(child)] = child
+                warnings.warn(f"replace_gaussian_conditionals: left {type(child).__name__} "
+                              f"'{name}' as is (its forward differs from GaussianConditional's)")
+    return model
