@@ -1,7 +1,9 @@
 """lic_quant: fused quantization surrogates and discretized-Gaussian likelihoods for learned
 image compression (SPEC.md). ``gaussian_quantize`` is the op; ``reference`` its readable
 pure-PyTorch definition."""
-from . import reference
+import importlib
+
+from . import reference, schedules
 from ._ops import cuda_kernels_built, extension_available
 from .api import gaussian_quantize, make_seed, uniform_noise
 from .reference import MODES, gaussian_quantize_reference
@@ -13,7 +15,16 @@ __all__ = [
     "gaussian_quantize",
     "gaussian_quantize_reference",
     "make_seed",
+    "nn",
     "reference",
+    "schedules",
     "uniform_noise",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # lic_quant.nn imports compressai when it is installed (seconds): load it on first use only.
+    if name == "nn":
+        return importlib.import_module(".nn", __name__)
+    raise AttributeError(f"module 'lic_quant' has no attribute {name!r}")

@@ -44,7 +44,7 @@ def assert_likelihoods_close(ours, theirs, y, scales, means, u, v, dtype, likeli
     f64 = lambda t: None if t is None else t.detach().double()  # noqa: E731
     eps = compute_eps(dtype)
     err, _, _, ambiguous = error_bounds(
-        f64(y), f64(scales), f64(means), f64(u), f64(v), f64(theirs), torch.zeros_like(f64(y)),
+        f64(y), f64(scales), f64(means), f64(u), f64(v), torch.zeros_like(f64(y)),
         eps, scale_bound=0.11, likelihood_bound=likelihood_bound)
     diff = (f64(ours) - f64(theirs)).abs()
     bad = (diff > 2 * err) & ~ambiguous
