@@ -38,7 +38,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     TRITON_ERROR = exc
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# One program instance per this many elements under the interpreter (one config, large blocks).
+# Under the interpreter: one config, one program instance per up to this many elements (each
+# instance costs a fixed ~0.5 ms; numpy work grows with the block, so small inputs get smaller ones).
 INTERPRETER_BLOCK = 1 << 16
 _kernels = None
 
@@ -156,59 +157,134 @@ def _likelihood_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _is_fake(t: Tensor) -> bool:
-    from torch._subclasses.fake_tensor import is_fake
-
-    return is_fake(t)
-
-
 def _raw(t: Tensor) -> Tensor:
     """bfloat16 goes to the kernels as its raw int16 bits (see _triton_kernels)."""
     return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
 
 
-def _launch(name: str, y: Tensor, n: int, args: tuple, consts: dict) -> None:
-    """Launches kernel `name` over n elements: autotuned through wrap_triton on GPU, the plain
-    kernel with one large block under the interpreter (where fake tensors launch nothing)."""
+def _interpreter_block(n: int) -> int:
+    return min(INTERPRETER_BLOCK, max(16, triton.next_power_of_2(n)))
+
+
+def _launch(name: str, n: int, args: tuple, consts: dict) -> None:
+    """Launches kernel `name` over n elements: autotuned through wrap_triton on GPU (so
+    torch.compile captures it), the plain kernel with one large block under the interpreter."""
     k = _get_kernels()
     if interpreted():
-        if _is_fake(y):
-            return
-        block = INTERPRETER_BLOCK
-        grid = (triton.cdiv(n, block),)
-        getattr(k, f"{name}_kernel")[grid](*args, **consts, ON_GPU=False, BLOCK=block)
+        block = _interpreter_block(n)
+        getattr(k, f"{name}_kernel")[(triton.cdiv(n, block),)](*args, **consts, ON_GPU=False,
+                                                                BLOCK=block)
         return
-    kernel = getattr(k, f"{name}_autotuned")
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK"]),)
 
-    torch.library.wrap_triton(kernel)[grid](*args, **consts, ON_GPU=True)
+    torch.library.wrap_triton(getattr(k, f"{name}_autotuned"))[grid](*args, **consts, ON_GPU=True)
+
+
+def _forward_body(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
+                  temperature: Tensor, mode: str, scale_bound: float, likelihood_bound: float,
+                  zero_center: bool, launch: bool = True) -> tuple[Tensor, Tensor]:
+    _check_args(y, scales, means, seed, temperature, scale_bound, likelihood_bound)
+    mode_i = _mode_index(mode)
+    y_hat = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+    lik = torch.empty(y.shape, dtype=_likelihood_dtype(y.dtype), device=y.device)
+    n = y.numel()
+    if n > 0 and launch:
+        # The noise index is the logical row-major index: strided inputs are made contiguous.
+        y_c = y.contiguous()
+        m_c = means.contiguous() if means is not None else None
+        _launch("quantize_forward", n,
+                (_raw(y_c), _raw(m_c if m_c is not None else y_c), _raw(scales.contiguous()),
+                 seed, temperature, _raw(y_hat), lik, n, 0, float(scale_bound),
+                 float(likelihood_bound)),
+                dict(MODE=mode_i, ZERO_CENTER=bool(zero_center), HAS_MEANS=m_c is not None,
+                     IS_BF16=y.dtype == torch.bfloat16))
+    return y_hat, lik
+
+
+def _backward_body(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
+                   scales: Tensor, means: Optional[Tensor], seed: Tensor, temperature: Tensor,
+                   mode: str, scale_bound: float, likelihood_bound: float, zero_center: bool,
+                   output_mask: Sequence[bool], launch: bool = True
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    _check_args(y, scales, means, seed, temperature, scale_bound, likelihood_bound)
+    mode_i = _mode_index(mode)
+    lik_dtype = _likelihood_dtype(y.dtype)
+    if grad_likelihoods.shape != y.shape or grad_likelihoods.dtype != lik_dtype or \
+            grad_likelihoods.device != y.device:
+        raise ValueError(f"lic_quant: grad_likelihoods must be {lik_dtype} with the shape and "
+                         f"device of y")
+    if grad_y_hat is not None and (grad_y_hat.shape != y.shape or grad_y_hat.dtype != y.dtype
+                                   or grad_y_hat.device != y.device):
+        raise ValueError("lic_quant: grad_y_hat must have the shape, dtype and device of y")
+    need_y, need_s, need_m = (bool(b) for b in output_mask)
+    if need_m and means is None:
+        raise ValueError("lic_quant: grad of means requested without means")
+
+    def grad(needed: bool) -> Tensor:  # outputs not asked for are empty and never written
+        return torch.empty(y.shape if needed else (0,), dtype=y.dtype, device=y.device)
+
+    gy, gs, gm = grad(need_y), grad(need_s), grad(need_m)
+    n = y.numel()
+    if n > 0 and launch and (need_y or need_s or need_m):
+        y_c = y.contiguous()
+        m_c = means.contiguous() if means is not None else None
+        gyh = grad_y_hat.contiguous() if grad_y_hat is not None else None
+        _launch("quantize_backward", n,
+                (_raw(gyh if gyh is not None else y_c), grad_likelihoods.contiguous(),
+                 _raw(y_c), _raw(m_c if m_c is not None else y_c), _raw(scales.contiguous()),
+                 seed, temperature, _raw(gy if need_y else y_c), _raw(gm if need_m else y_c),
+                 _raw(gs if need_s else y_c), n, 0, float(scale_bound), float(likelihood_bound)),
+                dict(MODE=mode_i, ZERO_CENTER=bool(zero_center), HAS_MEANS=m_c is not None,
+                     HAS_GYHAT=gyh is not None, NEED_GY=need_y, NEED_GMU=need_m, NEED_GS=need_s,
+                     IS_BF16=y.dtype == torch.bfloat16))
+    return gy, gs, gm
 
 
 if TRITON_ERROR is None:
+    # Under the interpreter the kernels cannot be captured into a graph (wrap_triton hands back
+    # the raw interpreted kernel), so there the triton ops below call these opaque custom ops,
+    # which graphs and fake tensors see as one node with a fake kernel. On GPU they are unused.
+
+    @torch.library.custom_op("lic_quant::triton_interpret_forward", mutates_args=())
+    def _interpret_forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
+                           temperature: Tensor, mode: str, scale_bound: float,
+                           likelihood_bound: float, zero_center: bool) -> tuple[Tensor, Tensor]:
+        return _forward_body(y, scales, means, seed, temperature, mode, scale_bound,
+                             likelihood_bound, zero_center)
+
+    @_interpret_forward.register_fake
+    def _(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center):
+        return _forward_body(y, scales, means, seed, temperature, mode, scale_bound,
+                             likelihood_bound, zero_center, launch=False)
+
+    @torch.library.custom_op("lic_quant::triton_interpret_backward", mutates_args=())
+    def _interpret_backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
+                            scales: Tensor, means: Optional[Tensor], seed: Tensor,
+                            temperature: Tensor, mode: str, scale_bound: float,
+                            likelihood_bound: float, zero_center: bool,
+                            output_mask: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
+        return _backward_body(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature,
+                              mode, scale_bound, likelihood_bound, zero_center, output_mask)
+
+    @_interpret_backward.register_fake
+    def _(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, mode, scale_bound,
+          likelihood_bound, zero_center, output_mask):
+        return _backward_body(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature,
+                              mode, scale_bound, likelihood_bound, zero_center, output_mask,
+                              launch=False)
 
     @torch.library.triton_op("lic_quant::triton_quantize_forward", mutates_args=())
     def triton_quantize_forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
                                 temperature: Tensor, mode: str, scale_bound: float,
                                 likelihood_bound: float, zero_center: bool) -> tuple[Tensor, Tensor]:
-        _check_args(y, scales, means, seed, temperature, scale_bound, likelihood_bound)
-        mode_i = _mode_index(mode)
-        # The noise index is the logical row-major index: strided inputs are made contiguous.
-        y_c = y.contiguous()
-        s_c = scales.contiguous()
-        m_c = means.contiguous() if means is not None else None
-        y_hat = torch.empty(y.shape, dtype=y.dtype, device=y.device)
-        lik = torch.empty(y.shape, dtype=_likelihood_dtype(y.dtype), device=y.device)
-        n = y.numel()
-        if n > 0:
-            _launch("quantize_forward", y, n,
-                    (_raw(y_c), _raw(m_c if m_c is not None else y_c), _raw(s_c), seed,
-                     temperature, _raw(y_hat), lik, n, 0, float(scale_bound),
-                     float(likelihood_bound)),
-                    dict(MODE=mode_i, ZERO_CENTER=bool(zero_center), HAS_MEANS=m_c is not None,
-                         IS_BF16=y.dtype == torch.bfloat16))
-        return y_hat, lik
+        if interpreted():
+            return torch.ops.lic_quant.triton_interpret_forward(
+                y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
+                zero_center)
+        return _forward_body(y, scales, means, seed, temperature, mode, scale_bound,
+                             likelihood_bound, zero_center)
 
     @torch.library.triton_op("lic_quant::triton_quantize_backward", mutates_args=())
     def triton_quantize_backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
@@ -216,39 +292,12 @@ if TRITON_ERROR is None:
                                  temperature: Tensor, mode: str, scale_bound: float,
                                  likelihood_bound: float, zero_center: bool,
                                  output_mask: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
-        _check_args(y, scales, means, seed, temperature, scale_bound, likelihood_bound)
-        mode_i = _mode_index(mode)
-        lik_dtype = _likelihood_dtype(y.dtype)
-        if grad_likelihoods.shape != y.shape or grad_likelihoods.dtype != lik_dtype or \
-                grad_likelihoods.device != y.device:
-            raise ValueError(f"lic_quant: grad_likelihoods must be {lik_dtype} with the shape and "
-                             f"device of y")
-        if grad_y_hat is not None and (grad_y_hat.shape != y.shape or grad_y_hat.dtype != y.dtype
-                                       or grad_y_hat.device != y.device):
-            raise ValueError("lic_quant: grad_y_hat must have the shape, dtype and device of y")
-        need_y, need_s, need_m = (bool(b) for b in output_mask)
-        if need_m and means is None:
-            raise ValueError("lic_quant: grad of means requested without means")
-
-        def grad(needed: bool) -> Tensor:  # outputs not asked for are empty and never written
-            return torch.empty(y.shape if needed else (0,), dtype=y.dtype, device=y.device)
-
-        gy, gs, gm = grad(need_y), grad(need_s), grad(need_m)
-        n = y.numel()
-        if n > 0 and (need_y or need_s or need_m):
-            y_c = y.contiguous()
-            m_c = means.contiguous() if means is not None else None
-            gyh = grad_y_hat.contiguous() if grad_y_hat is not None else None
-            _launch("quantize_backward", y, n,
-                    (_raw(gyh if gyh is not None else y_c), grad_likelihoods.contiguous(),
-                     _raw(y_c), _raw(m_c if m_c is not None else y_c), _raw(scales.contiguous()),
-                     seed, temperature, _raw(gy if need_y else y_c), _raw(gm if need_m else y_c),
-                     _raw(gs if need_s else y_c), n, 0, float(scale_bound),
-                     float(likelihood_bound)),
-                    dict(MODE=mode_i, ZERO_CENTER=bool(zero_center), HAS_MEANS=m_c is not None,
-                         HAS_GYHAT=gyh is not None, NEED_GY=need_y, NEED_GMU=need_m,
-                         NEED_GS=need_s, IS_BF16=y.dtype == torch.bfloat16))
-        return gy, gs, gm
+        if interpreted():
+            return torch.ops.lic_quant.triton_interpret_backward(
+                grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, mode,
+                scale_bound, likelihood_bound, zero_center, output_mask)
+        return _backward_body(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature,
+                              mode, scale_bound, likelihood_bound, zero_center, output_mask)
 
     def _setup_context(ctx, inputs, output):
         y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center = inputs
@@ -291,7 +340,7 @@ def gaussian_quantize_triton(y: Tensor, scales: Tensor, means: Optional[Tensor],
 def _launch_simple(name: str, x_like: Tensor, n: int, args: tuple) -> None:
     k = _get_kernels()
     on_gpu = not interpreted()
-    block = INTERPRETER_BLOCK if not on_gpu else 1024
+    block = _interpreter_block(n) if not on_gpu else 1024
     getattr(k, f"{name}_kernel")[(triton.cdiv(n, block),)](*args, ON_GPU=on_gpu, BLOCK=block)
 
 
@@ -322,7 +371,7 @@ def _quantize_forward_at(y: Tensor, scales: Tensor, means: Optional[Tensor], see
     y_hat = torch.empty_like(y)
     lik = torch.empty(y.shape, dtype=torch.float32, device=y.device)
     n = y.numel()
-    block = INTERPRETER_BLOCK if not on_gpu else 1024
+    block = _interpreter_block(n) if not on_gpu else 1024
     k.quantize_forward_kernel[(triton.cdiv(n, block),)](
         _raw(y), _raw(means if means is not None else y), _raw(scales), seed, temperature,
         _raw(y_hat), lik, n, index_base, float(scale_bound), float(likelihood_bound),
