@@ -74,18 +74,26 @@ def interpreted() -> bool:
     return isinstance(_kernels.quantize_forward_kernel, InterpretedFunction)
 
 
-def _gpu_driver_error() -> str | None:
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA device"
-    if torch.version.hip is not None:
-        return "the Triton kernels use NVIDIA PTX (inline mul.rn.f32); ROCm is not supported"
-    try:
-        from triton.runtime import driver
+_DRIVER_ERRORS: dict = {}
 
-        driver.active.get_current_device()
-    except Exception as exc:  # noqa: BLE001 - any driver failure means "not available"
-        return f"Triton has no working GPU driver ({type(exc).__name__}: {exc})"
-    return None
+
+def _gpu_driver_error() -> str | None:
+    """Why the compiled kernels cannot run on this machine, or None; probed once per process."""
+    if "cuda" not in _DRIVER_ERRORS:
+        err = None
+        if not torch.cuda.is_available():
+            err = "torch sees no CUDA device"
+        elif torch.version.hip is not None:
+            err = "the Triton kernels use NVIDIA PTX (inline mul.rn.f32); ROCm is not supported"
+        else:
+            try:
+                from triton.runtime import driver
+
+                driver.active.get_current_device()
+            except Exception as exc:  # noqa: BLE001 - any driver failure means "not available"
+                err = f"Triton has no working GPU driver ({type(exc).__name__}: {exc})"
+        _DRIVER_ERRORS["cuda"] = err
+    return _DRIVER_ERRORS["cuda"]
 
 
 def check_available(y: Tensor) -> None:
@@ -96,6 +104,8 @@ def check_available(y: Tensor) -> None:
     if y.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"lic_quant: backend='triton' supports float32, float16 and bfloat16; "
                         f"y is {y.dtype} (use backend='cpu', 'cuda' or 'reference' for float64)")
+    if torch.compiler.is_compiling():
+        return  # the device probes below are eager-only; a compiled graph fails at launch instead
     if y.device.type == "cpu":
         if not interpreted():
             if _kernels is not None and _interpret_requested():
