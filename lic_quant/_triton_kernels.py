@@ -9,13 +9,19 @@ quantize_math}.h, float32 only. They use IEEE operations, bit casts and selects,
 (unavailable in the interpreter), so in float32 they give the C++ kernels' bits:
 
 * Contraction. The C++/CUDA kernels are built without FMA contraction. Triton contracts a*b + c
-  into an fma on NVIDIA GPUs by default (LLVM AllowFPOpFusion=Fast and ptxas --fmad=true), and
-  the ``enable_fp_fusion=False`` launch option is not forwarded reliably by torch.compile's
-  capture of user kernels. So on GPU every product that could feed an add goes through ``_mul``,
-  an inline ``mul.rn.f32``: explicitly rounded, it is opaque to LLVM and never fused by ptxas.
-  Under the interpreter (numpy) nothing is fused and ``_mul`` is a plain product.
+  into an fma on NVIDIA GPUs by default (LLVM AllowFPOpFusion=Fast, ptxas --fmad=true). Triton
+  has a launch option for that, ``enable_fp_fusion=False``, but torch.compile's capture of user
+  kernels (torch/_higher_order_ops/triton_kernel_wrap.py) only moves num_warps, num_stages and
+  the like out of the kernel arguments, so it cannot be relied on through ``wrap_triton``. So on
+  GPU every float product goes through ``_mul``, an inline ``mul.rn.f32``: explicitly rounded, it
+  is opaque to LLVM and never fused by ptxas. Under the interpreter (numpy) nothing is fused and
+  ``_mul`` is a plain product.
 * Division. Triton's ``/`` on float32 is the approximate ``div.full.f32`` on NVIDIA GPUs;
   ``tl.math.div_rn`` is the IEEE division the C++/CUDA kernels use.
+  Checked without a GPU by compiling the kernels for sm_90 (triton.compile with a GPUTarget, the
+  bundled ptxas/nvdisasm): the PTX has no fma, no div.full and no .ftz arithmetic; the only FFMA in
+  the SASS are those of the IEEE division sequence (the noise kernel, which divides nothing, has
+  none).
 * bfloat16. Loads widen the raw 16 bits (exact); stores round to nearest even with integer
   arithmetic exactly as c10::BFloat16 does (NaN -> 0x7FC0), because the interpreter's own
   float32 -> bfloat16 cast does not round to nearest even.

@@ -494,3 +494,19 @@ def test_gpu_large_and_odd_sizes():
         cpu = run(quantize("cpu", "noise", True, 5), y, s, m, g_yhat, g_lik)
         for a, b in zip([cpu[0], cpu[1], *cpu[2]], [tr[0], tr[1], *tr[2]]):
             assert same_bits(a, b.cpu())
+
+
+def test_gpu_machine_code_has_no_contraction():
+    """Without a GPU: compile the kernels for sm_90 with Triton's bundled ptxas and check the
+    PTX/SASS for fma contraction, approximate division and flush-to-zero (tools/check_triton_ptx.py),
+    the three things that would break the bitwise agreement with the C++/CUDA kernels on GPU."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, os.path.join(root, "tools", "check_triton_ptx.py")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode == 2:
+        pytest.skip(f"no NVIDIA toolchain in Triton: {proc.stdout.strip()}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
