@@ -145,6 +145,36 @@ def test_noise_high_indices(start):
     assert same_bits(y_hat.cpu(), u)
 
 
+def _tl_rand_reference(seed: int, start: int, n: int):
+    """Triton's own tl.rand(seed, i) for i = start .. start + n - 1 (int64 offsets), minus 1/2
+    in torch (one float32 rounding, as the kernels do)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rand_kernel(out_ptr, seed, start, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+        tl.store(out_ptr + offs, tl.rand(seed, offs + start), mask=offs < n)
+
+    out = torch.empty(n, dtype=torch.float32, device=DEVICE)
+    rand_kernel[(triton.cdiv(n, 1024),)](out, seed, start, n, BLOCK=1024)
+    return (out - 0.5).cpu()
+
+
+@pytest.mark.parametrize("seed,start", [(12345, 0), (2**40 + 7, 2**32 - 500), (7, 2**45 + 1)])
+def test_noise_equals_tl_rand(seed, start):
+    """SPEC section 3: the stream is Triton's tl.rand(seed, i) (checked for the installed Triton;
+    the kernels write Philox out themselves, so they do not depend on how a version splits
+    64-bit offsets)."""
+    import triton
+
+    if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 4):
+        pytest.skip("older Triton may run a 64-bit Philox for int64 offsets")
+    seed_t = lq.make_seed(seed, torch.device(DEVICE))
+    u = triton_ops.uniform_noise_triton(1200, seed_t, start=start).cpu()
+    assert same_bits(u, _tl_rand_reference(seed, start, 1200))
+
+
 def test_forward_noise_is_uniform_noise():
     y = torch.zeros(SHAPE, device=DEVICE)
     for mode in ("noise", "mixed"):

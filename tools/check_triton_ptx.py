@@ -70,6 +70,9 @@ def main() -> int:
     for name, fn, sig, const, nw in variants:
         try:
             ck = compile_variant(fn, sig, const, nw)
+        except (TypeError, AttributeError, KeyError) as exc:  # another Triton's compile API
+            print(json.dumps({"unavailable": f"triton {triton.__version__}: {exc!r}"[:300]}))
+            return 2
         except Exception as exc:  # noqa: BLE001 - no ptxas, unsupported arch, ...
             if "ptxas" in str(exc).lower():
                 print(json.dumps({"unavailable": str(exc)[:300]}))
