@@ -366,10 +366,15 @@ def _interpreted() -> bool:
 
 
 if _interpreted():
-    quantize_forward_autotuned = quantize_forward_kernel
-    quantize_backward_autotuned = quantize_backward_kernel
+    quantize_forward_autotuned = quantize_forward_fixed = quantize_forward_kernel
+    quantize_backward_autotuned = quantize_backward_fixed = quantize_backward_kernel
 else:
     quantize_forward_autotuned = triton.autotune(configs=_GPU_CONFIGS, key=["n_elements"])(
         quantize_forward_kernel)
     quantize_backward_autotuned = triton.autotune(configs=_GPU_CONFIGS, key=["n_elements"])(
         quantize_backward_kernel)
+    # One config, no tuning runs (LIC_QUANT_TRITON_AUTOTUNE=0): for test suites, where every
+    # constexpr variant would otherwise compile six times.
+    _FIXED = [triton.Config({"BLOCK": 2048}, num_warps=4)]
+    quantize_forward_fixed = triton.autotune(configs=_FIXED, key=[])(quantize_forward_kernel)
+    quantize_backward_fixed = triton.autotune(configs=_FIXED, key=[])(quantize_backward_kernel)

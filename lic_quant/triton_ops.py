@@ -42,6 +42,9 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # instance costs a fixed ~0.5 ms; numpy work grows with the block, so small inputs get smaller ones).
 INTERPRETER_BLOCK = 1 << 16
 _kernels = None
+# GPU: autotune over block size x warps (default), or one fixed config when
+# LIC_QUANT_TRITON_AUTOTUNE=0 (test suites: no six-fold compilation of every variant).
+AUTOTUNE = os.environ.get("LIC_QUANT_TRITON_AUTOTUNE", "1") != "0"
 
 
 def _interpret_requested() -> bool:
@@ -189,7 +192,8 @@ def _launch(name: str, n: int, args: tuple, consts: dict) -> None:
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK"]),)
 
-    torch.library.wrap_triton(getattr(k, f"{name}_autotuned"))[grid](*args, **consts, ON_GPU=True)
+    kernel = getattr(k, f"{name}_autotuned" if AUTOTUNE else f"{name}_fixed")
+    torch.library.wrap_triton(kernel)[grid](*args, **consts, ON_GPU=True)
 
 
 def _forward_body(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,

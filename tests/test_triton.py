@@ -18,6 +18,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# On GPU one fixed config, so that each constexpr variant compiles once; the tests marked
+# `autotune` switch the autotuner (six configs) back on.
+os.environ.setdefault("LIC_QUANT_TRITON_AUTOTUNE", "0")
 
 pytest.importorskip("triton")
 pytest.importorskip("numpy")
@@ -479,9 +482,14 @@ def test_check_available_messages(monkeypatch):
 # GPU only (compiled kernels)
 
 
+@pytest.fixture
+def autotune(monkeypatch):
+    monkeypatch.setattr(triton_ops, "AUTOTUNE", True)
+
+
 @gpu_only
 @pytest.mark.slow
-def test_gpu_torch_compile_inductor_fullgraph():
+def test_gpu_torch_compile_inductor_fullgraph(autotune):
     y, s, m = to_device(*make_inputs((4, 8, 16, 16), torch.float32))
 
     def f(y, s, m, seed):
@@ -514,7 +522,7 @@ def test_gpu_bit_identical_to_cuda_kernels(mode):
 
 
 @gpu_only
-def test_gpu_large_and_odd_sizes():
+def test_gpu_large_and_odd_sizes(autotune):
     """Several blocks, a ragged tail, and the autotuned configs agree with the C++ kernels."""
     n = 3 * 4096 + 17
     y, s, m = (t.flatten()[:n] for t in make_inputs((n,), torch.float32))
