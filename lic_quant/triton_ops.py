@@ -17,8 +17,9 @@ so values and gradients match the C++ kernels bit for bit. float64 is not suppor
 backend (it would need a float64 erfc written in Triton); it raises a TypeError naming the dtype:
 use backend="cpu", "cuda" or "reference" for float64.
 
-Not checked here, unlike the C++ ops: the value of a temperature given as a tensor (reading it
-would synchronize the GPU; float temperatures are checked by lic_quant.gaussian_quantize).
+Not checked on CUDA, unlike the C++ ops: the value of a temperature given as a CUDA tensor
+(reading it would synchronize the GPU; float temperatures are checked by
+lic_quant.gaussian_quantize, and CPU tensors under the interpreter are checked here).
 """
 from __future__ import annotations
 
@@ -166,6 +167,15 @@ def _check_args(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor
         raise ValueError(f"lic_quant: likelihood_bound must be >= 0; got {likelihood_bound}")
 
 
+def _check_temperature_value(temperature: Tensor) -> None:
+    """The C++ ops' check of T in [0, 1], done where reading T costs no GPU synchronization: on
+    CPU tensors (the interpreter), eagerly. CUDA tensor temperatures are not read (see above)."""
+    if temperature.device.type == "cpu" and not torch.compiler.is_compiling():
+        t = float(temperature)
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"lic_quant: temperature must lie in [0, 1]; got {t}")
+
+
 def _likelihood_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -205,6 +215,7 @@ def _forward_body(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tens
     lik = torch.empty(y.shape, dtype=_likelihood_dtype(y.dtype), device=y.device)
     n = y.numel()
     if n > 0 and launch:
+        _check_temperature_value(temperature)
         # The noise index is the logical row-major index: strided inputs are made contiguous.
         y_c = y.contiguous()
         m_c = means.contiguous() if means is not None else None
@@ -242,6 +253,7 @@ def _backward_body(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Te
     gy, gs, gm = grad(need_y), grad(need_s), grad(need_m)
     n = y.numel()
     if n > 0 and launch and (need_y or need_s or need_m):
+        _check_temperature_value(temperature)
         y_c = y.contiguous()
         m_c = means.contiguous() if means is not None else None
         gyh = grad_y_hat.contiguous() if grad_y_hat is not None else None

@@ -463,6 +463,12 @@ def test_errors():
     temp = torch.tensor(1.0, dtype=torch.float64, device=DEVICE)
     with pytest.raises(ValueError, match="scale_bound"):
         torch.ops.lic_quant.triton_quantize_forward(y, s, None, seed, temp, "ste", -1.0, 0.0, True)
+    if DEVICE == "cpu":
+        with pytest.raises(ValueError, match="temperature"):
+            lq.gaussian_quantize(y, s, backend="triton", seed=1,
+                                 temperature=torch.tensor(1.5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="temperature"):
+        lq.gaussian_quantize(y, s, backend="triton", seed=1, temperature=-0.1)
     with pytest.raises(TypeError, match="seed"):
         torch.ops.lic_quant.triton_quantize_forward(y, s, None, seed.float(), temp, "ste", 0.1,
                                                     0.0, True)
