@@ -6,8 +6,8 @@ implementation doubles as the fake kernel) and autograd with ``register_autograd
 saves only y, scales, means, the seed and the temperature, and the backward recomputes u.
 Schemas are the C++ ops' (csrc/ops.cpp).
 
-Devices. CUDA tensors run the compiled kernels, autotuned over BLOCK in (1024, 2048, 4096) x
-num_warps in (4, 8). CPU tensors run in Triton's interpreter when TRITON_INTERPRET=1 was set
+Devices. CUDA tensors run the compiled kernels, autotuned over BLOCK x num_warps in (512, 4),
+(1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8) (4096 x 4 spills registers). CPU tensors run in Triton's interpreter when TRITON_INTERPRET=1 was set
 before the first Triton launch of the process (triton.jit reads it when the kernels are
 decorated); there the kernels take one large block per program instance, as the interpreter pays
 a fixed cost per instance.
