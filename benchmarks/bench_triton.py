@@ -73,7 +73,8 @@ def copy_bandwidth(nbytes=1 << 30):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="*", default=["16x192x64x64", "8x320x32x32", "1x192x16x16"])
+    parser.add_argument("--sizes", nargs="*",
+                        default=["16x192x64x64", "8x320x32x32", "1x192x16x16"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--mode", default="sua", choices=list(lq.MODES))
     parser.add_argument("--providers", nargs="*", default=None)
@@ -92,7 +93,8 @@ def main():
     fwd_bytes = 4 * esize + 4
     # backward: read g_yhat, y, mu, sigma and write three grads (input dtype), read g_P (float32)
     bwd_bytes = 7 * esize + 4
-    header = f"{'size':>16} {'provider':>10} {'fwd ms':>9} {'fwd+bwd ms':>11} {'GB/s':>8} {'% copy':>7}"
+    header = (f"{'size':>16} {'provider':>10} {'fwd ms':>9} {'fwd+bwd ms':>11} {'GB/s':>8} "
+              f"{'% copy':>7}")
     print(header + f" {'vs cuda':>8}")
     for size in args.sizes:
         shape = tuple(int(v) for v in size.split("x"))

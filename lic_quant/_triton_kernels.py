@@ -1,8 +1,8 @@
 """Triton kernels of lic_quant (SPEC sections 1-3): one fused pass forward, one fused pass backward.
 
-Imported lazily by lic_quant/triton_ops.py on the first Triton launch, because ``triton.jit`` reads
-TRITON_INTERPRET when a kernel is decorated: set it before the first ``backend="triton"`` call to run
-these kernels on CPU tensors in Triton's interpreter.
+Imported lazily by lic_quant/triton_ops.py on the first Triton launch, because ``triton.jit``
+reads TRITON_INTERPRET when a kernel is decorated: set it before the first ``backend="triton"``
+call to run these kernels on CPU tensors in Triton's interpreter.
 
 Every per-element function below is a line-by-line port of csrc/lic_quant/{philox,normal_dist,
 quantize_math}.h, float32 only. They use IEEE operations, bit casts and selects, never libdevice

@@ -7,10 +7,11 @@ saves only y, scales, means, the seed and the temperature, and the backward reco
 Schemas are the C++ ops' (csrc/ops.cpp).
 
 Devices. CUDA tensors run the compiled kernels, autotuned over BLOCK x num_warps in (512, 4),
-(1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8) (4096 x 4 spills registers). CPU tensors run in Triton's interpreter when TRITON_INTERPRET=1 was set
-before the first Triton launch of the process (triton.jit reads it when the kernels are
-decorated); there the kernels take one large block per program instance, as the interpreter pays
-a fixed cost per instance.
+(1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8) (4096 x 4 spills registers);
+LIC_QUANT_TRITON_AUTOTUNE=0 picks the single config (1024, 8) instead. CPU tensors run in
+Triton's interpreter when TRITON_INTERPRET=1 was set before the first Triton launch of the
+process (triton.jit reads it when the kernels are decorated); there the kernels take one large
+block per program instance, as the interpreter pays a fixed cost per instance.
 
 dtypes. float32, float16 and bfloat16, computed in float32 with the C++ kernels' per-element math,
 so values and gradients match the C++ kernels bit for bit. float64 is not supported by this
@@ -40,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Under the interpreter: one config, one program instance per up to this many elements (each
-# instance costs a fixed ~0.5 ms; numpy work grows with the block, so small inputs get smaller ones).
+# instance costs a fixed ~0.5 ms; numpy work grows with the block: small inputs get smaller ones).
 INTERPRETER_BLOCK = 1 << 16
 _kernels = None
 # GPU: autotune over block size x warps (default), or one fixed config when
@@ -149,7 +150,8 @@ def _check_args(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor
             raise ValueError(f"lic_quant: {name} must have the shape of y {tuple(y.shape)}; "
                              f"got {tuple(t.shape)}")
         if t.dtype != y.dtype:
-            raise TypeError(f"lic_quant: {name} must have the dtype of y ({y.dtype}); got {t.dtype}")
+            raise TypeError(f"lic_quant: {name} must have the dtype of y ({y.dtype}); "
+                            f"got {t.dtype}")
         if t.device != y.device:
             raise ValueError(f"lic_quant: {name} must be on the device of y ({y.device}); "
                              f"got {t.device}")
@@ -304,7 +306,8 @@ if TRITON_ERROR is None:
     @torch.library.triton_op("lic_quant::triton_quantize_forward", mutates_args=())
     def triton_quantize_forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
                                 temperature: Tensor, mode: str, scale_bound: float,
-                                likelihood_bound: float, zero_center: bool) -> tuple[Tensor, Tensor]:
+                                likelihood_bound: float, zero_center: bool
+                                ) -> tuple[Tensor, Tensor]:
         if interpreted():
             return torch.ops.lic_quant.triton_interpret_forward(
                 y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
@@ -326,7 +329,8 @@ if TRITON_ERROR is None:
                               mode, scale_bound, likelihood_bound, zero_center, output_mask)
 
     def _setup_context(ctx, inputs, output):
-        y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center = inputs
+        y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center = (
+            inputs)
         # Only the inputs, the seed and the temperature are kept: the backward recomputes u.
         ctx.save_for_backward(y, scales, means, seed, temperature)
         ctx.has_means = means is not None
@@ -353,7 +357,7 @@ if TRITON_ERROR is None:
 def gaussian_quantize_triton(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
                              temperature: Tensor, mode: str, scale_bound: float,
                              likelihood_bound: float, zero_center: bool) -> tuple[Tensor, Tensor]:
-    """(y_hat, likelihoods) through the Triton op; arguments as torch.ops.lic_quant.quantize_forward."""
+    """(y_hat, likelihoods) through the Triton op; arguments as lic_quant::quantize_forward."""
     check_available(y)
     return torch.ops.lic_quant.triton_quantize_forward(
         y, scales, means, seed, temperature, mode, float(scale_bound), float(likelihood_bound),

@@ -112,7 +112,8 @@ def test_normal_sf_accuracy():
     truth = special.ndtr(-a.double().numpy())
     ok = truth > 1e-37
     rel = np.abs(q[ok] - truth[ok]) / truth[ok]
-    assert rel.max() <= 1e-6, f"max relative error {rel.max():.3e} at a={a.numpy()[ok][rel.argmax()]}"
+    worst = a.numpy()[ok][rel.argmax()]
+    assert rel.max() <= 1e-6, f"max relative error {rel.max():.3e} at a={worst}"
     assert rel.max() <= 4e-7  # what the method achieves; a regression shows up here first
     edge = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 40.0, -40.0])
     out = triton_ops.normal_sf_triton(edge.to(DEVICE)).cpu()
@@ -234,7 +235,8 @@ def _check_against_reference(y, scales, means, mode, zero_center, dtype, tempera
         tol = err + out_eps * g64.abs() + tiny
         bad = ((g.double() - g64).abs() > tol) & ok
         assert not bool(bad.any()), (
-            f"{int(bad.sum())} gradients off, worst {float(((g.double() - g64).abs() - tol).max())}")
+            f"{int(bad.sum())} gradients off, worst excess "
+            f"{float(((g.double() - g64).abs() - tol).max())}")
 
 
 @pytest.mark.parametrize("dtype", TRITON_DTYPES, ids=str)
@@ -542,7 +544,8 @@ def test_gpu_large_and_odd_sizes(autotune):
 
 def test_gpu_machine_code_has_no_contraction():
     """Without a GPU: compile the kernels for sm_90 with Triton's bundled ptxas and check the
-    PTX/SASS for fma contraction, approximate division and flush-to-zero (tools/check_triton_ptx.py),
+    PTX/SASS for fma contraction, approximate division and flush-to-zero
+    (tools/check_triton_ptx.py),
     the three things that would break the bitwise agreement with the C++/CUDA kernels on GPU."""
     import subprocess
     import sys
