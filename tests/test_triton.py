@@ -306,6 +306,22 @@ def test_bit_identical_to_cpp_all_negative_upstream(mode):
 
 
 @needs_cpp
+@pytest.mark.skipif(ON_GPU, reason="interpreter block size")
+def test_bit_identical_to_cpp_many_blocks(monkeypatch):
+    """Several program instances and a ragged last block (1155 elements in blocks of 128)."""
+    monkeypatch.setattr(triton_ops, "INTERPRETER_BLOCK", 128)
+    y, s, m = special_inputs(torch.float16)
+    g_yhat, g_lik = make_upstream(SHAPE, torch.float16, torch.float32, seed=6)
+    g_lik[:, :2] = -g_lik[:, :2].abs()  # some blocks all negative, some mixed
+    cpp = run(quantize("cpu", "sua", False, 23), y, s, m, g_yhat, g_lik)
+    tri = run(quantize("triton", "sua", False, 23), y, s, m, g_yhat, g_lik)
+    for a, b in zip([cpp[0], cpp[1], *cpp[2]], [tri[0], tri[1], *tri[2]]):
+        assert same_bits(a, b)
+    u = triton_ops.uniform_noise_triton(1000, torch.tensor(5), start=2**32 - 300)
+    assert same_bits(u, philox_uniform((1000,), 5, start=2**32 - 300))
+
+
+@needs_cpp
 def test_bit_identical_to_cpp_partial_gradients():
     """Only some gradients requested, no grad for y_hat, and a likelihood bound of 0."""
     y, s, m = special_inputs(torch.float32)
