@@ -369,7 +369,8 @@ def _interpreted() -> bool:
     return isinstance(quantize_forward_kernel, InterpretedFunction)
 
 
-if _interpreted():
+INTERPRETED = _interpreted()
+if INTERPRETED:
     quantize_forward_autotuned = quantize_forward_fixed = quantize_forward_kernel
     quantize_backward_autotuned = quantize_backward_fixed = quantize_backward_kernel
 else:

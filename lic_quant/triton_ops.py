@@ -74,9 +74,7 @@ def interpreted() -> bool:
         return False
     if _kernels is None:
         return _interpret_requested()
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(_kernels.quantize_forward_kernel, InterpretedFunction)
+    return _kernels.INTERPRETED
 
 
 _DRIVER_ERRORS: dict = {}
