@@ -41,10 +41,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MODE_NOISE: tl.constexpr = tl.constexpr(0)
-MODE_STE: tl.constexpr = tl.constexpr(1)
-MODE_MIXED: tl.constexpr = tl.constexpr(2)
-MODE_SUA: tl.constexpr = tl.constexpr(3)
+# The mode values of lic_quant.reference.MODES (and of the C++ Mode enum).
+MODE_NOISE = tl.constexpr(0)
+MODE_STE = tl.constexpr(1)
+MODE_MIXED = tl.constexpr(2)
+MODE_SUA = tl.constexpr(3)
 
 # ---------------------------------------------------------------------------------------------
 # Exactly rounded float32 primitives (see the module docstring).
@@ -183,16 +184,16 @@ def _normal_sf(x, ON_GPU: tl.constexpr):
 def _surrogate(r, u, temperature, MODE: tl.constexpr, ON_GPU: tl.constexpr):
     """(r~_R, r~_D) of SPEC section 1: the one place that defines the surrogates."""
     n = _round_half_even(r)
-    if MODE == 0:  # noise
+    if MODE == MODE_NOISE:
         rate = r + u
         dist = rate
-    elif MODE == 1:  # ste
+    elif MODE == MODE_STE:
         rate = n
         dist = n
-    elif MODE == 2:  # mixed
+    elif MODE == MODE_MIXED:
         rate = r + u
         dist = n
-    else:  # sua: n + T (e + u); T = 0 gives rounding bit for bit
+    else:  # MODE_SUA: n + T (e + u); T = 0 gives rounding bit for bit
         rate = tl.where(temperature == 0.0, n, n + _mul(temperature, (r - n) + u, ON_GPU))
         dist = rate
     return rate, dist
@@ -266,7 +267,7 @@ def quantize_forward_kernel(
     else:
         mu = tl.zeros_like(y)  # +0, as the C++ kernels' zero-filled means
     temperature = tl.load(temp_ptr).to(tl.float32)
-    if MODE != 1:
+    if MODE != MODE_STE:
         u = _philox_uniform(tl.load(seed_ptr), offs + index_base, ON_GPU)
     else:
         u = tl.zeros_like(y)
@@ -297,7 +298,7 @@ def quantize_backward_kernel(
     else:
         mu = tl.zeros_like(y)
     temperature = tl.load(temp_ptr).to(tl.float32)
-    if MODE != 1:
+    if MODE != MODE_STE:
         u = _philox_uniform(tl.load(seed_ptr), offs + index_base, ON_GPU)
     else:
         u = tl.zeros_like(y)
