@@ -1,0 +1,106 @@
+"""Compiles lic_quant's Triton kernels for an NVIDIA GPU without one and checks the machine code
+for what would break the bitwise agreement with the C++/CUDA kernels (lic_quant/_triton_kernels.py):
+no fma and no approximate division in the PTX, no flush-to-zero arithmetic, and FFMA in the SASS
+only inside IEEE division sequences (counted per division).
+
+    TRITON_INTERPRET=0 python tools/check_triton_ptx.py [--arch 90]
+
+Prints one JSON object per kernel variant and exits 1 if a check fails, 2 if the toolchain
+(Triton's bundled ptxas) is unavailable. Used by tests/test_triton.py in a subprocess.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ["TRITON_INTERPRET"] = "0"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", type=int, default=90)
+    args = parser.parse_args()
+    try:
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as exc:
+        print(json.dumps({"unavailable": str(exc)}))
+        return 2
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from lic_quant import _triton_kernels as K
+
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    nvdisasm = os.path.join(bin_dir, "nvdisasm")
+
+    def compile_variant(fn, sig, const, num_warps):
+        src = ASTSource(fn=fn, signature=sig,
+                        constexprs={(list(sig).index(k),): v for k, v in const.items()})
+        return triton.compile(src, target=GPUTarget("cuda", args.arch, 32),
+                              options={"num_warps": num_warps})
+
+    fwd_sig = {"y_ptr": "*fp32", "mu_ptr": "*fp32", "sigma_ptr": "*fp32", "seed_ptr": "*i64",
+               "temp_ptr": "*fp64", "y_hat_ptr": "*fp32", "lik_ptr": "*fp32", "n_elements": "i32",
+               "index_base": "i64", "scale_bound": "fp32", "likelihood_bound": "fp32",
+               "MODE": "constexpr", "ZERO_CENTER": "constexpr", "HAS_MEANS": "constexpr",
+               "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr"}
+    bwd_sig = {"g_yhat_ptr": "*i16", "g_lik_ptr": "*fp32", "y_ptr": "*i16", "mu_ptr": "*i16",
+               "sigma_ptr": "*i16", "seed_ptr": "*i64", "temp_ptr": "*fp64", "gy_ptr": "*i16",
+               "gmu_ptr": "*i16", "gs_ptr": "*i16", "n_elements": "i64", "index_base": "i64",
+               "scale_bound": "fp32", "likelihood_bound": "fp32", "MODE": "constexpr",
+               "ZERO_CENTER": "constexpr", "HAS_MEANS": "constexpr", "HAS_GYHAT": "constexpr",
+               "NEED_GY": "constexpr", "NEED_GMU": "constexpr", "NEED_GS": "constexpr",
+               "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr"}
+    noise_sig = {"seed_ptr": "*i64", "out_ptr": "*fp32", "n_elements": "i32",
+                 "index_base": "i64", "ON_GPU": "constexpr", "BLOCK": "constexpr"}
+    variants = [
+        ("forward sua fp32", K.quantize_forward_kernel, fwd_sig,
+         dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024), 4),
+        ("backward noise bf16", K.quantize_backward_kernel, bwd_sig,
+         dict(MODE=0, ZERO_CENTER=False, HAS_MEANS=True, HAS_GYHAT=True, NEED_GY=True,
+              NEED_GMU=True, NEED_GS=True, IS_BF16=True, ON_GPU=True, BLOCK=4096), 8),
+        ("noise", K.uniform_noise_kernel, noise_sig, dict(ON_GPU=True, BLOCK=1024), 4),
+    ]
+    failed = False
+    for name, fn, sig, const, nw in variants:
+        try:
+            ck = compile_variant(fn, sig, const, nw)
+        except (TypeError, AttributeError, KeyError) as exc:  # another Triton's compile API
+            print(json.dumps({"unavailable": f"triton {triton.__version__}: {exc!r}"[:300]}))
+            return 2
+        except Exception as exc:  # noqa: BLE001 - no ptxas, unsupported arch, ...
+            if "ptxas" in str(exc).lower():
+                print(json.dumps({"unavailable": str(exc)[:300]}))
+                return 2
+            raise
+        ptx = ck.asm["ptx"]
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(ck.asm["cubin"])
+            f.flush()
+            sass = subprocess.run([nvdisasm, f.name], capture_output=True, text=True).stdout
+        divs = ptx.count("div.rn.f32")
+        res = {
+            "kernel": name,
+            "ptx_fma": len(re.findall(r"\bfma\.", ptx)),
+            "ptx_div_approx": ptx.count("div.full") + ptx.count("div.approx"),
+            "ptx_ftz": ptx.count(".ftz"),
+            "ptx_div_rn": divs,
+            "ptx_mul_rn": ptx.count("mul.rn.f32"),
+            "sass_ffma": len(re.findall(r"\bFFMA\b", sass)),
+            "sass_rcp": len(re.findall(r"MUFU\.RCP", sass)),
+        }
+        # Each IEEE division is MUFU.RCP plus a Newton sequence of 5 FFMA (plus a shared slow path).
+        res["ok"] = (res["ptx_fma"] == 0 and res["ptx_div_approx"] == 0 and res["ptx_ftz"] == 0
+                     and (res["sass_ffma"] == 0 if divs == 0 else res["sass_ffma"] <= 6 * divs))
+        failed |= not res["ok"]
+        print(json.dumps(res))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
