@@ -218,7 +218,7 @@ def _check_against_reference(y, scales, means, mode, zero_center, dtype, tempera
     rate, _ = ref.surrogate(mode, y64 - c, u64, temperature)
     v64 = rate if (zero_center or m64 is None) else rate - m64
     err_p, err_gv, err_gs, ambiguous = error_bounds(
-        y64, s64, m64, u64, v64, lik64, g_lik.double(), compute_eps(dtype),
+        y64, s64, m64, u64, v64, g_lik.double(), compute_eps(dtype),
         scale_bound=SCALE_BOUND, likelihood_bound=LIK_BOUND)
     # + the float32 rounding of the output itself (b_p = 1e-9 is not a float32)
     lik_err = (lik.double() - lik64).abs() - (err_p + EPS[torch.float32] * lik64)
@@ -227,7 +227,10 @@ def _check_against_reference(y, scales, means, mode, zero_center, dtype, tempera
     out_eps = EPS[dtype]  # the gradients are rounded to the input dtype at the end
     tiny = 2.0**-24 if dtype == torch.float16 else 0.0  # float16 subnormal spacing
     ok = ~ambiguous
-    for g, g64, err in zip(grads, grads64, (err_gv, err_gs, err_gv)):
+    # the float64 reference sums g_yhat - g_yhat into grad_mu (and adds g_yhat into grad_y):
+    # one rounding of |g_yhat| each
+    g_term = compute_eps(dtype) * g_yhat.double().abs()
+    for g, g64, err in zip(grads, grads64, (err_gv + g_term, err_gs, err_gv + g_term)):
         if g64 is None:
             assert g is None
             continue
