@@ -30,6 +30,36 @@ def _likelihood_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def autograd_for(backward_op):
+    """(backward, setup_context) for a forward op with the quantize_forward schema whose backward
+    op (a callable returning it, resolved at call time) has the quantize_backward schema."""
+
+    def setup_context(ctx, inputs, output):
+        y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center = inputs
+        # Only the inputs, the seed and the temperature are kept: the backward recomputes the
+        # noise (SPEC section 2).
+        ctx.save_for_backward(y, scales, means, seed, temperature)
+        ctx.has_means = means is not None
+        ctx.args = (mode, scale_bound, likelihood_bound, zero_center)
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_y_hat, grad_likelihoods):
+        y, scales, means, seed, temperature = ctx.saved_tensors
+        need_y, need_scales = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_means = ctx.has_means and ctx.needs_input_grad[2]
+        if grad_likelihoods is None:
+            # Only y_hat was used: its gradient is the identity, and mu and sigma get none.
+            grad_y = grad_y_hat if (need_y and grad_y_hat is not None) else None
+            return grad_y, None, None, None, None, None, None, None, None
+        gy, gs, gm = backward_op()(
+            grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, *ctx.args,
+            [need_y, need_scales, need_means])
+        return (gy if need_y else None, gs if need_scales else None, gm if need_means else None,
+                None, None, None, None, None, None)
+
+    return backward, setup_context
+
+
 if extension_available():
 
     @torch.library.register_fake("lic_quant::quantize_forward")
@@ -53,27 +83,6 @@ if extension_available():
     def _uniform_noise_fake(seed, size):
         return torch.empty(size, dtype=torch.float32, device=seed.device)
 
-    def _setup_context(ctx, inputs, output):
-        y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center = inputs
-        # Only the inputs and the seed are kept: the backward recomputes the noise (SPEC section 2).
-        ctx.save_for_backward(y, scales, means, seed, temperature)
-        ctx.has_means = means is not None
-        ctx.args = (mode, scale_bound, likelihood_bound, zero_center)
-        ctx.set_materialize_grads(False)
-
-    def _backward(ctx, grad_y_hat, grad_likelihoods):
-        y, scales, means, seed, temperature = ctx.saved_tensors
-        need_y, need_scales = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_means = ctx.has_means and ctx.needs_input_grad[2]
-        if grad_likelihoods is None:
-            # Only y_hat was used: its gradient is the identity, and mu and sigma get none.
-            grad_y = grad_y_hat if (need_y and grad_y_hat is not None) else None
-            return grad_y, None, None, None, None, None, None, None, None
-        gy, gs, gm = torch.ops.lic_quant.quantize_backward(
-            grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, *ctx.args,
-            [need_y, need_scales, need_means])
-        return (gy if need_y else None, gs if need_scales else None, gm if need_means else None,
-                None, None, None, None, None, None)
-
-    torch.library.register_autograd(
-        "lic_quant::quantize_forward", _backward, setup_context=_setup_context)
+    _backward, _setup_context = autograd_for(lambda: torch.ops.lic_quant.quantize_backward)
+    torch.library.register_autograd("lic_quant::quantize_forward", _backward,
+                                    setup_context=_setup_context)

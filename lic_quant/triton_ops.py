@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from ._ops import autograd_for
 from .reference import MODES
 
 try:
@@ -326,29 +327,7 @@ if TRITON_ERROR is None:
         return _backward_body(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature,
                               mode, scale_bound, likelihood_bound, zero_center, output_mask)
 
-    def _setup_context(ctx, inputs, output):
-        y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center = (
-            inputs)
-        # Only the inputs, the seed and the temperature are kept: the backward recomputes u.
-        ctx.save_for_backward(y, scales, means, seed, temperature)
-        ctx.has_means = means is not None
-        ctx.args = (mode, scale_bound, likelihood_bound, zero_center)
-        ctx.set_materialize_grads(False)
-
-    def _backward(ctx, grad_y_hat, grad_likelihoods):
-        y, scales, means, seed, temperature = ctx.saved_tensors
-        need_y, need_scales = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_means = ctx.has_means and ctx.needs_input_grad[2]
-        if grad_likelihoods is None:
-            # Only y_hat was used: its gradient is the identity; mu and sigma get none.
-            grad_y = grad_y_hat if (need_y and grad_y_hat is not None) else None
-            return grad_y, None, None, None, None, None, None, None, None
-        gy, gs, gm = torch.ops.lic_quant.triton_quantize_backward(
-            grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, *ctx.args,
-            [need_y, need_scales, need_means])
-        return (gy if need_y else None, gs if need_scales else None, gm if need_means else None,
-                None, None, None, None, None, None)
-
+    _backward, _setup_context = autograd_for(lambda: torch.ops.lic_quant.triton_quantize_backward)
     triton_quantize_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
