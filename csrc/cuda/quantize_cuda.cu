@@ -87,6 +87,25 @@ __device__ __forceinline__ acc_t noise_at(bool noisy, uint64_t seed, int64_t i) 
   return noisy ? static_cast<acc_t>(philox_uniform(seed, static_cast<uint64_t>(i))) : acc_t(0);
 }
 
+// u for the N elements i0 .. i0 + N - 1 (zeros where the mode draws none).
+template <int N>
+__device__ __forceinline__ void noise_pack(bool noisy, uint64_t seed, int64_t i0, float (&u)[N]) {
+  if (noisy) {
+    philox_uniform_n<N>(seed, static_cast<uint64_t>(i0), u);
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) u[j] = 0.0f;
+  }
+}
+
+// kMode >= 0: the mode is a compile-time constant (the aligned float-compute kernels), so the
+// per-element mode switch and the noise test fold away; -1: read from the parameters.
+template <int kMode, typename acc_t>
+__device__ __forceinline__ QuantParams<acc_t> fix_mode(QuantParams<acc_t> p) {
+  if constexpr (kMode >= 0) p.mode = kMode;
+  return p;
+}
+
 // Reads the device-side scalars once per thread (cached broadcast loads).
 template <typename acc_t>
 __device__ __forceinline__ QuantParams<acc_t> with_temperature(QuantParams<acc_t> p,
@@ -99,14 +118,14 @@ __device__ __forceinline__ QuantParams<acc_t> with_temperature(QuantParams<acc_t
 // Forward. N = elements per thread step: 16 / sizeof(scalar_t) on the aligned path, 1 otherwise.
 // Elements [0, numel / N * N) go through packs; the few left over are handled one per thread.
 
-template <typename scalar_t, typename lik_t, int N>
+template <typename scalar_t, typename lik_t, int N, int kMode>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ y, const scalar_t* __restrict__ mu,
                    const scalar_t* __restrict__ sigma, scalar_t* __restrict__ y_hat,
                    lik_t* __restrict__ lik, int64_t numel, const int64_t* __restrict__ seed_ptr,
                    const double* __restrict__ temperature, QuantParams<acc_type<scalar_t>> params) {
   using acc_t = acc_type<scalar_t>;
-  const QuantParams<acc_t> p = with_temperature(params, temperature);
+  const QuantParams<acc_t> p = fix_mode<kMode>(with_temperature(params, temperature));
   const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
   const bool noisy = mode_uses_noise(p.mode);
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -119,14 +138,15 @@ __global__ void __launch_bounds__(kThreads)
     const Pack<scalar_t, N> ps = load_pack<scalar_t, N>(sigma + i0);
     Pack<scalar_t, N> pm;
     if (mu != nullptr) pm = load_pack<scalar_t, N>(mu + i0);
+    float u[N];
+    noise_pack<N>(noisy, seed, i0, u);
     Pack<scalar_t, N> out_y;
     Pack<lik_t, N> out_p;
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const acc_t m = mu != nullptr ? static_cast<acc_t>(pm.v[j]) : acc_t(0);
       const ForwardOut<acc_t> o = forward_element<acc_t>(
-          static_cast<acc_t>(py.v[j]), m, static_cast<acc_t>(ps.v[j]),
-          noise_at<acc_t>(noisy, seed, i0 + j), p);
+          static_cast<acc_t>(py.v[j]), m, static_cast<acc_t>(ps.v[j]), static_cast<acc_t>(u[j]), p);
       out_y.v[j] = static_cast<scalar_t>(o.y_hat);
       out_p.v[j] = static_cast<lik_t>(o.likelihood);
     }
@@ -157,7 +177,7 @@ __device__ __forceinline__ void backward_pack(const Pack<scalar_t, N>& pg, const
                                               const Pack<scalar_t, N>& py,
                                               const Pack<scalar_t, N>& pm,
                                               const Pack<scalar_t, N>& ps, bool has_gyh,
-                                              bool has_mu, bool noisy, uint64_t seed, int64_t i0,
+                                              bool has_mu, const float (&u)[N],
                                               const QuantParams<acc_t>& p,
                                               Pack<scalar_t, N>& gy, Pack<scalar_t, N>& gm,
                                               Pack<scalar_t, N>& gs) {
@@ -167,14 +187,14 @@ __device__ __forceinline__ void backward_pack(const Pack<scalar_t, N>& pg, const
     const acc_t m = has_mu ? static_cast<acc_t>(pm.v[j]) : acc_t(0);
     const BackwardOut<acc_t> o = backward_element<acc_t, kSkipLikelihood>(
         g, static_cast<acc_t>(pl.v[j]), static_cast<acc_t>(py.v[j]), m,
-        static_cast<acc_t>(ps.v[j]), noise_at<acc_t>(noisy, seed, i0 + j), p);
+        static_cast<acc_t>(ps.v[j]), static_cast<acc_t>(u[j]), p);
     gy.v[j] = static_cast<scalar_t>(o.grad_y);
     gm.v[j] = static_cast<scalar_t>(o.grad_mu);
     gs.v[j] = static_cast<scalar_t>(o.grad_sigma);
   }
 }
 
-template <typename scalar_t, typename lik_t, int N>
+template <typename scalar_t, typename lik_t, int N, int kMode>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ g_yhat, const lik_t* __restrict__ g_lik,
                     const scalar_t* __restrict__ y, const scalar_t* __restrict__ mu,
@@ -184,7 +204,7 @@ __global__ void __launch_bounds__(kThreads)
                     const double* __restrict__ temperature,
                     QuantParams<acc_type<scalar_t>> params) {
   using acc_t = acc_type<scalar_t>;
-  const QuantParams<acc_t> p = with_temperature(params, temperature);
+  const QuantParams<acc_t> p = fix_mode<kMode>(with_temperature(params, temperature));
   const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
   const bool noisy = mode_uses_noise(p.mode);
   const bool has_gyh = g_yhat != nullptr;
@@ -204,11 +224,13 @@ __global__ void __launch_bounds__(kThreads)
     bool all_negative = true;
 #pragma unroll
     for (int j = 0; j < N; ++j) all_negative &= pl.v[j] < lik_t(0);
+    float u[N];
+    noise_pack<N>(noisy, seed, i0, u);
     Pack<scalar_t, N> gy, gm, gs;
     if (__all_sync(__activemask(), all_negative)) {
-      backward_pack<acc_t, true>(pg, pl, py, pm, ps, has_gyh, has_mu, noisy, seed, i0, p, gy, gm, gs);
+      backward_pack<acc_t, true>(pg, pl, py, pm, ps, has_gyh, has_mu, u, p, gy, gm, gs);
     } else {
-      backward_pack<acc_t, false>(pg, pl, py, pm, ps, has_gyh, has_mu, noisy, seed, i0, p, gy, gm, gs);
+      backward_pack<acc_t, false>(pg, pl, py, pm, ps, has_gyh, has_mu, u, p, gy, gm, gs);
     }
     if (grad_y != nullptr) store_pack<scalar_t, N>(grad_y + i0, gy);
     if (grad_mu != nullptr) store_pack<scalar_t, N>(grad_mu + i0, gm);
@@ -244,8 +266,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t k = tid; k < npack; k += stride) {
     const int64_t i0 = k * N;
     Pack<float, N> o;
-#pragma unroll
-    for (int j = 0; j < N; ++j) o.v[j] = philox_uniform(seed, static_cast<uint64_t>(i0 + j));
+    philox_uniform_n<N>(seed, static_cast<uint64_t>(i0), o.v);
     store_pack<float, N>(out + i0, o);
   }
   const int64_t i = npack * N + tid;
@@ -283,11 +304,11 @@ scalar_t* mutable_or_null(at::Tensor& t) {
   return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
 }
 
-template <typename scalar_t, typename lik_t, int N>
-void launch_forward(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma, scalar_t* y_hat,
+template <typename scalar_t, typename lik_t, int N, int kMode>
+void launch_forward_mode(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma, scalar_t* y_hat,
                     lik_t* lik, int64_t numel, const int64_t* seed, const double* temperature,
                     const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream) {
-  auto kernel = forward_kernel<scalar_t, lik_t, N>;
+  auto kernel = forward_kernel<scalar_t, lik_t, N, kMode>;
   // numel / N pack steps plus at most N - 1 tail elements, one per thread.
   const int64_t work = std::max<int64_t>(numel / N, numel % N);
   kernel<<<grid_size(kernel, work), kThreads, 0, stream>>>(y, mu, sigma, y_hat, lik, numel, seed,
@@ -295,16 +316,53 @@ void launch_forward(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename scalar_t, typename lik_t, int N, int kMode>
+void launch_backward_mode(const scalar_t* g_yhat, const lik_t* g_lik, const scalar_t* y,
+                     const scalar_t* mu, const scalar_t* sigma, scalar_t* gy, scalar_t* gm,
+                     scalar_t* gs, int64_t numel, const int64_t* seed, const double* temperature,
+                     const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream) {
+  auto kernel = backward_kernel<scalar_t, lik_t, N, kMode>;
+  const int64_t work = std::max<int64_t>(numel / N, numel % N);
+  kernel<<<grid_size(kernel, work), kThreads, 0, stream>>>(g_yhat, g_lik, y, mu, sigma, gy, gm, gs,
+                                                            numel, seed, temperature, p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Calls fn(std::integral_constant<int, kMode>): the mode as a template constant for the aligned
+// float-compute kernels (the hot path), -1 (read at run time) for float64 and the scalar fallback.
+template <typename scalar_t, int N, typename Fn>
+void dispatch_mode(int32_t mode, Fn&& fn) {
+  if constexpr (N > 1 && !std::is_same_v<scalar_t, double>) {
+    switch (mode) {
+      case kNoise: return fn(std::integral_constant<int, kNoise>{});
+      case kSte: return fn(std::integral_constant<int, kSte>{});
+      case kMixed: return fn(std::integral_constant<int, kMixed>{});
+      default: return fn(std::integral_constant<int, kSua>{});
+    }
+  } else {
+    return fn(std::integral_constant<int, -1>{});
+  }
+}
+
+template <typename scalar_t, typename lik_t, int N>
+void launch_forward(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma, scalar_t* y_hat,
+                    lik_t* lik, int64_t numel, const int64_t* seed, const double* temperature,
+                    const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream) {
+  dispatch_mode<scalar_t, N>(p.mode, [&](auto mode_c) {
+    launch_forward_mode<scalar_t, lik_t, N, decltype(mode_c)::value>(
+        y, mu, sigma, y_hat, lik, numel, seed, temperature, p, stream);
+  });
+}
+
 template <typename scalar_t, typename lik_t, int N>
 void launch_backward(const scalar_t* g_yhat, const lik_t* g_lik, const scalar_t* y,
                      const scalar_t* mu, const scalar_t* sigma, scalar_t* gy, scalar_t* gm,
                      scalar_t* gs, int64_t numel, const int64_t* seed, const double* temperature,
                      const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream) {
-  auto kernel = backward_kernel<scalar_t, lik_t, N>;
-  const int64_t work = std::max<int64_t>(numel / N, numel % N);
-  kernel<<<grid_size(kernel, work), kThreads, 0, stream>>>(g_yhat, g_lik, y, mu, sigma, gy, gm, gs,
-                                                            numel, seed, temperature, p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  dispatch_mode<scalar_t, N>(p.mode, [&](auto mode_c) {
+    launch_backward_mode<scalar_t, lik_t, N, decltype(mode_c)::value>(
+        g_yhat, g_lik, y, mu, sigma, gy, gm, gs, numel, seed, temperature, p, stream);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
