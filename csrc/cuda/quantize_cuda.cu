@@ -276,15 +276,16 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Launch configuration.
 
-// Blocks for `work` thread-steps: enough to fill every multiprocessor at the kernel's occupancy
-// (per device, computed once per kernel), fewer when there is less work; the kernels loop.
-template <typename Kernel>
-int64_t grid_size(Kernel kernel, int64_t work) {
+// Blocks for `work` thread-steps: one full wave, every multiprocessor filled at the kernel's
+// occupancy (per device, computed once per kernel), fewer when there is less work; the kernels
+// loop over the rest. A template per kernel, so each has its own cache.
+template <auto kKernel>
+int64_t grid_size(int64_t work) {
   static std::atomic<int> blocks_per_sm[64];  // zero-initialized: not computed yet
   const int dev = c10::cuda::current_device();
   int per_sm = dev < 64 ? blocks_per_sm[dev].load(std::memory_order_relaxed) : 0;
   if (per_sm == 0) {
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, kThreads, 0));
     per_sm = std::max(per_sm, 1);
     if (dev < 64) blocks_per_sm[dev].store(per_sm, std::memory_order_relaxed);
   }
@@ -308,10 +309,10 @@ template <typename scalar_t, typename lik_t, int N, int kMode>
 void launch_forward_mode(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma, scalar_t* y_hat,
                     lik_t* lik, int64_t numel, const int64_t* seed, const double* temperature,
                     const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream) {
-  auto kernel = forward_kernel<scalar_t, lik_t, N, kMode>;
+  constexpr auto kernel = forward_kernel<scalar_t, lik_t, N, kMode>;
   // numel / N pack steps plus at most N - 1 tail elements, one per thread.
   const int64_t work = std::max<int64_t>(numel / N, numel % N);
-  kernel<<<grid_size(kernel, work), kThreads, 0, stream>>>(y, mu, sigma, y_hat, lik, numel, seed,
+  kernel<<<grid_size<kernel>(work), kThreads, 0, stream>>>(y, mu, sigma, y_hat, lik, numel, seed,
                                                             temperature, p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -321,9 +322,9 @@ void launch_backward_mode(const scalar_t* g_yhat, const lik_t* g_lik, const scal
                      const scalar_t* mu, const scalar_t* sigma, scalar_t* gy, scalar_t* gm,
                      scalar_t* gs, int64_t numel, const int64_t* seed, const double* temperature,
                      const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream) {
-  auto kernel = backward_kernel<scalar_t, lik_t, N, kMode>;
+  constexpr auto kernel = backward_kernel<scalar_t, lik_t, N, kMode>;
   const int64_t work = std::max<int64_t>(numel / N, numel % N);
-  kernel<<<grid_size(kernel, work), kThreads, 0, stream>>>(g_yhat, g_lik, y, mu, sigma, gy, gm, gs,
+  kernel<<<grid_size<kernel>(work), kThreads, 0, stream>>>(g_yhat, g_lik, y, mu, sigma, gy, gm, gs,
                                                             numel, seed, temperature, p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -513,7 +514,7 @@ at::Tensor uniform_noise_cuda(const at::Tensor& seed, c10::SymIntArrayRef size) 
   const int64_t numel = u.numel();
   if (numel == 0) return u;
   const int64_t work = std::max<int64_t>(numel / 4, numel % 4);
-  uniform_noise_kernel<<<grid_size(uniform_noise_kernel, work), kThreads, 0,
+  uniform_noise_kernel<<<grid_size<uniform_noise_kernel>(work), kThreads, 0,
                          at::cuda::getCurrentCUDAStream()>>>(u.mutable_data_ptr<float>(), numel,
                                                              seed.const_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
