@@ -13,9 +13,9 @@
 //   every float32 step rounds as on the CPU: u, y_hat and (in float32) the likelihoods match the
 //   CPU kernels bit for bit.
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/util/BFloat16.h>
@@ -276,20 +276,33 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Launch configuration.
 
+constexpr int kMaxDevices = 64;
+
+// Multiprocessors of the current device, read once per device.
+int64_t multiprocessor_count(int dev) {
+  static std::atomic<int> count[kMaxDevices];  // zero-initialized: not read yet
+  int n = dev < kMaxDevices ? count[dev].load(std::memory_order_relaxed) : 0;
+  if (n == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    if (dev < kMaxDevices) count[dev].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
 // Blocks for `work` thread-steps: one full wave, every multiprocessor filled at the kernel's
 // occupancy (per device, computed once per kernel), fewer when there is less work; the kernels
 // loop over the rest. A template per kernel, so each has its own cache.
 template <auto kKernel>
 int64_t grid_size(int64_t work) {
-  static std::atomic<int> blocks_per_sm[64];  // zero-initialized: not computed yet
+  static std::atomic<int> blocks_per_sm[kMaxDevices];  // zero-initialized: not computed yet
   const int dev = c10::cuda::current_device();
-  int per_sm = dev < 64 ? blocks_per_sm[dev].load(std::memory_order_relaxed) : 0;
+  int per_sm = dev < kMaxDevices ? blocks_per_sm[dev].load(std::memory_order_relaxed) : 0;
   if (per_sm == 0) {
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, kThreads, 0));
     per_sm = std::max(per_sm, 1);
-    if (dev < 64) blocks_per_sm[dev].store(per_sm, std::memory_order_relaxed);
+    if (dev < kMaxDevices) blocks_per_sm[dev].store(per_sm, std::memory_order_relaxed);
   }
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t sms = multiprocessor_count(dev);
   const int64_t needed = (work + kThreads - 1) / kThreads;
   return std::max<int64_t>(1, std::min<int64_t>(needed, sms * per_sm));
 }
@@ -390,7 +403,7 @@ void forward_typed(const at::Tensor& y, const at::Tensor& scales, const at::Tens
   lik_t* pl = lik.mutable_data_ptr<lik_t>();
   const int64_t* sd = seed.const_data_ptr<int64_t>();
   const double* tp = temperature.const_data_ptr<double>();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t numel = y.numel();
   if (aligned16(py) && aligned16(pm) && aligned16(ps) && aligned16(pyh) && aligned16(pl)) {
     launch_forward<scalar_t, lik_t, kVec>(py, pm, ps, pyh, pl, numel, sd, tp, p, stream);
@@ -418,7 +431,7 @@ void backward_typed(const at::Tensor& g_yhat, const at::Tensor& g_lik, const at:
   scalar_t* os = mutable_or_null<scalar_t>(gs);
   const int64_t* sd = seed.const_data_ptr<int64_t>();
   const double* tp = temperature.const_data_ptr<double>();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t numel = y.numel();
   if (aligned16(pg) && aligned16(pl) && aligned16(py) && aligned16(pm) && aligned16(ps) &&
       aligned16(oy) && aligned16(om) && aligned16(os)) {
@@ -515,7 +528,7 @@ at::Tensor uniform_noise_cuda(const at::Tensor& seed, c10::SymIntArrayRef size) 
   if (numel == 0) return u;
   const int64_t work = std::max<int64_t>(numel / 4, numel % 4);
   uniform_noise_kernel<<<grid_size<uniform_noise_kernel>(work), kThreads, 0,
-                         at::cuda::getCurrentCUDAStream()>>>(u.mutable_data_ptr<float>(), numel,
+                         c10::cuda::getCurrentCUDAStream()>>>(u.mutable_data_ptr<float>(), numel,
                                                              seed.const_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return u;
