@@ -191,7 +191,7 @@ def misaligned(t):
     off = 1 if t.element_size() >= 4 else 2
     out = flat[off:off + t.numel()].view(t.shape)
     out.copy_(t)
-    assert out.data_ptr() % 16 != 0
+    assert out.data_ptr() % 16 != 0 and out.is_contiguous()
     return out
 
 
@@ -268,13 +268,22 @@ def test_cuda_matches_cpu_kernels(mode, zero_center, dtype, layout):
         shape = (5, 1001, 997)
     y, s, m = make_inputs(shape, dtype, seed=21)
     g_yhat, g_lik = make_upstream(shape, dtype, lik_dtype(dtype), seed=22)
-    ins = dev(y, s, m)
-    if layout == "misaligned":
-        ins = tuple(misaligned(t) for t in ins)  # the scalar kernels
     c_yhat, c_lik, c_grads = run(kernel_fn(mode, zero_center, seed, temperature, "cpu"), y, s, m,
                                  g_yhat, g_lik)
-    k_yhat, k_lik, k_grads = run(kernel_fn(mode, zero_center, seed, temperature), *ins,
-                                 *dev(g_yhat, g_lik))
+    if layout == "misaligned":
+        # inputs 4 or 8 bytes off a 16-byte boundary: the scalar kernels (the ops are called
+        # directly, since autograd leaves would be fresh, aligned copies)
+        ins = tuple(misaligned(t) for t in dev(y, s, m, g_yhat, g_lik))
+        seed_t = lq.make_seed(seed, ins[0].device)
+        temp_t = torch.tensor(temperature, dtype=torch.float64, device=ins[0].device)
+        args = (seed_t, temp_t, mode, SB, LB, zero_center)
+        k_yhat, k_lik = torch.ops.lic_quant.quantize_forward(*ins[:3], *args)
+        gy, gs, gm = torch.ops.lic_quant.quantize_backward(ins[3], ins[4], *ins[:3], *args,
+                                                           [True, True, True])
+        k_grads = [gy, gs, gm]
+    else:
+        k_yhat, k_lik, k_grads = run(kernel_fn(mode, zero_center, seed, temperature), *dev(y, s, m),
+                                     *dev(g_yhat, g_lik))
     _assert_same_bits(cpu(k_yhat), c_yhat, "y_hat")
     if dtype != torch.float64:
         _assert_same_bits(cpu(k_lik), c_lik, "likelihoods")
