@@ -44,7 +44,7 @@ if [ "${SKIP_TESTS:-0}" != "1" ]; then
   t0=$(date +%s)
   TIMEOUT_OPT=""
   $PY -c "import pytest_timeout" 2>/dev/null && TIMEOUT_OPT="--timeout=200"
-  LIC_QUANT_EXPECT_CUDA=1 timeout "${TEST_TIMEOUT:-220}" $PY -m pytest -q -rs -p no:cacheprovider $TIMEOUT_OPT ${TESTS:-tests/test_cuda.py} >"$LOGS/tests.log" 2>&1
+  LIC_QUANT_EXPECT_CUDA_BUILD=1 timeout "${TEST_TIMEOUT:-220}" $PY -m pytest -q -rs -p no:cacheprovider $TIMEOUT_OPT ${TESTS:-tests/test_cuda.py} >"$LOGS/tests.log" 2>&1
   rc=$?
   grep -E "^(FAILED|ERROR)|passed|failed|SKIPPED" "$LOGS/tests.log" | tail -25
   echo "tests: rc=$rc, $(( $(date +%s) - t0 )) s"

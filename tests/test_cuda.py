@@ -15,11 +15,11 @@ Comparisons and why they are what they are:
   libdevice, both within a few ulps), so there the float64 rounding bound applies.
 
 LIC_QUANT_CUDA_TEST_DEVICE=cpu runs the GPU tests' logic on the CPU kernels (a check of the tests
-themselves on a machine without a GPU); LIC_QUANT_EXPECT_CUDA=1 makes a CPU-only build an error.
+themselves on a machine without a GPU); LIC_QUANT_EXPECT_CUDA_BUILD=1 makes a CPU-only build an error.
 """
 from __future__ import annotations
 
-import glob
+import importlib.util
 import itertools
 import os
 import re
@@ -68,13 +68,11 @@ def find_cuobjdump():
     cands = [shutil.which("cuobjdump")]
     home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
     cands.append(os.path.join(home, "bin", "cuobjdump"))
-    try:  # triton ships one
-        import triton
-
-        cands.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                                  "cuobjdump"))
-    except Exception:
-        pass
+    # triton ships one; find it without importing triton (an import here would fix triton's
+    # interpreter setting before lic_quant.triton_ops chooses it)
+    spec = importlib.util.find_spec("triton")
+    for loc in (spec.submodule_search_locations or []) if spec is not None else []:
+        cands.append(os.path.join(loc, "backends", "nvidia", "bin", "cuobjdump"))
     for c in cands:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
@@ -90,9 +88,9 @@ def test_cuda_kernels_registered():
     if not lq.extension_available():
         pytest.skip("C++ extension not built")
     has_code = extension_has_device_code()
-    expect = os.environ.get("LIC_QUANT_EXPECT_CUDA", "") == "1"
+    expect = os.environ.get("LIC_QUANT_EXPECT_CUDA_BUILD", "") == "1"
     if not has_code and not lq.cuda_kernels_built():
-        assert not expect, "LIC_QUANT_EXPECT_CUDA=1 but lic_quant._C was built without CUDA"
+        assert not expect, "LIC_QUANT_EXPECT_CUDA_BUILD=1 but lic_quant._C was built without CUDA"
         pytest.skip("lic_quant._C was built CPU-only")
     assert lq.cuda_kernels_built()
     for op in OPS:
