@@ -17,6 +17,9 @@ PY=${PYTHON:-python3}
 LOGS=${OUT:-/tmp/lic_quant_gpu_run}
 mkdir -p "$LOGS" benchmarks/results
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+if [ ! -x "$CUDA_HOME/bin/nvcc" ] && command -v nvcc >/dev/null; then
+  CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")  # nvcc's toolkit
+fi
 export PATH="$CUDA_HOME/bin:$PATH" PYTHONUNBUFFERED=1 LIC_QUANT_CUDA=1
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 status=0
