@@ -40,7 +40,7 @@ else
   fi
   echo "build: $(( $(date +%s) - t0 )) s"
 fi
-cuobjdump -res-usage build/temp.*/csrc/cuda/quantize_cuda.o >"$LOGS/res_usage.txt" 2>&1
+$PY tools/cuda_sass_stats.py >"$LOGS/res_usage.txt" 2>&1
 
 if [ "${SKIP_TESTS:-0}" != "1" ]; then
   echo "== tests"
