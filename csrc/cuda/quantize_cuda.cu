@@ -421,12 +421,13 @@ void backward_typed(const at::Tensor& g_yhat, const at::Tensor& g_lik, const at:
   using lik_t = acc_t;
   constexpr int kVec = 16 / sizeof(scalar_t);
   const QuantParams<acc_t> p = make_params<acc_t>(mode, 0.0, scale_bound, likelihood_bound, zero_center);
-  const scalar_t* pg = data_or_null<scalar_t>(g_yhat);
+  scalar_t* oy = mutable_or_null<scalar_t>(gy);
+  // g_yhat only enters grad_y: not read when grad_y is not asked for.
+  const scalar_t* pg = oy != nullptr ? data_or_null<scalar_t>(g_yhat) : nullptr;
   const lik_t* pl = g_lik.const_data_ptr<lik_t>();
   const scalar_t* py = y.const_data_ptr<scalar_t>();
   const scalar_t* pm = data_or_null<scalar_t>(means);
   const scalar_t* ps = scales.const_data_ptr<scalar_t>();
-  scalar_t* oy = mutable_or_null<scalar_t>(gy);
   scalar_t* om = mutable_or_null<scalar_t>(gm);
   scalar_t* os = mutable_or_null<scalar_t>(gs);
   const int64_t* sd = seed.const_data_ptr<int64_t>();
