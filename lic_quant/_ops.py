@@ -19,11 +19,15 @@ def extension_available() -> bool:
     return EXTENSION_ERROR is None
 
 
+# Read once at import: a plain bool, so torch.compile traces the API's backend choice without a
+# graph break (the dispatcher query itself is not traceable).
+_CUDA_KERNELS_BUILT = EXTENSION_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "lic_quant::quantize_forward", "CUDA")
+
+
 def cuda_kernels_built() -> bool:
     """True when the extension was compiled with the CUDA sources (independent of a GPU present)."""
-    if not extension_available():
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("lic_quant::quantize_forward", "CUDA")
+    return _CUDA_KERNELS_BUILT
 
 
 def _likelihood_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: build the extension with its CUDA kernels, run the CUDA tests, run the
+# GPU benchmark, print a short table last. Reads the GPU's state (nvidia-smi queries) but never
+# changes it. Results: benchmarks/results/<gpu>_torch-<version>_<date>.{md,json} (commit them),
+# copied with the logs to $OUT when that is set (the device tool brings $OUT back).
+#
+#   bash scripts/gpu_run.sh                 # everything, within ~9.5 minutes (stage time limits)
+#   SKIP_TESTS=1 bash scripts/gpu_run.sh    # build + benchmark only
+#   SKIP_BUILD=1 SKIP_BENCH=1 bash scripts/gpu_run.sh   # tests on a warm machine, built before
+#   BENCH_ARGS="--dtypes float32,bfloat16" bash scripts/gpu_run.sh
+# Environment: PYTHON (default python3), CUDA_HOME (default /usr/local/cuda), TEST_TIMEOUT and
+# BENCH_TIMEOUT (seconds, default 220 and 250), TESTS (default tests/test_cuda.py). The benchmark
+# rewrites its results after every shape (the bar's shape first), so a cut-short run keeps them.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+LOGS=${OUT:-/tmp/lic_quant_gpu_run}
+mkdir -p "$LOGS" benchmarks/results
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+if [ ! -x "$CUDA_HOME/bin/nvcc" ] && command -v nvcc >/dev/null; then
+  CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")  # nvcc's toolkit
+fi
+export PATH="$CUDA_HOME/bin:$PATH" PYTHONUNBUFFERED=1 LIC_QUANT_CUDA=1
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+status=0
+
+echo "== environment"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,clocks.max.sm,temperature.gpu,power.draw,power.limit --format=csv 2>&1 | tee "$LOGS/gpu_before.csv"
+$PY -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
+nvcc --version | tail -2
+
+echo "== build"
+t0=$(date +%s)
+if [ "${SKIP_BUILD:-0}" = "1" ] && ls lic_quant/_C*.so >/dev/null 2>&1; then
+  echo "build skipped: $(ls lic_quant/_C*.so)"
+else
+  rm -f lic_quant/_C*.so
+  if ! $PY setup.py build_ext --inplace >"$LOGS/build.log" 2>&1; then
+    tail -50 "$LOGS/build.log"; echo "BUILD FAILED"; exit 1
+  fi
+  echo "build: $(( $(date +%s) - t0 )) s"
+fi
+$PY tools/cuda_sass_stats.py >"$LOGS/res_usage.txt" 2>&1
+
+if [ "${SKIP_TESTS:-0}" != "1" ]; then
+  echo "== tests"
+  t0=$(date +%s)
+  TIMEOUT_OPT=""
+  $PY -c "import pytest_timeout" 2>/dev/null && TIMEOUT_OPT="--timeout=200"
+  LIC_QUANT_EXPECT_CUDA_BUILD=1 timeout "${TEST_TIMEOUT:-220}" $PY -m pytest -q -rs -p no:cacheprovider $TIMEOUT_OPT ${TESTS:-tests/test_cuda.py} >"$LOGS/tests.log" 2>&1
+  rc=$?
+  grep -E "^(FAILED|ERROR)|passed|failed|SKIPPED" "$LOGS/tests.log" | tail -25
+  echo "tests: rc=$rc, $(( $(date +%s) - t0 )) s"
+  [ $rc -ne 0 ] && status=1
+fi
+
+if [ "${SKIP_BENCH:-0}" != "1" ]; then
+  echo "== benchmark"
+  t0=$(date +%s)
+  timeout "${BENCH_TIMEOUT:-250}" $PY benchmarks/bench_gpu.py --out-dir benchmarks/results ${BENCH_ARGS:-} >"$LOGS/bench.log" 2>&1
+  rc=$?
+  echo "benchmark: rc=$rc, $(( $(date +%s) - t0 )) s"
+  grep -E "^\[bench\] (device-to-device|triton)" "$LOGS/bench.log"
+  [ $rc -ne 0 ] && { tail -30 "$LOGS/bench.log"; status=1; }
+fi
+nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv > "$LOGS/gpu_after.csv" 2>&1
+latest=$(ls -t benchmarks/results/*.md 2>/dev/null | head -1)
+if [ -n "$latest" ]; then
+  cp "${latest%.md}".{md,json} "$LOGS/" 2>/dev/null
+  echo "== results: $latest (commit benchmarks/results/)"
+  cat "$latest"
+fi
+exit $status

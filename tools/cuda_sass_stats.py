@@ -1,0 +1,87 @@
+"""Static SASS statistics of the built CUDA kernels: registers, stack and the instruction count of
+each kernel's main loop (per element on the pack path), from `cuobjdump` (the CUDA toolkit's, or
+the copy triton ships). Costs no GPU; see benchmarks/NOTES_cuda.md for how the counts are used.
+
+    python tools/cuda_sass_stats.py [build/temp.*/csrc/cuda/quantize_cuda.o | lic_quant/_C*.so] [--arch sm_90]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+
+def find_cuobjdump():
+    cands = [shutil.which("cuobjdump"),
+             os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "cuobjdump")]
+    spec = importlib.util.find_spec("triton")
+    for loc in (spec.submodule_search_locations or []) if spec is not None else []:
+        cands.append(os.path.join(loc, "backends", "nvidia", "bin", "cuobjdump"))
+    return next((c for c in cands if c and os.access(c, os.X_OK)), None)
+
+
+def short_name(mangled: str) -> str:
+    m = re.search(r"(forward_kernel|backward_kernel|uniform_noise_kernel)(I.*?E(Lin?\d+E)+)?",
+                  mangled)
+    if not m:
+        return mangled[:60]
+    name = m.group(1)
+    t = m.group(2) or ""
+    dtype = ("f32" if t.startswith("Iff") else "f64" if t.startswith("Idd") else
+             "f16" if "Half" in t else "bf16" if "BFloat16" in t else "")
+    ints = re.findall(r"Li(n?\d+)E", t)
+    ints = [i.replace("n", "-") for i in ints]
+    modes = {"-1": "runtime", "0": "noise", "1": "ste", "2": "mixed", "3": "sua"}
+    if len(ints) == 2:
+        return f"{name}<{dtype}, N={ints[0]}, mode={modes.get(ints[1], ints[1])}>"
+    return name
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary", nargs="?")
+    ap.add_argument("--arch", default="sm_90")
+    args = ap.parse_args()
+    binary = args.binary or (glob.glob("build/temp.*/csrc/cuda/quantize_cuda.o") +
+                             glob.glob("lic_quant/_C*.so") + [None])[0]
+    tool = find_cuobjdump()
+    if binary is None or tool is None:
+        print("need a built object and cuobjdump")
+        return 1
+    res = subprocess.run([tool, "-res-usage", "-arch", args.arch, binary], capture_output=True,
+                         text=True).stdout
+    regs = {}
+    for m in re.finditer(r"Function ([^\s:]+):\s*\n\s*REG:(\d+) STACK:(\d+)", res):
+        regs[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    sass = subprocess.run([tool, "-sass", "-arch", args.arch, binary], capture_output=True,
+                          text=True).stdout
+    rows = []
+    for f in re.split(r"\n\s*Function : ", sass)[1:]:
+        mangled = f.split("\n", 1)[0].strip()
+        ins = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", f)]
+        loop = None
+        for a, t in ins:
+            b = re.search(r"BRA (0x[0-9a-f]+)", t)
+            if b and int(b.group(1), 16) < a and (loop is None or a - int(b.group(1), 16) > loop[1] - loop[0]):
+                loop = (int(b.group(1), 16), a)
+        body = [t for a, t in ins if loop and loop[0] <= a <= loop[1]]
+        n = re.search(r"N=(\d+)", short_name(mangled))
+        per = len(body) / int(n.group(1)) if n else None
+        reg, stack = regs.get(mangled, (None, None))
+        rows.append((short_name(mangled), reg, stack, len(ins), len(body), per))
+    print(f"{'kernel (' + args.arch + ')':52s} {'REG':>4s} {'STACK':>5s} {'SASS':>6s} {'loop':>6s} {'loop/elem':>9s}")
+    for r in sorted(rows):
+        per = "" if r[5] is None else f"{r[5]:.0f}"
+        print(f"{r[0]:52s} {r[1]!s:>4s} {r[2]!s:>5s} {r[3]:6d} {r[4]:6d} {per:>9s}")
+    print("loop = the longest backward branch's span: every path of the main loop (the backward "
+          "holds both the p-skipping and the full path; a thread runs one), not the tail.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
