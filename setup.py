@@ -41,19 +41,22 @@ def extra_cuda_includes():
 def extension():
     # Contraction off: `rand - 0.5f` and every other step round on their own, so the CPU,
     # CUDA and Triton kernels produce the same bits (SPEC section 3).
-    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
+           "-fopenmp"]  # at::parallel_for is an OpenMP pragma in the ATen headers
     sources = ["csrc/ops.cpp", "csrc/cpu/quantize_cpu.cpp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not cuda_wanted():
         return cpp_extension.CppExtension(
             "lic_quant._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
             py_limited_api=False)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
     nvcc = ["-O3", "-std=c++20", "--fmad=false", "-lineinfo", "--expt-relaxed-constexpr"]
     return cpp_extension.CUDAExtension(
         "lic_quant._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
         include_dirs=include_dirs + extra_cuda_includes(),
-        extra_compile_args={"cxx": cxx + ["-DLIC_QUANT_WITH_CUDA"], "nvcc": nvcc})
+        extra_compile_args={"cxx": cxx + ["-DLIC_QUANT_WITH_CUDA"], "nvcc": nvcc},
+        extra_link_args=["-fopenmp"])
 
 
 setup(
