@@ -68,9 +68,8 @@ LQ_HD float exp_neg_half_square(float x) {
 LQ_HD float normal_pdf(float x) { return 0.398942280f * exp_neg_half_square(x); }
 LQ_HD double normal_pdf(double x) { return 0.3989422804014327 * ::exp(-0.5 * x * x); }
 
-// Q(a) = P(X > a) = erfc(a / sqrt 2) / 2.
-LQ_HD float normal_sf(float x) {
-  const float a = bits_float(float_bits(x) & 0x7fffffffu);
+// The two pieces of Q for a = |x| (see the top of this file).
+LQ_HD float normal_sf_center(float a) {
   const float z = a * a;
   float s = -8.387869e-06f;
   s = s * z + 0.000114777606f;
@@ -78,7 +77,9 @@ LQ_HD float normal_sf(float x) {
   s = s * z + 0.009973532f;
   s = s * z + -0.06649038f;
   s = s * z + 0.3989423f;
-  const float q_center = 0.5f - a * s;
+  return 0.5f - a * s;
+}
+LQ_HD float normal_sf_tail(float a) {
   const float t = 1.0f / (1.0f + 0.5f * a);
   float r = 0.15522534f;
   r = r * t + -0.5068108f;
@@ -90,8 +91,22 @@ LQ_HD float normal_sf(float x) {
   r = r * t + 0.1496368f;
   r = r * t + 0.19947025f;
   r = r * t + 0.19947115f;
-  const float q_tail = exp_neg_half_square(a) * (t * r);
-  const float q = a < 0.75f ? q_center : q_tail;  // NaN takes the tail branch and stays NaN
+  return exp_neg_half_square(a) * (t * r);
+}
+
+// Q(a) = P(X > a) = erfc(a / sqrt 2) / 2.
+LQ_HD float normal_sf(float x) {
+  const float a = bits_float(float_bits(x) & 0x7fffffffu);
+#if defined(__CUDA_ARCH__)
+  // A branch: a warp whose lanes agree evaluates one piece only. Same bits as the select below.
+  const float q = a < 0.75f ? normal_sf_center(a) : normal_sf_tail(a);
+#else
+  // Both pieces, then a select: straight-line code for the vectorizer.
+  const float q_center = normal_sf_center(a);
+  const float q_tail = normal_sf_tail(a);
+  const float q = a < 0.75f ? q_center : q_tail;
+#endif
+  // NaN takes the tail piece and stays NaN.
   return x < 0.0f ? 1.0f - q : q;
 }
 LQ_HD double normal_sf(double x) { return 0.5 * ::erfc(x * 0.7071067811865476); }
