@@ -1,7 +1,9 @@
 // The noise stream of SPEC section 3: u = f(seed, logical element index), identical on every backend.
 // Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11) with the
 // counter (lo32(i), hi32(i), 0, 0) and key (lo32(seed), hi32(seed)), then Triton's
-// uint_to_uniform_float on the first output word, so Triton's tl.rand(seed, i) gives the same bits.
+// uint_to_uniform_float on the first output word: the same bits as tl.rand(seed, i) of Triton 3.8,
+// which splits a 64-bit offset that way (our Triton kernels write the rounds out, so they do not
+// depend on how a Triton version treats 64-bit offsets).
 #pragma once
 
 #include "host_device.h"
