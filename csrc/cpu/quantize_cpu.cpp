@@ -227,40 +227,46 @@ void check_cpu(const at::Tensor& y) {
   TORCH_CHECK(y.device().is_cpu(), "lic_quant: the CPU kernels got y on ", y.device());
 }
 
+// The seed and the temperature are read on the host: cheap for CPU tensors, and the range of a
+// tensor temperature is checked here.
+struct HostScalars {
+  uint64_t seed;
+  double temperature;
+};
+
+HostScalars read_scalars(const at::Tensor& seed, const at::Tensor& temperature) {
+  const double t = temperature.item<double>();
+  check_temperature_value(t);
+  return {static_cast<uint64_t>(seed.item<int64_t>()), t};
+}
+
 std::tuple<at::Tensor, at::Tensor> quantize_forward_cpu(
     const at::Tensor& y_in, const at::Tensor& scales_in, const c10::optional<at::Tensor>& means_in,
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode_name,
     double scale_bound, double likelihood_bound, bool zero_center) {
   check_cpu(y_in);
-  check_inputs(y_in, scales_in, means_in, seed, temperature, scale_bound, likelihood_bound);
-  const int32_t mode = parse_mode(mode_name);
-  const double t = temperature.item<double>();
-  check_temperature_value(t);
-  const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
-  // The noise index is the logical row-major index, so strided inputs are made contiguous.
-  const at::Tensor y = y_in.contiguous();
-  const at::Tensor scales = scales_in.contiguous();
-  const at::Tensor means =
-      (means_in.has_value() && means_in->defined()) ? means_in->contiguous() : at::Tensor();
-  at::Tensor y_hat = at::empty_like(y, at::MemoryFormat::Contiguous);
-  at::Tensor lik = at::empty(y.sizes(), y.options().dtype(likelihood_dtype(y.scalar_type())));
-  const int64_t numel = y.numel();
-  if (numel == 0) return {y_hat, lik};
-  if (y.scalar_type() == at::kDouble) {
-    forward_double(y.const_data_ptr<double>(), data_or_null<double>(means),
-                   scales.const_data_ptr<double>(), y_hat.mutable_data_ptr<double>(),
-                   lik.mutable_data_ptr<double>(), numel, s,
-                   make_params<double>(mode, t, scale_bound, likelihood_bound, zero_center));
+  ForwardCall c = prepare_forward(y_in, scales_in, means_in, seed, temperature, mode_name,
+                                  scale_bound, likelihood_bound);
+  const HostScalars h = read_scalars(seed, temperature);
+  const int64_t numel = c.y.numel();
+  if (numel == 0) return {c.y_hat, c.likelihoods};
+  if (c.y.scalar_type() == at::kDouble) {
+    forward_double(c.y.const_data_ptr<double>(), data_or_null<double>(c.means),
+                   c.scales.const_data_ptr<double>(), c.y_hat.mutable_data_ptr<double>(),
+                   c.likelihoods.mutable_data_ptr<double>(), numel, h.seed,
+                   make_params<double>(c.mode, h.temperature, scale_bound, likelihood_bound,
+                                       zero_center));
   } else {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "lic_quant_fwd", [&] {
-      forward_reduced<scalar_t>(y.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(means),
-                                scales.const_data_ptr<scalar_t>(),
-                                y_hat.mutable_data_ptr<scalar_t>(), lik.mutable_data_ptr<float>(),
-                                numel, s,
-                                make_params<float>(mode, t, scale_bound, likelihood_bound, zero_center));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.y.scalar_type(), "lic_quant_fwd", [&] {
+      forward_reduced<scalar_t>(c.y.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(c.means),
+                                c.scales.const_data_ptr<scalar_t>(),
+                                c.y_hat.mutable_data_ptr<scalar_t>(),
+                                c.likelihoods.mutable_data_ptr<float>(), numel, h.seed,
+                                make_params<float>(c.mode, h.temperature, scale_bound,
+                                                   likelihood_bound, zero_center));
     });
   }
-  return {y_hat, lik};
+  return {c.y_hat, c.likelihoods};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cpu(
@@ -270,51 +276,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cpu(
     double scale_bound, double likelihood_bound, bool zero_center,
     std::array<bool, 3> output_mask) {
   check_cpu(y_in);
-  check_inputs(y_in, scales_in, means_in, seed, temperature, scale_bound, likelihood_bound);
-  const bool has_means = means_in.has_value() && means_in->defined();
-  const auto lik_dtype = likelihood_dtype(y_in.scalar_type());
-  TORCH_CHECK_VALUE(grad_lik_in.sizes() == y_in.sizes() && grad_lik_in.scalar_type() == lik_dtype &&
-                        grad_lik_in.device() == y_in.device(),
-                    "lic_quant: grad_likelihoods must be ", lik_dtype, " with the shape and device of y");
-  const bool has_gyh = grad_y_hat_in.has_value() && grad_y_hat_in->defined();
-  if (has_gyh) check_like(*grad_y_hat_in, y_in, "grad_y_hat");
-  TORCH_CHECK_VALUE(!output_mask[2] || has_means, "lic_quant: grad of means requested without means");
-  const int32_t mode = parse_mode(mode_name);
-  const double t = temperature.item<double>();
-  check_temperature_value(t);
-  const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
-
-  const at::Tensor y = y_in.contiguous();
-  const at::Tensor scales = scales_in.contiguous();
-  const at::Tensor means = has_means ? means_in->contiguous() : at::Tensor();
-  const at::Tensor g_lik = grad_lik_in.contiguous();
-  const at::Tensor g_yhat = has_gyh ? grad_y_hat_in->contiguous() : at::Tensor();
-  const auto opts = y.options();
-  // Outputs not asked for are returned as empty tensors and never written.
-  at::Tensor gy = output_mask[0] ? at::empty(y.sizes(), opts) : at::empty({0}, opts);
-  at::Tensor gs = output_mask[1] ? at::empty(y.sizes(), opts) : at::empty({0}, opts);
-  at::Tensor gm = output_mask[2] ? at::empty(y.sizes(), opts) : at::empty({0}, opts);
-  const int64_t numel = y.numel();
-  if (numel == 0) return {gy, gs, gm};
-  at::Tensor ny = output_mask[0] ? gy : at::Tensor();
-  at::Tensor ns = output_mask[1] ? gs : at::Tensor();
-  at::Tensor nm = output_mask[2] ? gm : at::Tensor();
-  if (y.scalar_type() == at::kDouble) {
-    backward_double(data_or_null<double>(g_yhat), g_lik.const_data_ptr<double>(),
-                    y.const_data_ptr<double>(), data_or_null<double>(means),
-                    scales.const_data_ptr<double>(), mutable_or_null<double>(ny),
-                    mutable_or_null<double>(nm), mutable_or_null<double>(ns), numel, s,
-                    make_params<double>(mode, t, scale_bound, likelihood_bound, zero_center));
+  BackwardCall c = prepare_backward(grad_y_hat_in, grad_lik_in, y_in, scales_in, means_in, seed,
+                                    temperature, mode_name, scale_bound, likelihood_bound,
+                                    output_mask);
+  const HostScalars h = read_scalars(seed, temperature);
+  const int64_t numel = c.y.numel();
+  if (numel == 0) return {c.grad_y, c.grad_scales, c.grad_means};
+  if (c.y.scalar_type() == at::kDouble) {
+    backward_double(data_or_null<double>(c.g_yhat), c.g_lik.const_data_ptr<double>(),
+                    c.y.const_data_ptr<double>(), data_or_null<double>(c.means),
+                    c.scales.const_data_ptr<double>(), mutable_or_null<double>(c.out_y),
+                    mutable_or_null<double>(c.out_means), mutable_or_null<double>(c.out_scales),
+                    numel, h.seed,
+                    make_params<double>(c.mode, h.temperature, scale_bound, likelihood_bound,
+                                        zero_center));
   } else {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "lic_quant_bwd", [&] {
-      backward_reduced<scalar_t>(data_or_null<scalar_t>(g_yhat), g_lik.const_data_ptr<float>(),
-                                 y.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(means),
-                                 scales.const_data_ptr<scalar_t>(), mutable_or_null<scalar_t>(ny),
-                                 mutable_or_null<scalar_t>(nm), mutable_or_null<scalar_t>(ns), numel,
-                                 s, make_params<float>(mode, t, scale_bound, likelihood_bound, zero_center));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.y.scalar_type(), "lic_quant_bwd", [&] {
+      backward_reduced<scalar_t>(
+          data_or_null<scalar_t>(c.g_yhat), c.g_lik.const_data_ptr<float>(),
+          c.y.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(c.means),
+          c.scales.const_data_ptr<scalar_t>(), mutable_or_null<scalar_t>(c.out_y),
+          mutable_or_null<scalar_t>(c.out_means), mutable_or_null<scalar_t>(c.out_scales), numel,
+          h.seed, make_params<float>(c.mode, h.temperature, scale_bound, likelihood_bound,
+                                     zero_center));
     });
   }
-  return {gy, gs, gm};
+  return {c.grad_y, c.grad_scales, c.grad_means};
 }
 
 at::Tensor uniform_noise_cpu(const at::Tensor& seed, c10::SymIntArrayRef size) {

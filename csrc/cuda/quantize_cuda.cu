@@ -458,24 +458,17 @@ std::tuple<at::Tensor, at::Tensor> quantize_forward_cuda(
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode_name,
     double scale_bound, double likelihood_bound, bool zero_center) {
   check_cuda(y_in);
-  check_inputs(y_in, scales_in, means_in, seed, temperature, scale_bound, likelihood_bound);
-  const int32_t mode = parse_mode(mode_name);
   // The temperature's range is checked by the Python API; reading it here would synchronize.
   const c10::cuda::CUDAGuard guard(y_in.device());
-  // The noise index is the logical row-major index, so strided inputs are made contiguous.
-  const at::Tensor y = y_in.contiguous();
-  const at::Tensor scales = scales_in.contiguous();
-  const at::Tensor means =
-      (means_in.has_value() && means_in->defined()) ? means_in->contiguous() : at::Tensor();
-  at::Tensor y_hat = at::empty(y.sizes(), y.options());
-  at::Tensor lik = at::empty(y.sizes(), y.options().dtype(likelihood_dtype(y.scalar_type())));
-  if (y.numel() == 0) return {y_hat, lik};
-  dispatch_dtype(y.scalar_type(), [&](auto tag) {
+  ForwardCall c = prepare_forward(y_in, scales_in, means_in, seed, temperature, mode_name,
+                                  scale_bound, likelihood_bound);
+  if (c.y.numel() == 0) return {c.y_hat, c.likelihoods};
+  dispatch_dtype(c.y.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    forward_typed<scalar_t>(y, scales, means, seed, temperature, y_hat, lik, mode, scale_bound,
-                            likelihood_bound, zero_center);
+    forward_typed<scalar_t>(c.y, c.scales, c.means, seed, temperature, c.y_hat, c.likelihoods,
+                            c.mode, scale_bound, likelihood_bound, zero_center);
   });
-  return {y_hat, lik};
+  return {c.y_hat, c.likelihoods};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cuda(
@@ -485,38 +478,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cuda(
     double scale_bound, double likelihood_bound, bool zero_center,
     std::array<bool, 3> output_mask) {
   check_cuda(y_in);
-  check_inputs(y_in, scales_in, means_in, seed, temperature, scale_bound, likelihood_bound);
-  const bool has_means = means_in.has_value() && means_in->defined();
-  const auto lik_dtype = likelihood_dtype(y_in.scalar_type());
-  TORCH_CHECK_VALUE(grad_lik_in.sizes() == y_in.sizes() && grad_lik_in.scalar_type() == lik_dtype &&
-                        grad_lik_in.device() == y_in.device(),
-                    "lic_quant: grad_likelihoods must be ", lik_dtype, " with the shape and device of y");
-  const bool has_gyh = grad_y_hat_in.has_value() && grad_y_hat_in->defined();
-  if (has_gyh) check_like(*grad_y_hat_in, y_in, "grad_y_hat");
-  TORCH_CHECK_VALUE(!output_mask[2] || has_means, "lic_quant: grad of means requested without means");
-  const int32_t mode = parse_mode(mode_name);
   const c10::cuda::CUDAGuard guard(y_in.device());
-
-  const at::Tensor y = y_in.contiguous();
-  const at::Tensor scales = scales_in.contiguous();
-  const at::Tensor means = has_means ? means_in->contiguous() : at::Tensor();
-  const at::Tensor g_lik = grad_lik_in.contiguous();
-  const at::Tensor g_yhat = has_gyh ? grad_y_hat_in->contiguous() : at::Tensor();
-  const auto opts = y.options();
-  // Outputs not asked for are returned as empty tensors and never written.
-  at::Tensor gy = output_mask[0] ? at::empty(y.sizes(), opts) : at::empty({0}, opts);
-  at::Tensor gs = output_mask[1] ? at::empty(y.sizes(), opts) : at::empty({0}, opts);
-  at::Tensor gm = output_mask[2] ? at::empty(y.sizes(), opts) : at::empty({0}, opts);
-  if (y.numel() == 0 || !(output_mask[0] || output_mask[1] || output_mask[2])) return {gy, gs, gm};
-  at::Tensor ny = output_mask[0] ? gy : at::Tensor();
-  at::Tensor ns = output_mask[1] ? gs : at::Tensor();
-  at::Tensor nm = output_mask[2] ? gm : at::Tensor();
-  dispatch_dtype(y.scalar_type(), [&](auto tag) {
+  BackwardCall c = prepare_backward(grad_y_hat_in, grad_lik_in, y_in, scales_in, means_in, seed,
+                                    temperature, mode_name, scale_bound, likelihood_bound,
+                                    output_mask);
+  if (c.y.numel() == 0 || !(output_mask[0] || output_mask[1] || output_mask[2])) {
+    return {c.grad_y, c.grad_scales, c.grad_means};
+  }
+  dispatch_dtype(c.y.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    backward_typed<scalar_t>(g_yhat, g_lik, y, scales, means, seed, temperature, ny, nm, ns, mode,
-                             scale_bound, likelihood_bound, zero_center);
+    backward_typed<scalar_t>(c.g_yhat, c.g_lik, c.y, c.scales, c.means, seed, temperature,
+                             c.out_y, c.out_means, c.out_scales, c.mode, scale_bound,
+                             likelihood_bound, zero_center);
   });
-  return {gy, gs, gm};
+  return {c.grad_y, c.grad_scales, c.grad_means};
 }
 
 at::Tensor uniform_noise_cuda(const at::Tensor& seed, c10::SymIntArrayRef size) {

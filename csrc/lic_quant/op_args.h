@@ -3,10 +3,12 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
 
+#include <array>
 #include <string>
 
 #include "quantize_math.h"
@@ -76,6 +78,79 @@ QuantParams<T> make_params(int32_t mode, double temperature, double scale_bound,
 // float32 likelihoods for reduced and single precision inputs, float64 for float64.
 inline at::ScalarType likelihood_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {
+  return (t.has_value() && t->defined()) ? t->contiguous() : at::Tensor();
+}
+
+// One forward call after its checks: the noise index is the logical row-major index, so strided
+// inputs are made contiguous; outputs are allocated contiguous. Device checks and guards are the
+// caller's (before this, so the outputs land on the right device).
+struct ForwardCall {
+  int32_t mode;
+  at::Tensor y, scales, means;  // means undefined when absent
+  at::Tensor y_hat, likelihoods;
+};
+
+inline ForwardCall prepare_forward(const at::Tensor& y, const at::Tensor& scales,
+                                   const c10::optional<at::Tensor>& means, const at::Tensor& seed,
+                                   const at::Tensor& temperature, c10::string_view mode,
+                                   double scale_bound, double likelihood_bound) {
+  check_inputs(y, scales, means, seed, temperature, scale_bound, likelihood_bound);
+  ForwardCall c;
+  c.mode = parse_mode(mode);
+  c.y = y.contiguous();
+  c.scales = scales.contiguous();
+  c.means = contiguous_or_undefined(means);
+  c.y_hat = at::empty(c.y.sizes(), c.y.options());
+  c.likelihoods = at::empty(c.y.sizes(), c.y.options().dtype(likelihood_dtype(y.scalar_type())));
+  return c;
+}
+
+// One backward call after its checks. grad_* are what the op returns (shape [0] where not asked
+// for); out_* are the same tensors where asked for and undefined elsewhere, so kernels get null
+// pointers for the gradients they must not write.
+struct BackwardCall {
+  int32_t mode;
+  at::Tensor g_yhat, g_lik, y, scales, means;  // g_yhat and means undefined when absent
+  at::Tensor grad_y, grad_scales, grad_means;
+  at::Tensor out_y, out_scales, out_means;
+};
+
+inline BackwardCall prepare_backward(const c10::optional<at::Tensor>& grad_y_hat,
+                                     const at::Tensor& grad_lik, const at::Tensor& y,
+                                     const at::Tensor& scales,
+                                     const c10::optional<at::Tensor>& means, const at::Tensor& seed,
+                                     const at::Tensor& temperature, c10::string_view mode,
+                                     double scale_bound, double likelihood_bound,
+                                     std::array<bool, 3> output_mask) {
+  check_inputs(y, scales, means, seed, temperature, scale_bound, likelihood_bound);
+  const auto lik_dtype = likelihood_dtype(y.scalar_type());
+  TORCH_CHECK_VALUE(grad_lik.sizes() == y.sizes() && grad_lik.scalar_type() == lik_dtype &&
+                        grad_lik.device() == y.device(),
+                    "lic_quant: grad_likelihoods must be ", lik_dtype,
+                    " with the shape and device of y");
+  if (grad_y_hat.has_value() && grad_y_hat->defined()) check_like(*grad_y_hat, y, "grad_y_hat");
+  const bool has_means = means.has_value() && means->defined();
+  TORCH_CHECK_VALUE(!output_mask[2] || has_means,
+                    "lic_quant: grad of means requested without means");
+  BackwardCall c;
+  c.mode = parse_mode(mode);
+  c.y = y.contiguous();
+  c.scales = scales.contiguous();
+  c.means = contiguous_or_undefined(means);
+  c.g_lik = grad_lik.contiguous();
+  c.g_yhat = contiguous_or_undefined(grad_y_hat);
+  const auto opts = c.y.options();
+  auto grad = [&](bool asked) { return at::empty(asked ? c.y.sizes() : at::IntArrayRef{0}, opts); };
+  c.grad_y = grad(output_mask[0]);
+  c.grad_scales = grad(output_mask[1]);
+  c.grad_means = grad(output_mask[2]);
+  c.out_y = output_mask[0] ? c.grad_y : at::Tensor();
+  c.out_scales = output_mask[1] ? c.grad_scales : at::Tensor();
+  c.out_means = output_mask[2] ? c.grad_means : at::Tensor();
+  return c;
 }
 
 }  // namespace lic_quant
