@@ -17,9 +17,12 @@ import math
 
 import torch
 
+import lic_quant as lq
+
 EPS = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24,
        torch.float64: 2.0**-53}
 C_ROUNDING = 16.0
+SCALE_BOUND, LIKELIHOOD_BOUND = 0.11, 1e-9
 ODD_SHAPES = [(3, 5, 7, 11), (1, 17, 13), (257,), (2, 3, 1, 64, 5)]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -101,3 +104,29 @@ def error_bounds(y, scales, means, u, v, g_lik, eps, *, scale_bound, likelihood_
     p = _q(a1) - _q(a2)  # unbounded, float64
     ambiguous = (p - likelihood_bound).abs() <= err_p
     return err_p, C_ROUNDING * gv, C_ROUNDING * gs, ambiguous
+
+
+def kernel_fn(mode, zero_center, seed, temperature, backend):
+    """fn(y, scales, means) -> (y_hat, likelihoods) through gaussian_quantize on `backend`."""
+    def fn(y, s, m):
+        return lq.gaussian_quantize(y, s, m, mode=mode, temperature=temperature, seed=seed,
+                                    zero_center=zero_center, backend=backend,
+                                    scale_bound=SCALE_BOUND, likelihood_bound=LIKELIHOOD_BOUND)
+    return fn
+
+
+def reference_fn(mode, zero_center, u, temperature):
+    """The same through the pure-PyTorch reference with explicit noise u."""
+    def fn(y, s, m):
+        return lq.gaussian_quantize_reference(y, s, m, u, mode=mode, temperature=temperature,
+                                              zero_center=zero_center, scale_bound=SCALE_BOUND,
+                                              likelihood_bound=LIKELIHOOD_BOUND)
+    return fn
+
+
+def rate_residual64(y, means, u, mode, zero_center, temperature):
+    """v of the float64 reference (the input of the error model)."""
+    mu = means if means is not None else torch.zeros_like(y)
+    c = mu if zero_center else torch.zeros_like(y)
+    rate, _ = lq.reference.surrogate(mode, y - c, u, temperature)
+    return rate if zero_center else rate - mu

@@ -16,12 +16,13 @@ import pytest
 import torch
 
 import lic_quant as lq
-from helpers import (DTYPES, ODD_SHAPES, EPS, compute_eps, error_bounds, make_inputs,
-                     make_upstream, run)
+from helpers import (DTYPES, EPS, LIKELIHOOD_BOUND as LB, ODD_SHAPES, SCALE_BOUND as SB,
+                     compute_eps, error_bounds, make_inputs, make_upstream, rate_residual64,
+                     reference_fn, run)
+from helpers import kernel_fn as _kernel_fn
 
 pytestmark = pytest.mark.skipif(not lq.extension_available(), reason="C++ extension not built")
 
-SB, LB = 0.11, 1e-9
 
 
 def lik_dtype(dtype):
@@ -29,30 +30,7 @@ def lik_dtype(dtype):
 
 
 def kernel_fn(mode, zero_center, seed, temperature, backend="cpu"):
-    def fn(y, s, m):
-        return lq.gaussian_quantize(y, s, m, mode=mode, temperature=temperature, seed=seed,
-                                    zero_center=zero_center, backend=backend,
-                                    scale_bound=SB, likelihood_bound=LB)
-    return fn
-
-
-def reference_fn(mode, zero_center, u, temperature, cast=None):
-    def fn(y, s, m):
-        if cast is not None:
-            y, s, m = (None if t is None else t.to(cast) for t in (y, s, m))
-        return lq.gaussian_quantize_reference(y, s, m, u, mode=mode, temperature=temperature,
-                                              zero_center=zero_center, scale_bound=SB,
-                                              likelihood_bound=LB)
-    return fn
-
-
-def rate_residual64(y, means, u, mode, zero_center, temperature):
-    """v of the float64 reference (for the error model)."""
-    mu = means if means is not None else torch.zeros_like(y)
-    c = mu if zero_center else torch.zeros_like(y)
-    r = y - c
-    rate, _ = lq.reference.surrogate(mode, r, u, temperature)
-    return rate if zero_center else rate - mu
+    return _kernel_fn(mode, zero_center, seed, temperature, backend)
 
 
 CASES = list(itertools.product(lq.MODES, [True, False], DTYPES))

@@ -30,10 +30,11 @@ import pytest
 import torch
 
 import lic_quant as lq
-from helpers import (DTYPES, EPS, ODD_SHAPES, compute_eps, error_bounds, make_inputs,
-                     make_upstream, run)
+from helpers import (DTYPES, EPS, LIKELIHOOD_BOUND as LB, ODD_SHAPES, SCALE_BOUND as SB,
+                     compute_eps, error_bounds, make_inputs, make_upstream, rate_residual64,
+                     reference_fn, run)
+from helpers import kernel_fn as _kernel_fn
 
-SB, LB = 0.11, 1e-9
 OPS = ("quantize_forward", "quantize_backward", "uniform_noise")
 DEVICE = os.environ.get("LIC_QUANT_CUDA_TEST_DEVICE", "cuda")
 BACKEND = "cuda" if DEVICE == "cuda" else "cpu"
@@ -157,26 +158,7 @@ def dev(*ts):
 
 
 def kernel_fn(mode, zero_center, seed, temperature, backend=BACKEND):
-    def fn(y, s, m):
-        return lq.gaussian_quantize(y, s, m, mode=mode, temperature=temperature, seed=seed,
-                                    zero_center=zero_center, backend=backend,
-                                    scale_bound=SB, likelihood_bound=LB)
-    return fn
-
-
-def reference_fn(mode, zero_center, u, temperature):
-    def fn(y, s, m):
-        return lq.gaussian_quantize_reference(y, s, m, u, mode=mode, temperature=temperature,
-                                              zero_center=zero_center, scale_bound=SB,
-                                              likelihood_bound=LB)
-    return fn
-
-
-def rate_residual64(y, means, u, mode, zero_center, temperature):
-    mu = means if means is not None else torch.zeros_like(y)
-    c = mu if zero_center else torch.zeros_like(y)
-    rate, _ = lq.reference.surrogate(mode, y - c, u, temperature)
-    return rate if zero_center else rate - mu
+    return _kernel_fn(mode, zero_center, seed, temperature, backend)
 
 
 def cpu(t):
