@@ -36,6 +36,7 @@ from helpers import (  # noqa: E402
     error_bounds,
     make_inputs,
     make_upstream,
+    rate_residual64,
     run,
 )
 
@@ -214,9 +215,7 @@ def _check_against_reference(y, scales, means, mode, zero_center, dtype, tempera
     y_hat64, lik64, grads64 = run(
         lambda a, b, c: ref.gaussian_quantize_reference(a, b, c, u64, **kw),
         y64, s64, m64, g_yhat.double(), g_lik.double())
-    c = m64 if (zero_center and m64 is not None) else torch.zeros_like(y64)
-    rate, _ = ref.surrogate(mode, y64 - c, u64, temperature)
-    v64 = rate if (zero_center or m64 is None) else rate - m64
+    v64 = rate_residual64(y64, m64, u64, mode, zero_center, temperature)
     err_p, err_gv, err_gs, ambiguous = error_bounds(
         y64, s64, m64, u64, v64, g_lik.double(), compute_eps(dtype),
         scale_bound=SCALE_BOUND, likelihood_bound=LIK_BOUND)
