@@ -128,6 +128,8 @@ def test_argument_errors_name_the_argument(backend):
         q(y, s, temperature=-0.1)
     with pytest.raises(ValueError, match="temperature"):
         q(y, s, temperature=float("nan"))
+    with pytest.raises(ValueError, match="temperature"):
+        q(y, s, temperature=torch.tensor(1.25))
     with pytest.raises(ValueError, match="scale_bound"):
         q(y, s, scale_bound=-1.0)
     with pytest.raises(ValueError, match="likelihood_bound"):
