@@ -246,6 +246,27 @@ def _rate_residual(y, mu, u, temperature, MODE: tl.constexpr, ZERO_CENTER: tl.co
     return c, v, dist
 
 
+@triton.jit
+def _load_residual(y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, index_base,
+                   scale_bound, MODE: tl.constexpr, ZERO_CENTER: tl.constexpr,
+                   HAS_MEANS: tl.constexpr, IS_BF16: tl.constexpr, ON_GPU: tl.constexpr):
+    """The part forward and backward share: load y, mu, sigma, draw u, and return the lattice
+    centre c, the rate residual v, the decoder surrogate r~_D, sigma and the bounded scale s."""
+    y = _load_f32(y_ptr, offs, mask, IS_BF16)
+    sigma = _load_f32(sigma_ptr, offs, mask, IS_BF16)
+    if HAS_MEANS:
+        mu = _load_f32(mu_ptr, offs, mask, IS_BF16)
+    else:
+        mu = tl.zeros_like(y)  # +0, as the C++ kernels' zero-filled means
+    temperature = tl.load(temp_ptr).to(tl.float32)
+    if MODE != MODE_STE:
+        u = _philox_uniform(tl.load(seed_ptr), offs + index_base, ON_GPU)
+    else:
+        u = tl.zeros_like(y)
+    c, v, dist = _rate_residual(y, mu, u, temperature, MODE, ZERO_CENTER, ON_GPU)
+    return c, v, dist, sigma, _lower_bound(sigma, scale_bound)
+
+
 # ---------------------------------------------------------------------------------------------
 # Kernels
 
@@ -260,19 +281,9 @@ def quantize_forward_kernel(
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # 64-bit offsets
     mask = offs < n_elements
-    y = _load_f32(y_ptr, offs, mask, IS_BF16)
-    sigma = _load_f32(sigma_ptr, offs, mask, IS_BF16)
-    if HAS_MEANS:
-        mu = _load_f32(mu_ptr, offs, mask, IS_BF16)
-    else:
-        mu = tl.zeros_like(y)  # +0, as the C++ kernels' zero-filled means
-    temperature = tl.load(temp_ptr).to(tl.float32)
-    if MODE != MODE_STE:
-        u = _philox_uniform(tl.load(seed_ptr), offs + index_base, ON_GPU)
-    else:
-        u = tl.zeros_like(y)
-    c, v, dist = _rate_residual(y, mu, u, temperature, MODE, ZERO_CENTER, ON_GPU)
-    s = _lower_bound(sigma, scale_bound)
+    c, v, dist, sigma, s = _load_residual(
+        y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, index_base, scale_bound,
+        MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU)
     lik = _lower_bound(_bin_probability(v, s, ON_GPU), likelihood_bound)
     _store_from_f32(y_hat_ptr, offs, c + dist, mask, IS_BF16)
     tl.store(lik_ptr + offs, lik, mask=mask)
@@ -291,19 +302,9 @@ def quantize_backward_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < n_elements
     g_lik = tl.load(g_lik_ptr + offs, mask=mask, other=-1.0)
-    y = _load_f32(y_ptr, offs, mask, IS_BF16)
-    sigma = _load_f32(sigma_ptr, offs, mask, IS_BF16)
-    if HAS_MEANS:
-        mu = _load_f32(mu_ptr, offs, mask, IS_BF16)
-    else:
-        mu = tl.zeros_like(y)
-    temperature = tl.load(temp_ptr).to(tl.float32)
-    if MODE != MODE_STE:
-        u = _philox_uniform(tl.load(seed_ptr), offs + index_base, ON_GPU)
-    else:
-        u = tl.zeros_like(y)
-    c, v, dist = _rate_residual(y, mu, u, temperature, MODE, ZERO_CENTER, ON_GPU)
-    s = _lower_bound(sigma, scale_bound)
+    c, v, dist, sigma, s = _load_residual(
+        y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, index_base, scale_bound,
+        MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU)
     # Likelihood bound (CompressAI's LowerBound): g_P passes where p >= b_p or g_P < 0. Where the
     # whole block has g_P < 0 (loss = -log P) p is not recomputed; masked lanes count as negative.
     upward = g_lik < 0.0
@@ -324,7 +325,7 @@ def quantize_backward_kernel(
         if HAS_GYHAT:
             g_yhat = _load_f32(g_yhat_ptr, offs, mask, IS_BF16)
         else:
-            g_yhat = tl.zeros_like(y)
+            g_yhat = tl.zeros_like(v)
         _store_from_f32(gy_ptr, offs, g_yhat + g_v, mask, IS_BF16)
     if NEED_GMU:
         _store_from_f32(gmu_ptr, offs, -g_v, mask, IS_BF16)
