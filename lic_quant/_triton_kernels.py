@@ -61,6 +61,31 @@ def _mul(a, b, ON_GPU: tl.constexpr):
 
 
 @triton.jit
+def _fma(a, b, c, ON_GPU: tl.constexpr):
+    """a * b + c rounded once (std::fma / __fmaf_rn)."""
+    if ON_GPU:
+        return tl.fma(a, b, c)
+    else:
+        # The interpreter's fma rounds twice. In float64 a * b is exact; the sum is rounded to odd
+        # (the exact TwoSum error tells whether it was inexact), and round-to-odd in 53 bits
+        # followed by rounding to 24 bits is the correctly rounded result.
+        p = tl.cast(a, tl.float64) * tl.cast(b, tl.float64)
+        c64 = tl.cast(c, tl.float64)
+        t = p + c64
+        bb = t - p
+        err = (p - (t - bb)) + (c64 - bb)
+        tb = t.to(tl.int64, bitcast=True)
+        even = (tb & 1) == 0
+        finite = (t - t) == 0.0
+        # Step to the neighbour with the odd last bit, on the side of the exact value.
+        away = (err > 0.0) == (t > 0.0)
+        step = tl.where(away, 1, -1).to(tl.int64)
+        fix = (err != 0.0) & even & finite
+        t = tl.where(fix, tb + step, tb).to(tl.float64, bitcast=True)
+        return t.to(tl.float32)
+
+
+@triton.jit
 def _div(a, b):
     return tl.math.div_rn(a, b)
 
@@ -75,16 +100,47 @@ def _float(b):
     return b.to(tl.float32, bitcast=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# Noise (philox.h): Philox4x32-10 on counter (lo32(i), hi32(i), 0, 0), key (lo32(seed),
-# hi32(seed)), written out here rather than through tl.rand, whose splitting of a 64-bit offset
-# and seed differs between Triton versions.
+@triton.jit
+def _abs(x):
+    return _float(_bits(x) & 0x7FFFFFFF)
 
 
 @triton.jit
-def _philox_uniform(seed, index, ON_GPU: tl.constexpr):
-    c0 = index.to(tl.uint32)  # int64 -> uint32 truncates: lo32(i)
-    c1 = (index >> 32).to(tl.uint32)  # hi32(i)
+def _lower_bound(x, bound):
+    return tl.where(x < bound, bound, x)  # keeps NaN
+
+
+@triton.jit
+def _upper_bound(x, bound):
+    return tl.where(x > bound, bound, x)  # keeps NaN
+
+
+@triton.jit
+def _canonical_nan(x):
+    """The one NaN of every backend: 0x7FFFFFFF (quantize_math.h, canonical_nan)."""
+    return tl.where(x != x, _float(tl.full(x.shape, 0x7FFFFFFF, tl.uint32)), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise (philox.h), version 2: element i takes word i % 4 of the Philox4x32-10 block at counter
+# (lo32(i // 4), hi32(i // 4), 0, 0) with key (lo32(seed), hi32(seed)), written out here rather
+# than through tl.rand4x, whose splitting of a 64-bit offset and seed differs between Triton
+# versions (the tests check the two agree).
+
+
+@triton.jit
+def _word_to_uniform(w, ON_GPU: tl.constexpr):
+    # Triton's uint_to_uniform_float, then -1/2, each step rounded on its own.
+    x = w.to(tl.int32, bitcast=True)
+    x = x ^ (x >> 31)  # x < 0 ? ~x : x
+    return _mul(x.to(tl.float32), 4.6566127342e-10, ON_GPU) - 0.5
+
+
+@triton.jit
+def _philox_uniform4(seed, block, ON_GPU: tl.constexpr):
+    """u of the four elements 4 * block + j, j = 0..3, for an int64 tensor of block counters."""
+    c0 = block.to(tl.uint32)  # int64 -> uint32 truncates: lo32
+    c1 = (block >> 32).to(tl.uint32)  # hi32
     zero = c0 * 0
     c2 = zero
     c3 = zero
@@ -99,11 +155,18 @@ def _philox_uniform(seed, index, ON_GPU: tl.constexpr):
         c2 = n2
         k0 = k0 + 0x9E3779B9
         k1 = k1 + 0xBB67AE85
-    # Triton's uint_to_uniform_float, then -1/2, each step rounded on its own.
-    x = c0.to(tl.int32, bitcast=True)
-    x = tl.where(x < 0, ~x, x)
-    rand = _mul(x.to(tl.float32), 4.6566127342e-10, ON_GPU)
-    return rand - 0.5
+    return (_word_to_uniform(c0, ON_GPU), _word_to_uniform(c1, ON_GPU),
+            _word_to_uniform(c2, ON_GPU), _word_to_uniform(c3, ON_GPU))
+
+
+@triton.jit
+def _noise(seed, first, BLOCK: tl.constexpr, ON_GPU: tl.constexpr):
+    """u of the BLOCK elements first .. first + BLOCK - 1 (first a multiple of 4), in order."""
+    block = first // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
+    u0, u1, u2, u3 = _philox_uniform4(seed, block, ON_GPU)
+    # join stacks along a new last axis: [n, j, k] = (k ? join(u1, u3) : join(u0, u2))[n, j] is
+    # word 2 j + k of block n, and flattening puts it at element 4 n + 2 j + k.
+    return tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), (BLOCK,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,69 +174,96 @@ def _philox_uniform(seed, index, ON_GPU: tl.constexpr):
 
 
 @triton.jit
-def _round_half_even(x):
-    magic = 12582912.0  # 1.5 * 2^23
-    ax = _float(_bits(x) & 0x7FFFFFFF)
-    r = (ax + magic) - magic
-    r = _float((_bits(r) & 0x7FFFFFFF) | (_bits(x) & 0x80000000))
-    return tl.where(ax < 4194304.0, r, x)  # |x| >= 2^22 is an integer already; NaN -> x
+def _round_half_even(x, ON_GPU: tl.constexpr):
+    if ON_GPU:
+        return tl.inline_asm_elementwise("cvt.rni.f32.f32 $0, $1;", "=f,f", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        ax = _abs(x)
+        r = (ax + 8388608.0) - 8388608.0  # 2^23
+        r = _float(_bits(r) | (_bits(x) & 0x80000000))
+        return tl.where(ax < 8388608.0, r, x)  # NaN -> x
+
+
+@triton.jit
+def _scale_by_exp2(x, k):
+    return _float(_bits(x) + (k.to(tl.int32) << 23).to(tl.uint32, bitcast=True))
+
+
+@triton.jit
+def _expm1_over_r(r, ON_GPU: tl.constexpr):
+    g = _fma(0.00135654374, r, 0.00836568046, ON_GPU)
+    g = _fma(g, r, 0.0416714512, ON_GPU)
+    g = _fma(g, r, 0.166665405, ON_GPU)
+    g = _fma(g, r, 0.499999881, ON_GPU)
+    return _fma(g, r, 1.0, ON_GPU)
 
 
 @triton.jit
 def _exp_neg_half_square(x, ON_GPU: tl.constexpr):
-    a = _float(_bits(x) & 0x7FFFFFFF)
-    a = tl.where(a > 18.0, 18.0, a)  # NaN passes
-    ah = _float(_bits(a) & 0xFFFFF000)
-    hi = _mul(-0.5, _mul(ah, ah, ON_GPU), ON_GPU)  # exact
-    lo = _mul(-0.5, _mul(a - ah, a + ah, ON_GPU), ON_GPU)
-    magic = 12582912.0
-    k = (_mul(hi, 1.44269504, ON_GPU) + magic) - magic
-    r = ((hi - _mul(k, 0.693359375, ON_GPU)) - _mul(k, -2.12194440e-4, ON_GPU)) + lo
-    p = _mul(1.98412698e-4, r, ON_GPU) + 1.38888889e-3
-    p = _mul(p, r, ON_GPU) + 8.33333333e-3
-    p = _mul(p, r, ON_GPU) + 4.16666667e-2
-    p = _mul(p, r, ON_GPU) + 1.66666667e-1
-    p = _mul(p, r, ON_GPU) + 0.5
-    p = _mul(p, r, ON_GPU) + 1.0
-    p = _mul(p, r, ON_GPU) + 1.0
-    # 2^k as two normal factors; k <= 0, so k1 = trunc(k / 2) = -((-k) >> 1) as C's k / 2.
-    ki = k.to(tl.int32)
-    k1 = -((-ki) >> 1)
-    k2 = ki - k1
-    s1 = _float(((k1 + 127) << 23).to(tl.uint32, bitcast=True))
-    s2 = _float(((k2 + 127) << 23).to(tl.uint32, bitcast=True))
-    return _mul(_mul(p, s1, ON_GPU), s2, ON_GPU)
+    a = _upper_bound(_abs(x), 16.0)
+    hi = _mul(a, a, ON_GPU)
+    lo = _fma(a, a, _neg(hi), ON_GPU)
+    nh = _mul(-0.5, hi, ON_GPU)
+    k = _round_half_even(_mul(nh, 1.44269504, ON_GPU), ON_GPU)
+    r = _fma(k, -0.693147182, nh, ON_GPU)
+    r = _fma(k, 1.90465421e-9, r, ON_GPU)
+    r = _fma(-0.5, lo, r, ON_GPU)
+    e = _scale_by_exp2(_fma(_expm1_over_r(r, ON_GPU), r, 1.0, ON_GPU), k + 64.0)
+    return _mul(e, 5.42101086e-20, ON_GPU)
 
 
 @triton.jit
-def _normal_pdf(x, ON_GPU: tl.constexpr):
-    return _mul(0.398942280, _exp_neg_half_square(x, ON_GPU), ON_GPU)
+def _exp_neg(x, ON_GPU: tl.constexpr):
+    k = _round_half_even(_mul(x, -1.44269504, ON_GPU), ON_GPU)
+    r = _fma(k, -0.693147182, _neg(x), ON_GPU)
+    r = _fma(k, 1.90465421e-9, r, ON_GPU)
+    return _scale_by_exp2(_fma(_expm1_over_r(r, ON_GPU), r, 1.0, ON_GPU), k)
+
+
+@triton.jit
+def _exp_and_expm1(x, ON_GPU: tl.constexpr):
+    k = _round_half_even(_mul(x, 1.44269504, ON_GPU), ON_GPU)
+    r = _fma(k, -0.693147182, x, ON_GPU)
+    r = _fma(k, 1.90465421e-9, r, ON_GPU)
+    p = _mul(_expm1_over_r(r, ON_GPU), r, ON_GPU)
+    s = _scale_by_exp2(tl.full(x.shape, 1.0, tl.float32), k)
+    return _fma(s, p, s, ON_GPU), _fma(s, p, s - 1.0, ON_GPU)
+
+
+@triton.jit
+def _reciprocal_1_128(d, ON_GPU: tl.constexpr):
+    r = _float(0x7EF311C3 - _bits(d))
+    r = _fma(r, _fma(_neg(d), r, 1.0, ON_GPU), r, ON_GPU)
+    r = _fma(r, _fma(_neg(d), r, 1.0, ON_GPU), r, ON_GPU)
+    return _fma(r, _fma(_neg(d), r, 1.0, ON_GPU), r, ON_GPU)
+
+
+@triton.jit
+def _tail_denominator(ax, ON_GPU: tl.constexpr):
+    return _fma(0.35, _upper_bound(ax, 20.0), 1.0, ON_GPU)
+
+
+@triton.jit
+def _mills_scaled(t, ON_GPU: tl.constexpr):
+    r = _fma(-0.0297373720, t, 0.146541759, ON_GPU)
+    r = _fma(r, t, -0.260379046, ON_GPU)
+    r = _fma(r, t, 0.163763821, ON_GPU)
+    r = _fma(r, t, -0.0257680006, ON_GPU)
+    r = _fma(r, t, 0.106428899, ON_GPU)
+    r = _fma(r, t, 0.119647861, ON_GPU)
+    r = _fma(r, t, 0.139881462, ON_GPU)
+    r = _fma(r, t, 0.139620572, ON_GPU)
+    return _mul(t, r, ON_GPU)
 
 
 @triton.jit
 def _normal_sf(x, ON_GPU: tl.constexpr):
     """Q(x) = P(X > x) in float32 (normal_dist.h)."""
-    a = _float(_bits(x) & 0x7FFFFFFF)
-    z = _mul(a, a, ON_GPU)
-    s = _mul(-8.387869e-06, z, ON_GPU) + 0.000114777606
-    s = _mul(s, z, ON_GPU) + -0.0011871376
-    s = _mul(s, z, ON_GPU) + 0.009973532
-    s = _mul(s, z, ON_GPU) + -0.06649038
-    s = _mul(s, z, ON_GPU) + 0.3989423
-    q_center = 0.5 - _mul(a, s, ON_GPU)
-    t = _div(1.0, 1.0 + _mul(0.5, a, ON_GPU))
-    r = _mul(0.15522534, t, ON_GPU) + -0.5068108
-    r = _mul(r, t, ON_GPU) + 0.5729058
-    r = _mul(r, t, ON_GPU) + -0.15902445
-    r = _mul(r, t, ON_GPU) + -0.09846008
-    r = _mul(r, t, ON_GPU) + -0.06132348
-    r = _mul(r, t, ON_GPU) + 0.049468946
-    r = _mul(r, t, ON_GPU) + 0.1496368
-    r = _mul(r, t, ON_GPU) + 0.19947025
-    r = _mul(r, t, ON_GPU) + 0.19947115
-    q_tail = _mul(_exp_neg_half_square(a, ON_GPU), _mul(t, r, ON_GPU), ON_GPU)
-    q = tl.where(a < 0.75, q_center, q_tail)  # NaN takes the tail and stays NaN
-    return tl.where(x < 0.0, 1.0 - q, q)
+    ax = _abs(x)
+    t = _reciprocal_1_128(_tail_denominator(ax, ON_GPU), ON_GPU)
+    q = _mul(_exp_neg_half_square(ax, ON_GPU), _mills_scaled(t, ON_GPU), ON_GPU)
+    return tl.where(x < 0.0, 1.0 - q, q)  # NaN stays NaN
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,8 +272,8 @@ def _normal_sf(x, ON_GPU: tl.constexpr):
 
 @triton.jit
 def _surrogate(r, u, temperature, MODE: tl.constexpr, ON_GPU: tl.constexpr):
-    """(r~_R, r~_D) of SPEC section 1: the one place that defines the surrogates."""
-    n = _round_half_even(r)
+    """(r~_R, r~_D) of docs/spec.md section 1: the one place that defines the surrogates."""
+    n = _round_half_even(r, ON_GPU)
     if MODE == MODE_NOISE:
         rate = r + u
         dist = rate
@@ -200,14 +290,66 @@ def _surrogate(r, u, temperature, MODE: tl.constexpr, ON_GPU: tl.constexpr):
 
 
 @triton.jit
-def _lower_bound(x, bound):
-    return tl.where(x < bound, bound, x)  # keeps NaN
+def _refined_quotient(num, den, inv_den, NONNEGATIVE: tl.constexpr, ON_GPU: tl.constexpr):
+    q = _mul(num, inv_den, ON_GPU)
+    if not NONNEGATIVE:
+        q = _lower_bound(q, -64.0)
+    q = _upper_bound(q, 64.0)
+    return _fma(_fma(_neg(q), den, num, ON_GPU), inv_den, q, ON_GPU)
 
 
 @triton.jit
-def _bin_probability(v, s, ON_GPU: tl.constexpr):
-    av = tl.where(v < 0.0, -v, v)
-    return _normal_sf(_div(av - 0.5, s), ON_GPU) - _normal_sf(_div(av + 0.5, s), ON_GPU)
+def _reciprocal_rn(s, ON_GPU: tl.constexpr):
+    """1/s correctly rounded for s in [2^-125, 2^125] (quantize_math.h, reciprocal_rn)."""
+    if ON_GPU:
+        r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [s],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        return _fma(r, _fma(_neg(s), r, 1.0, ON_GPU), r, ON_GPU)
+    else:
+        return _div(1.0, s)
+
+
+@triton.jit
+def _bin_args(av, s, ON_GPU: tl.constexpr):
+    """(h, a, b, x) of quantize_math.h's BinArgs."""
+    h = _reciprocal_rn(s, ON_GPU)
+    a = _refined_quotient(av - 0.5, s, h, False, ON_GPU)
+    b = _refined_quotient(av + 0.5, s, h, True, ON_GPU)
+    x = _mul(h, _mul(av, h, ON_GPU), ON_GPU)
+    return h, a, b, x
+
+
+@triton.jit
+def _bin_probability(h, a, b, x, ON_GPU: tl.constexpr):
+    series = (h < 0.5) & (x < 0.5)
+    w = _mul(h, h, ON_GPU)
+    e_a = _exp_neg_half_square(a, ON_GPU)
+    e = _exp_neg(tl.where(series, _fma(w, -0.125, _mul(0.5, x, ON_GPU), ON_GPU),
+                          _upper_bound(x, 86.0)), ON_GPU)
+    da = _tail_denominator(_abs(a), ON_GPU)
+    db = _tail_denominator(b, ON_GPU)
+    rd = _reciprocal_1_128(_mul(da, db, ON_GPU), ON_GPU)
+    qa = _mul(e_a, _mills_scaled(_mul(db, rd, ON_GPU), ON_GPU), ON_GPU)
+    qb = _mul(_mul(e_a, e, ON_GPU), _mills_scaled(_mul(da, rd, ON_GPU), ON_GPU), ON_GPU)
+    p_diff = tl.where(a < 0.0, 1.0 - qa, qa) - qb
+    q = _mul(x, x, ON_GPU)
+    c0 = _fma(w, _fma(w, 1.5625e-3, -4.16666679e-2, ON_GPU), 1.0, ON_GPU)
+    c1 = _fma(w, -3.125e-3, 4.16666679e-2, ON_GPU)
+    poly = _fma(q, _fma(q, 5.20833346e-4, c1, ON_GPU), c0, ON_GPU)
+    p_series = _mul(_mul(_mul(h, 0.398942280, ON_GPU), _mul(e_a, e, ON_GPU), ON_GPU), poly, ON_GPU)
+    return tl.where(series, p_series, p_diff)
+
+
+@triton.jit
+def _bin_slopes(h, a, b, x, ON_GPU: tl.constexpr):
+    """(dp/d|v|, dp/ds) of quantize_math.h's bin_slopes."""
+    phi_a = _mul(0.398942280, _exp_neg_half_square(a, ON_GPU), ON_GPU)
+    ac = _upper_bound(_lower_bound(a, -64.0), 64.0)
+    bc = _upper_bound(b, 64.0)
+    e, em1 = _exp_and_expm1(_neg(_upper_bound(x, 86.0)), ON_GPU)
+    slope = tl.where(x < 1.0, _fma(_neg(bc), em1, _neg(h), ON_GPU), _fma(_neg(bc), e, ac, ON_GPU))
+    return (_mul(_mul(phi_a, em1, ON_GPU), h, ON_GPU),
+            _mul(_mul(phi_a, slope, ON_GPU), h, ON_GPU))
 
 
 @triton.jit
@@ -221,18 +363,45 @@ def _load_f32(ptr, offs, mask, IS_BF16: tl.constexpr):
 
 @triton.jit
 def _store_from_f32(ptr, offs, x, mask, IS_BF16: tl.constexpr):
-    if IS_BF16:  # c10::BFloat16's round to nearest even, NaN -> 0x7FC0
+    """Rounds to the storage type and writes NaN as the canonical NaN of every backend:
+    0x7FFFFFFF in float32, 0x7FFF in bfloat16 and float16."""
+    if IS_BF16:  # round to nearest even with integer arithmetic (the interpreter's cast does not)
         b = _bits(x)
         rounded = (b + (0x7FFF + ((b >> 16) & 1))) >> 16
-        h = tl.where(x != x, 0x7FC0, rounded).to(tl.uint16).to(tl.int16, bitcast=True)
+        h = tl.where(x != x, 0x7FFF, rounded).to(tl.uint16).to(tl.int16, bitcast=True)
+        tl.store(ptr + offs, h, mask=mask)
+    elif ptr.dtype.element_ty == tl.float16:
+        h = x.to(tl.float16).to(tl.uint16, bitcast=True)
+        h = tl.where(x != x, 0x7FFF, h).to(tl.uint16).to(tl.float16, bitcast=True)
         tl.store(ptr + offs, h, mask=mask)
     else:
-        tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=mask)
+        tl.store(ptr + offs, _canonical_nan(x).to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _rate_residual(y, mu, u, temperature, MODE: tl.constexpr, ZERO_CENTER: tl.constexpr,
-                   ON_GPU: tl.constexpr):
+def _neg(x):
+    """-x as a sign flip, as C++'s unary minus (Triton's -x is 0 - x, which loses -0)."""
+    return _float(_bits(x) ^ 0x80000000)
+
+
+@triton.jit
+def _load_residual(y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, first, scale_bound,
+                   MODE: tl.constexpr, ZERO_CENTER: tl.constexpr, HAS_MEANS: tl.constexpr,
+                   IS_BF16: tl.constexpr, ON_GPU: tl.constexpr, BLOCK: tl.constexpr):
+    """The part forward and backward share (quantize_math.h, forward_element / backward_element):
+    load y, mu, sigma, draw u for the logical indices first .. first + BLOCK - 1, and return the
+    lattice centre c, the rate residual v, the decoder surrogate r~_D, sigma and the bounded s."""
+    y = _load_f32(y_ptr, offs, mask, IS_BF16)
+    sigma = _load_f32(sigma_ptr, offs, mask, IS_BF16)
+    if HAS_MEANS:
+        mu = _load_f32(mu_ptr, offs, mask, IS_BF16)
+    else:
+        mu = tl.zeros_like(y)  # +0, as the C++ kernels' zero-filled means
+    temperature = tl.load(temp_ptr).to(tl.float32)
+    if MODE != MODE_STE:
+        u = _noise(tl.load(seed_ptr), first, BLOCK, ON_GPU)
+    else:
+        u = tl.zeros_like(y)
     if ZERO_CENTER:
         c = mu
     else:
@@ -243,32 +412,15 @@ def _rate_residual(y, mu, u, temperature, MODE: tl.constexpr, ZERO_CENTER: tl.co
         v = rate
     else:
         v = rate - mu
-    return c, v, dist
-
-
-@triton.jit
-def _load_residual(y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, index_base,
-                   scale_bound, MODE: tl.constexpr, ZERO_CENTER: tl.constexpr,
-                   HAS_MEANS: tl.constexpr, IS_BF16: tl.constexpr, ON_GPU: tl.constexpr):
-    """The part forward and backward share: load y, mu, sigma, draw u, and return the lattice
-    centre c, the rate residual v, the decoder surrogate r~_D, sigma and the bounded scale s."""
-    y = _load_f32(y_ptr, offs, mask, IS_BF16)
-    sigma = _load_f32(sigma_ptr, offs, mask, IS_BF16)
-    if HAS_MEANS:
-        mu = _load_f32(mu_ptr, offs, mask, IS_BF16)
-    else:
-        mu = tl.zeros_like(y)  # +0, as the C++ kernels' zero-filled means
-    temperature = tl.load(temp_ptr).to(tl.float32)
-    if MODE != MODE_STE:
-        u = _philox_uniform(tl.load(seed_ptr), offs + index_base, ON_GPU)
-    else:
-        u = tl.zeros_like(y)
-    c, v, dist = _rate_residual(y, mu, u, temperature, MODE, ZERO_CENTER, ON_GPU)
-    return c, v, dist, sigma, _lower_bound(sigma, scale_bound)
+    # bounded_scale: max(sigma, b_sigma) held in [2^-125, 2^125]
+    s = _upper_bound(_lower_bound(_lower_bound(sigma, scale_bound), 2.35098870e-38), 4.25352958e37)
+    return c, v, dist, sigma, s
 
 
 # ---------------------------------------------------------------------------------------------
-# Kernels
+# Kernels. Each program handles BLOCK consecutive elements (BLOCK a multiple of 4, so its noise
+# is whole Philox blocks); index_base shifts the logical indices (tests of indices >= 2^32) and
+# must be a multiple of 4.
 
 
 @triton.jit
@@ -282,11 +434,12 @@ def quantize_forward_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # 64-bit offsets
     mask = offs < n_elements
     c, v, dist, sigma, s = _load_residual(
-        y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, index_base, scale_bound,
-        MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU)
-    lik = _lower_bound(_bin_probability(v, s, ON_GPU), likelihood_bound)
+        y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, pid * BLOCK + index_base,
+        scale_bound, MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU, BLOCK)
+    h, a, b, x = _bin_args(_abs(v), s, ON_GPU)
+    lik = _lower_bound(_bin_probability(h, a, b, x, ON_GPU), likelihood_bound)
     _store_from_f32(y_hat_ptr, offs, c + dist, mask, IS_BF16)
-    tl.store(lik_ptr + offs, lik, mask=mask)
+    tl.store(lik_ptr + offs, _canonical_nan(lik), mask=mask)
 
 
 @triton.jit
@@ -303,8 +456,9 @@ def quantize_backward_kernel(
     mask = offs < n_elements
     g_lik = tl.load(g_lik_ptr + offs, mask=mask, other=-1.0)
     c, v, dist, sigma, s = _load_residual(
-        y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, index_base, scale_bound,
-        MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU)
+        y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, pid * BLOCK + index_base,
+        scale_bound, MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU, BLOCK)
+    h, a, b, x = _bin_args(_abs(v), s, ON_GPU)
     # Likelihood bound (CompressAI's LowerBound): g_P passes where p >= b_p or g_P < 0. Where the
     # whole block has g_P < 0 (loss = -log P) p is not recomputed; masked lanes count as negative.
     upward = g_lik < 0.0
@@ -312,15 +466,12 @@ def quantize_backward_kernel(
     if n_upward == BLOCK:
         g_p = g_lik
     else:
-        p = _bin_probability(v, s, ON_GPU)
-        g_p = tl.where((p >= likelihood_bound) | upward, g_lik, g_lik * 0.0)
-    inv_s = _div(1.0, s)
-    u1 = _mul(v + 0.5, inv_s, ON_GPU)
-    u2 = _mul(v - 0.5, inv_s, ON_GPU)
-    phi1 = _normal_pdf(u1, ON_GPU)
-    phi2 = _normal_pdf(u2, ON_GPU)
-    g_v = _mul(g_p, _mul(phi1 - phi2, inv_s, ON_GPU), ON_GPU)
-    g_s = _mul(-g_p, _mul(_mul(u1, phi1, ON_GPU) - _mul(u2, phi2, ON_GPU), inv_s, ON_GPU), ON_GPU)
+        p = _bin_probability(h, a, b, x, ON_GPU)
+        g_p = tl.where((p >= likelihood_bound) | upward, g_lik, _mul(g_lik, 0.0, ON_GPU))
+    d_av, d_s = _bin_slopes(h, a, b, x, ON_GPU)
+    dv = _float(_bits(d_av) ^ (_bits(v) & 0x80000000))  # d|v|/dv = sign(v)
+    g_v = _mul(g_p, dv, ON_GPU)
+    g_s = _mul(g_p, d_s, ON_GPU)
     if NEED_GY:
         if HAS_GYHAT:
             g_yhat = _load_f32(g_yhat_ptr, offs, mask, IS_BF16)
@@ -328,9 +479,9 @@ def quantize_backward_kernel(
             g_yhat = tl.zeros_like(v)
         _store_from_f32(gy_ptr, offs, g_yhat + g_v, mask, IS_BF16)
     if NEED_GMU:
-        _store_from_f32(gmu_ptr, offs, -g_v, mask, IS_BF16)
+        _store_from_f32(gmu_ptr, offs, _mul(_neg(g_p), dv, ON_GPU), mask, IS_BF16)
     if NEED_GS:
-        g_sigma = tl.where((sigma >= scale_bound) | (g_s < 0.0), g_s, g_s * 0.0)
+        g_sigma = tl.where((sigma >= scale_bound) | (g_s < 0.0), g_s, _mul(g_s, 0.0, ON_GPU))
         _store_from_f32(gs_ptr, offs, g_sigma, mask, IS_BF16)
 
 
@@ -340,7 +491,7 @@ def uniform_noise_kernel(seed_ptr, out_ptr, n_elements, index_base, ON_GPU: tl.c
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < n_elements
-    u = _philox_uniform(tl.load(seed_ptr), offs + index_base, ON_GPU)
+    u = _noise(tl.load(seed_ptr), pid * BLOCK + index_base, BLOCK, ON_GPU)
     tl.store(out_ptr + offs, u, mask=mask)
 
 

@@ -1,4 +1,8 @@
-"""The noise stream of SPEC section 3 in plain torch integer arithmetic.
+"""The noise stream (version 2, docs/spec.md section 3) in plain torch integer arithmetic.
+
+Element i takes word i % 4 of the Philox4x32-10 block at counter (lo32(i // 4), hi32(i // 4), 0, 0)
+and key (lo32(seed), hi32(seed)): one block serves four consecutive elements, bit for bit
+``tl.rand4x(seed, i // 4)[i % 4] - 0.5``.
 
 This is the readable definition the kernels are tested against (the compiled ops compute the same
 bits far faster; ``lic_quant.uniform_noise`` uses them when the extension is built). Philox4x32-10
@@ -60,9 +64,11 @@ def philox_uniform(shape, seed: int | torch.Tensor, *, device=None, start: int =
     """u for logical indices start .. start + numel - 1, shaped `shape`, float32 (pure torch)."""
     shape = torch.Size(shape)
     seed64 = seed_to_int(seed)
-    index = torch.arange(start, start + shape.numel(), dtype=torch.int64, device=device)
-    c0 = index & MASK32
-    c1 = index >> 32
-    zero = torch.zeros_like(index)
-    word, _, _, _ = philox4x32_10(c0, c1, zero, zero, seed64 & MASK32, seed64 >> 32)
-    return words_to_uniform(word).reshape(shape)
+    n = shape.numel()
+    first, last = start // 4, (start + n + 3) // 4  # the Philox blocks that cover the range
+    block = torch.arange(first, max(last, first), dtype=torch.int64, device=device)
+    zero = torch.zeros_like(block)
+    words = philox4x32_10(block & MASK32, block >> 32, zero, zero, seed64 & MASK32, seed64 >> 32)
+    stream = torch.stack(words, dim=1).reshape(-1)  # element 4 b + j <- word j of block b
+    offset = start - 4 * first
+    return words_to_uniform(stream[offset:offset + n]).reshape(shape)

@@ -1,5 +1,5 @@
-"""The noise stream (SPEC section 3): known answers, bit-exactness across implementations,
-range and uniformity."""
+"""The noise stream, version 2 (docs/spec.md section 3): known answers, bit-exactness across
+implementations, range and uniformity."""
 from __future__ import annotations
 
 import math
@@ -24,14 +24,21 @@ def philox_python(counter, key):
     return c0, c1, c2, c3
 
 
-def uniform_python(seed, index):
-    seed &= (1 << 64) - 1
-    word = philox_python((index & M32, index >> 32, 0, 0), (seed & M32, seed >> 32))[0]
+def word_to_uniform_python(word):
+    """Triton's uint_to_uniform_float, then -1/2, each step rounded to float32."""
     x = word - (1 << 32) if word >= 1 << 31 else word
     if x < 0:
         x = ~x
     f32 = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731  (float32 rounding)
     return float(f32(float(x)) * f32(4.6566127342e-10) - f32(0.5))
+
+
+def uniform_python(seed, index):
+    """Element `index`: word index % 4 of the block at counter index // 4."""
+    seed &= (1 << 64) - 1
+    block = index // 4
+    words = philox_python((block & M32, block >> 32, 0, 0), (seed & M32, seed >> 32))
+    return word_to_uniform_python(words[index % 4])
 
 
 def test_random123_known_answers():
@@ -41,6 +48,18 @@ def test_random123_known_answers():
         0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
     assert philox_python((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
                          (0xA4093822, 0x299F31D0)) == (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
+
+
+def test_seed_zero_elements_0_to_3_are_the_zero_vector_known_answer():
+    # One block serves four consecutive elements: with seed 0, elements 0..3 are the four words of
+    # Random123's zero-key, zero-counter vector, in order, on every implementation.
+    kat = (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    expected = torch.tensor([word_to_uniform_python(w) for w in kat])
+    assert torch.equal(noise.philox_uniform((4,), 0), expected)
+    assert torch.equal(lq.uniform_noise((4,), 0), expected)
+    # element 4 starts the next block (counter 1)
+    w1 = philox_python((1, 0, 0, 0), (0, 0))
+    assert lq.uniform_noise((5,), 0)[4].item() == word_to_uniform_python(w1[0])
 
 
 def test_torch_philox_matches_known_answers():
@@ -58,17 +77,17 @@ def test_kernel_torch_and_python_agree_bit_for_bit(seed):
     k = lq.uniform_noise((n,), seed)
     t = noise.philox_uniform((n,), seed)
     assert k.dtype == torch.float32 and torch.equal(k, t)
-    for i in (0, 1, 2, 1000, n - 1):
+    for i in (0, 1, 2, 3, 4, 1000, 1001, 1002, 1003, n - 1):
         assert k[i].item() == uniform_python(seed, i)
 
 
 def test_high_indices_use_the_upper_counter_word():
-    # Index 2^32 + j must differ from index j: the counter's second word carries hi32(i).
-    start = 2**32 - 3
-    t = noise.philox_uniform((6,), 42, start=start)
-    for j in range(6):
+    # Block 2^32 + j must differ from block j: the counter's second word carries hi32(i // 4).
+    start = 2**34 - 7  # elements on both sides of block 2^32, not aligned to a block
+    t = noise.philox_uniform((14,), 42, start=start)
+    for j in range(14):
         assert t[j].item() == uniform_python(42, start + j)
-    assert t[3].item() != noise.philox_uniform((1,), 42)[0].item()
+    assert t[7].item() != noise.philox_uniform((1,), 42)[0].item()  # element 2^34 vs element 0
 
 
 def test_range_and_uniformity():

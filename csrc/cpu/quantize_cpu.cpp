@@ -30,8 +30,29 @@ constexpr int64_t kGrain = 32768;
 #define LQ_CLONES
 #endif
 
-LQ_CLONES void fill_noise_f32(float* u, int64_t n, uint64_t seed, uint64_t index0) {
-  for (int64_t j = 0; j < n; ++j) u[j] = philox_uniform(seed, index0 + static_cast<uint64_t>(j));
+// u of the n elements index0 .. index0 + n - 1, index0 a multiple of 4: one Philox block per four
+// elements (noise stream v2). The words land in four planes first, so the Philox loop has no
+// interleaved stores and vectorizes; the second loop interleaves them into u (n <= kBlock).
+LQ_CLONES void fill_noise_f32(float* __restrict u, int64_t n, const PhiloxKeys& keys,
+                              uint64_t index0) {
+  const PhiloxKeys key = keys;
+  alignas(64) uint32_t w0[kBlock / 4], w1[kBlock / 4], w2[kBlock / 4], w3[kBlock / 4];
+  const int64_t nb = (n + 3) / 4;
+  const uint64_t b0 = index0 >> 2;
+  for (int64_t j = 0; j < nb; ++j) {
+    uint32_t w[4];
+    philox4x32_10(key, b0 + static_cast<uint64_t>(j), w);
+    w0[j] = w[0];
+    w1[j] = w[1];
+    w2[j] = w[2];
+    w3[j] = w[3];
+  }
+  for (int64_t j = 0; j < nb; ++j) {
+    u[4 * j] = word_to_uniform(w0[j]);
+    u[4 * j + 1] = word_to_uniform(w1[j]);
+    u[4 * j + 2] = word_to_uniform(w2[j]);
+    u[4 * j + 3] = word_to_uniform(w3[j]);
+  }
 }
 
 // Mode and centring are template constants so the per-element switch folds away and the loop
@@ -60,7 +81,7 @@ LQ_CLONES void backward_block_f32(const float* __restrict g_yhat, const float* _
   p.zero_center = kZeroCenter;
   for (int64_t j = 0; j < n; ++j) {
     const BackwardOut<float> o =
-        backward_element<float, kSkipLikelihood>(g_yhat[j], g_lik[j], y[j], mu[j], sigma[j], u[j], p);
+        backward_element<float>(g_yhat[j], g_lik[j], y[j], mu[j], sigma[j], u[j], p, kSkipLikelihood);
     gy[j] = o.grad_y;
     gmu[j] = o.grad_mu;
     gs[j] = o.grad_sigma;
@@ -102,14 +123,35 @@ const float* as_float(const scalar_t* src, float* buf, int64_t n) {
   }
 }
 
+// float -> float16 / bfloat16 with NaN written as 0x7FFF, the canonical NaN of every backend
+// (c10's conversions would write 0x7E00 / 0x7FC0).
 template <typename scalar_t>
 void store(const float* src, scalar_t* dst, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+  if constexpr (std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>) {
+    for (int64_t j = 0; j < n; ++j) {
+      dst[j] = src[j] != src[j] ? scalar_t(0x7FFF, scalar_t::from_bits()) : static_cast<scalar_t>(src[j]);
+    }
+  } else {
+    for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+  }
 }
 
 struct Scratch {
   alignas(64) float a[kBlock];
 };
+
+// Runs fn(i, n) over [0, numel) in blocks of kBlock elements that start at multiples of kBlock,
+// so every block's noise starts on a Philox block boundary; blocks are spread over the threads.
+template <typename Fn>
+void for_each_block(int64_t numel, Fn&& fn) {
+  const int64_t nblocks = (numel + kBlock - 1) / kBlock;
+  at::parallel_for(0, nblocks, kGrain / kBlock, [&](int64_t b_begin, int64_t b_end) {
+    for (int64_t b = b_begin; b < b_end; ++b) {
+      const int64_t i = b * kBlock;
+      fn(i, std::min(kBlock, numel - i));
+    }
+  });
+}
 
 // ---------------------------------------------------------------------------------------------
 // float16 / bfloat16 / float32: float compute, vectorized blocks.
@@ -117,16 +159,19 @@ struct Scratch {
 template <typename scalar_t>
 void forward_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma, scalar_t* y_hat,
                      float* lik, int64_t numel, uint64_t seed, const QuantParams<float>& p) {
-  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+  const PhiloxKeys keys = philox_keys(seed);
+  const int64_t nblocks = (numel + kBlock - 1) / kBlock;
+  at::parallel_for(0, nblocks, kGrain / kBlock, [&](int64_t b_begin, int64_t b_end) {
     Scratch by, bm, bs, bu, byh;
     std::fill(bm.a, bm.a + kBlock, 0.0f);
     std::fill(bu.a, bu.a + kBlock, 0.0f);
-    for (int64_t i = begin; i < end; i += kBlock) {
-      const int64_t n = std::min(kBlock, end - i);
+    for (int64_t blk = b_begin; blk < b_end; ++blk) {
+      const int64_t i = blk * kBlock;
+      const int64_t n = std::min(kBlock, numel - i);
       const float* fy = as_float(y + i, by.a, n);
       const float* fm = mu ? as_float(mu + i, bm.a, n) : bm.a;
       const float* fs = as_float(sigma + i, bs.a, n);
-      if (mode_uses_noise(p.mode)) fill_noise_f32(bu.a, n, seed, static_cast<uint64_t>(i));
+      if (mode_uses_noise(p.mode)) fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i));
       float* out = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(y_hat + i) : byh.a;
       dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
         forward_block_f32<decltype(m)::value, decltype(zc)::value>(fy, fm, fs, bu.a, out, lik + i, n, p);
@@ -141,18 +186,21 @@ void backward_reduced(const scalar_t* g_yhat, const float* g_lik, const scalar_t
                       const scalar_t* mu, const scalar_t* sigma, scalar_t* gy, scalar_t* gmu,
                       scalar_t* gs, int64_t numel, uint64_t seed, const QuantParams<float>& p) {
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
-  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
+  const PhiloxKeys keys = philox_keys(seed);
+  const int64_t nblocks = (numel + kBlock - 1) / kBlock;
+  at::parallel_for(0, nblocks, kGrain / kBlock, [&](int64_t b_begin, int64_t b_end) {
     Scratch bg, by, bm, bs, bu, oy, om, os;
     std::fill(bg.a, bg.a + kBlock, 0.0f);
     std::fill(bm.a, bm.a + kBlock, 0.0f);
     std::fill(bu.a, bu.a + kBlock, 0.0f);
-    for (int64_t i = begin; i < end; i += kBlock) {
-      const int64_t n = std::min(kBlock, end - i);
+    for (int64_t blk = b_begin; blk < b_end; ++blk) {
+      const int64_t i = blk * kBlock;
+      const int64_t n = std::min(kBlock, numel - i);
       const float* fg = g_yhat ? as_float(g_yhat + i, bg.a, n) : bg.a;
       const float* fy = as_float(y + i, by.a, n);
       const float* fm = mu ? as_float(mu + i, bm.a, n) : bm.a;
       const float* fs = as_float(sigma + i, bs.a, n);
-      if (mode_uses_noise(p.mode)) fill_noise_f32(bu.a, n, seed, static_cast<uint64_t>(i));
+      if (mode_uses_noise(p.mode)) fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i));
       // Gradients nobody asked for land in scratch, never in memory that is read back.
       float* py = (kFloat && gy) ? reinterpret_cast<float*>(gy + i) : oy.a;
       float* pm = (kFloat && gmu) ? reinterpret_cast<float*>(gmu + i) : om.a;
@@ -177,15 +225,20 @@ void backward_reduced(const scalar_t* g_yhat, const float* g_lik, const scalar_t
 }
 
 // ---------------------------------------------------------------------------------------------
-// float64: double compute through libm, element by element.
+// float64: double compute through libm, element by element (the noise is float32 on every
+// backend and widens exactly).
 
 void forward_double(const double* y, const double* mu, const double* sigma, double* y_hat,
                     double* lik, int64_t numel, uint64_t seed, const QuantParams<double>& p) {
   const bool noisy = mode_uses_noise(p.mode);
-  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const double u = noisy ? philox_uniform(seed, static_cast<uint64_t>(i)) : 0.0;
-      const ForwardOut<double> o = forward_element<double>(y[i], mu ? mu[i] : 0.0, sigma[i], u, p);
+  const PhiloxKeys keys = philox_keys(seed);
+  for_each_block(numel, [&](int64_t i0, int64_t n) {
+    Scratch bu;
+    if (noisy) fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i0));
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t i = i0 + j;
+      const ForwardOut<double> o = forward_element<double>(
+          y[i], mu ? mu[i] : 0.0, sigma[i], noisy ? static_cast<double>(bu.a[j]) : 0.0, p);
       y_hat[i] = o.y_hat;
       lik[i] = o.likelihood;
     }
@@ -196,14 +249,17 @@ void backward_double(const double* g_yhat, const double* g_lik, const double* y,
                      const double* sigma, double* gy, double* gmu, double* gs, int64_t numel,
                      uint64_t seed, const QuantParams<double>& p) {
   const bool noisy = mode_uses_noise(p.mode);
-  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const double u = noisy ? philox_uniform(seed, static_cast<uint64_t>(i)) : 0.0;
+  const PhiloxKeys keys = philox_keys(seed);
+  for_each_block(numel, [&](int64_t i0, int64_t n) {
+    Scratch bu;
+    if (noisy) fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i0));
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t i = i0 + j;
+      const double u = noisy ? static_cast<double>(bu.a[j]) : 0.0;
       const double gyh = g_yhat ? g_yhat[i] : 0.0;
       const double m = mu ? mu[i] : 0.0;
       const BackwardOut<double> o =
-          g_lik[i] < 0.0 ? backward_element<double, true>(gyh, g_lik[i], y[i], m, sigma[i], u, p)
-                         : backward_element<double, false>(gyh, g_lik[i], y[i], m, sigma[i], u, p);
+          backward_element<double>(gyh, g_lik[i], y[i], m, sigma[i], u, p, g_lik[i] < 0.0);
       if (gy) gy[i] = o.grad_y;
       if (gmu) gmu[i] = o.grad_mu;
       if (gs) gs[i] = o.grad_sigma;
@@ -307,12 +363,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cpu(
 at::Tensor uniform_noise_cpu(const at::Tensor& seed, c10::SymIntArrayRef size) {
   TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.dim() == 0,
                    "lic_quant: seed must be a 0-dim int64 tensor");
-  const uint64_t s = static_cast<uint64_t>(seed.item<int64_t>());
+  const PhiloxKeys keys = philox_keys(static_cast<uint64_t>(seed.item<int64_t>()));
   at::Tensor u = at::empty(C10_AS_INTARRAYREF_SLOW(size), seed.options().dtype(at::kFloat));
   float* out = u.mutable_data_ptr<float>();
-  at::parallel_for(0, u.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; i += kBlock) {
-      fill_noise_f32(out + i, std::min(kBlock, end - i), s, static_cast<uint64_t>(i));
+  for_each_block(u.numel(), [&](int64_t i, int64_t n) {
+    if (n == kBlock) {
+      fill_noise_f32(out + i, n, keys, static_cast<uint64_t>(i));
+    } else {  // the last block: the fill writes whole groups of four
+      Scratch bu;
+      fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i));
+      std::copy(bu.a, bu.a + n, out + i);
     }
   });
   return u;

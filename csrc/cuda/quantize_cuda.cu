@@ -82,20 +82,43 @@ __device__ __forceinline__ void store_pack(T* __restrict__ p, const Pack<T, N>& 
 }
 
 template <typename acc_t>
-__device__ __forceinline__ acc_t noise_at(bool noisy, uint64_t seed, int64_t i) {
+__device__ __forceinline__ acc_t noise_at(bool noisy, const PhiloxKeys& keys, int64_t i) {
   // u is float32 on every backend; float64 compute widens it exactly, as the CPU kernels do.
-  return noisy ? static_cast<acc_t>(philox_uniform(seed, static_cast<uint64_t>(i))) : acc_t(0);
+  return noisy ? static_cast<acc_t>(philox_uniform(keys, static_cast<uint64_t>(i))) : acc_t(0);
 }
 
-// u for the N elements i0 .. i0 + N - 1 (zeros where the mode draws none).
+// u for the N elements i0 .. i0 + N - 1 (zeros where the mode draws none). i0 is a multiple of N,
+// so a pack of 4 or 8 is one or two whole Philox blocks and a pack of 2 is half of one.
 template <int N>
-__device__ __forceinline__ void noise_pack(bool noisy, uint64_t seed, int64_t i0, float (&u)[N]) {
-  if (noisy) {
-    philox_uniform_n<N>(seed, static_cast<uint64_t>(i0), u);
-  } else {
+__device__ __forceinline__ void noise_pack(bool noisy, const PhiloxKeys& keys, int64_t i0,
+                                           float (&u)[N]) {
+  if (!noisy) {
 #pragma unroll
     for (int j = 0; j < N; ++j) u[j] = 0.0f;
+  } else if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int g = 0; g < N / 4; ++g) {
+      float q[4];
+      philox_uniform4(keys, (static_cast<uint64_t>(i0) >> 2) + g, q);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) u[4 * g + j] = q[j];
+    }
+  } else if constexpr (N == 2) {
+    float q[4];
+    philox_uniform4(keys, static_cast<uint64_t>(i0) >> 2, q);
+    const bool upper = (i0 & 2) != 0;
+    u[0] = upper ? q[2] : q[0];
+    u[1] = upper ? q[3] : q[1];
+  } else {
+    u[0] = philox_uniform(keys, static_cast<uint64_t>(i0));
   }
+}
+
+// acc -> storage type. The device's conversions write NaN as 0x7FFF in float16 and bfloat16, the
+// canonical NaN every backend writes (quantize_math.h, canonical_nan).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ scalar_t to_storage(acc_t x) {
+  return static_cast<scalar_t>(x);
 }
 
 // kMode >= 0: the mode is a compile-time constant (the aligned float-compute kernels), so the
@@ -126,7 +149,7 @@ __global__ void __launch_bounds__(kThreads)
                    const double* __restrict__ temperature, QuantParams<acc_type<scalar_t>> params) {
   using acc_t = acc_type<scalar_t>;
   const QuantParams<acc_t> p = fix_mode<kMode>(with_temperature(params, temperature));
-  const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
+  const PhiloxKeys keys = philox_keys(static_cast<uint64_t>(*seed_ptr));
   const bool noisy = mode_uses_noise(p.mode);
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -139,7 +162,7 @@ __global__ void __launch_bounds__(kThreads)
     Pack<scalar_t, N> pm;
     if (mu != nullptr) pm = load_pack<scalar_t, N>(mu + i0);
     float u[N];
-    noise_pack<N>(noisy, seed, i0, u);
+    noise_pack<N>(noisy, keys, i0, u);
     Pack<scalar_t, N> out_y;
     Pack<lik_t, N> out_p;
 #pragma unroll
@@ -147,7 +170,7 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t m = mu != nullptr ? static_cast<acc_t>(pm.v[j]) : acc_t(0);
       const ForwardOut<acc_t> o = forward_element<acc_t>(
           static_cast<acc_t>(py.v[j]), m, static_cast<acc_t>(ps.v[j]), static_cast<acc_t>(u[j]), p);
-      out_y.v[j] = static_cast<scalar_t>(o.y_hat);
+      out_y.v[j] = to_storage<scalar_t>(o.y_hat);
       out_p.v[j] = static_cast<lik_t>(o.likelihood);
     }
     store_pack<scalar_t, N>(y_hat + i0, out_y);
@@ -159,8 +182,8 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t m = mu != nullptr ? static_cast<acc_t>(mu[i]) : acc_t(0);
       const ForwardOut<acc_t> o =
           forward_element<acc_t>(static_cast<acc_t>(y[i]), m, static_cast<acc_t>(sigma[i]),
-                                 noise_at<acc_t>(noisy, seed, i), p);
-      y_hat[i] = static_cast<scalar_t>(o.y_hat);
+                                 noise_at<acc_t>(noisy, keys, i), p);
+      y_hat[i] = to_storage<scalar_t>(o.y_hat);
       lik[i] = static_cast<lik_t>(o.likelihood);
     }
   }
@@ -172,25 +195,25 @@ __global__ void __launch_bounds__(kThreads)
 // whatever p is, so p is not recomputed; the vote keeps the warp on one path, and both paths give
 // the same bits for a negative g_P.
 
-template <typename acc_t, bool kSkipLikelihood, typename scalar_t, typename lik_t, int N>
+template <typename acc_t, typename scalar_t, typename lik_t, int N>
 __device__ __forceinline__ void backward_pack(const Pack<scalar_t, N>& pg, const Pack<lik_t, N>& pl,
                                               const Pack<scalar_t, N>& py,
                                               const Pack<scalar_t, N>& pm,
                                               const Pack<scalar_t, N>& ps, bool has_gyh,
                                               bool has_mu, const float (&u)[N],
-                                              const QuantParams<acc_t>& p,
+                                              const QuantParams<acc_t>& p, bool skip_likelihood,
                                               Pack<scalar_t, N>& gy, Pack<scalar_t, N>& gm,
                                               Pack<scalar_t, N>& gs) {
 #pragma unroll
   for (int j = 0; j < N; ++j) {
     const acc_t g = has_gyh ? static_cast<acc_t>(pg.v[j]) : acc_t(0);
     const acc_t m = has_mu ? static_cast<acc_t>(pm.v[j]) : acc_t(0);
-    const BackwardOut<acc_t> o = backward_element<acc_t, kSkipLikelihood>(
+    const BackwardOut<acc_t> o = backward_element<acc_t>(
         g, static_cast<acc_t>(pl.v[j]), static_cast<acc_t>(py.v[j]), m,
-        static_cast<acc_t>(ps.v[j]), static_cast<acc_t>(u[j]), p);
-    gy.v[j] = static_cast<scalar_t>(o.grad_y);
-    gm.v[j] = static_cast<scalar_t>(o.grad_mu);
-    gs.v[j] = static_cast<scalar_t>(o.grad_sigma);
+        static_cast<acc_t>(ps.v[j]), static_cast<acc_t>(u[j]), p, skip_likelihood);
+    gy.v[j] = to_storage<scalar_t>(o.grad_y);
+    gm.v[j] = to_storage<scalar_t>(o.grad_mu);
+    gs.v[j] = to_storage<scalar_t>(o.grad_sigma);
   }
 }
 
@@ -205,7 +228,7 @@ __global__ void __launch_bounds__(kThreads)
                     QuantParams<acc_type<scalar_t>> params) {
   using acc_t = acc_type<scalar_t>;
   const QuantParams<acc_t> p = fix_mode<kMode>(with_temperature(params, temperature));
-  const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
+  const PhiloxKeys keys = philox_keys(static_cast<uint64_t>(*seed_ptr));
   const bool noisy = mode_uses_noise(p.mode);
   const bool has_gyh = g_yhat != nullptr;
   const bool has_mu = mu != nullptr;
@@ -225,13 +248,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < N; ++j) all_negative &= pl.v[j] < lik_t(0);
     float u[N];
-    noise_pack<N>(noisy, seed, i0, u);
+    noise_pack<N>(noisy, keys, i0, u);
     Pack<scalar_t, N> gy, gm, gs;
-    if (__all_sync(__activemask(), all_negative)) {
-      backward_pack<acc_t, true>(pg, pl, py, pm, ps, has_gyh, has_mu, u, p, gy, gm, gs);
-    } else {
-      backward_pack<acc_t, false>(pg, pl, py, pm, ps, has_gyh, has_mu, u, p, gy, gm, gs);
-    }
+    // Warp-uniform: the lanes take the p-recomputing code together or skip it together.
+    const bool skip = __all_sync(__activemask(), all_negative);
+    backward_pack<acc_t>(pg, pl, py, pm, ps, has_gyh, has_mu, u, p, skip, gy, gm, gs);
     if (grad_y != nullptr) store_pack<scalar_t, N>(grad_y + i0, gy);
     if (grad_mu != nullptr) store_pack<scalar_t, N>(grad_mu + i0, gm);
     if (grad_sigma != nullptr) store_pack<scalar_t, N>(grad_sigma + i0, gs);
@@ -244,33 +265,31 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t gl = static_cast<acc_t>(g_lik[i]);
       const acc_t yy = static_cast<acc_t>(y[i]);
       const acc_t ss = static_cast<acc_t>(sigma[i]);
-      const acc_t u = noise_at<acc_t>(noisy, seed, i);
-      const BackwardOut<acc_t> o = gl < acc_t(0)
-                                       ? backward_element<acc_t, true>(g, gl, yy, m, ss, u, p)
-                                       : backward_element<acc_t, false>(g, gl, yy, m, ss, u, p);
-      if (grad_y != nullptr) grad_y[i] = static_cast<scalar_t>(o.grad_y);
-      if (grad_mu != nullptr) grad_mu[i] = static_cast<scalar_t>(o.grad_mu);
-      if (grad_sigma != nullptr) grad_sigma[i] = static_cast<scalar_t>(o.grad_sigma);
+      const acc_t u = noise_at<acc_t>(noisy, keys, i);
+      const BackwardOut<acc_t> o = backward_element<acc_t>(g, gl, yy, m, ss, u, p, gl < acc_t(0));
+      if (grad_y != nullptr) grad_y[i] = to_storage<scalar_t>(o.grad_y);
+      if (grad_mu != nullptr) grad_mu[i] = to_storage<scalar_t>(o.grad_mu);
+      if (grad_sigma != nullptr) grad_sigma[i] = to_storage<scalar_t>(o.grad_sigma);
     }
   }
 }
 
-// u for logical indices [0, numel), float32, four per thread step (the output is fresh, so aligned).
+// u for logical indices [0, numel), float32, one Philox block (four elements) per thread step
+// (the output is fresh, so aligned).
 __global__ void __launch_bounds__(kThreads)
     uniform_noise_kernel(float* __restrict__ out, int64_t numel, const int64_t* __restrict__ seed_ptr) {
   constexpr int N = 4;
-  const uint64_t seed = static_cast<uint64_t>(*seed_ptr);
+  const PhiloxKeys keys = philox_keys(static_cast<uint64_t>(*seed_ptr));
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t npack = numel / N;
   for (int64_t k = tid; k < npack; k += stride) {
-    const int64_t i0 = k * N;
     Pack<float, N> o;
-    philox_uniform_n<N>(seed, static_cast<uint64_t>(i0), o.v);
-    store_pack<float, N>(out + i0, o);
+    philox_uniform4(keys, static_cast<uint64_t>(k), o.v);
+    store_pack<float, N>(out + k * N, o);
   }
   const int64_t i = npack * N + tid;
-  if (i < numel) out[i] = philox_uniform(seed, static_cast<uint64_t>(i));
+  if (i < numel) out[i] = philox_uniform(keys, static_cast<uint64_t>(i));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,17 +1,18 @@
-// Standard-normal tail Q(a) = P(X > a) and density phi(a), accurate to a few float32 ulps in
-// relative terms all the way into the tails (the discretized Gaussian needs p ~ 1e-10 exactly
-// where 1 - erf(x) and the direct CDF difference underflow). Written with plain IEEE operations
-// and selects only, so that host compilers vectorize it, CUDA runs the same code, and the Triton
-// kernels port it line by line: the three backends agree bit for bit in float32 when compiled
-// without contraction. float64 uses the C library.
+// Float32 building blocks of the Gaussian bin mass: exact rounding, exp(-x^2/2), a small-argument
+// exp with its expm1, a division-free reciprocal and the normal tail Q(x) = P(X > x).
 //
-// float32 method (coefficients from tools/fit_normal_sf.py):
-//   a <  0.75 : Q(a) = 1/2 - a * S(a^2)                       (odd series of erf)
-//   a >= 0.75 : Q(a) = exp(-a^2/2) * t * R(t), t = 1/(1 + a/2) (t*R(t) = erfcx(a/sqrt2)/2)
-//   a < 0     : Q(a) = 1 - Q(-a)
-// exp(-a^2/2) splits a^2 exactly (a = ah + al, ah holding 12 significant bits so ah^2 is exact) and
-// feeds the pair to a Cody-Waite exponential, so a large argument costs no relative accuracy.
-// Measured over a in [0, 14] against scipy's ndtr in float64: max relative error 3.3e-7.
+// Every function is written with IEEE operations, explicit fused multiply-adds, bit casts and
+// selects only. A correctly rounded fma is the same operation on every backend (std::fma on the
+// host, __fmaf_rn on the device, tl.fma in Triton), so these functions give the same bits
+// everywhere as long as nothing else is contracted (setup.py builds with contraction off; the
+// Triton port rounds its plain products explicitly). lic_quant/_triton_kernels.py ports this file
+// line by line; tools/fit_normal_sf.py fits the coefficients and measures the accuracy.
+//
+// Normal tail, one formula for every x >= 0 (no centre piece):
+//   Q(x) = exp(-x^2/2) * t * R(t),   t = 1 / (1 + 0.35 x),   R a degree-8 polynomial;
+// exp(-x^2/2) comes from an exact split of x^2 (an fma gives the rounding error of x*x), so Q keeps
+// its relative accuracy down to the float32 underflow. Max relative error of the float32
+// evaluation over x in [0, 14] against float64: 3.6e-7.
 #pragma once
 
 #include <cmath>
@@ -20,95 +21,160 @@
 
 namespace lic_quant {
 
-// Round half to even, as torch.round / rint. The magic-number add is exact IEEE arithmetic (no
-// libm call), so it vectorizes on every ISA; copysign keeps rint's sign of zero (rint(-0.3) = -0).
+LQ_HD float fma_rn(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return __builtin_fmaf(a, b, c);
+#endif
+}
+LQ_HD double fma_rn(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return __fma_rn(a, b, c);
+#else
+  return __builtin_fma(a, b, c);
+#endif
+}
+
+// min / max that keep a NaN x (fminf / fmaxf would drop it).
+template <typename T>
+LQ_HD T lower_bound(T x, T bound) {
+  return x < bound ? bound : x;
+}
+template <typename T>
+LQ_HD T upper_bound(T x, T bound) {
+  return x > bound ? bound : x;
+}
+
+LQ_HD float abs_bits(float x) { return bits_float(float_bits(x) & 0x7fffffffu); }
+LQ_HD double abs_bits(double x) { return bits_double(double_bits(x) & 0x7fffffffffffffffull); }
+
+// Round half to even (torch.round, rint) at every magnitude. On the host and in Triton: adding and
+// subtracting 2^23 rounds |x| < 2^23 to an integer in the current (nearest-even) mode; |x| >= 2^23
+// is an integer already. The sign is put back so that rint(-0.3) = -0.
 LQ_HD float round_half_even(float x) {
-  const float magic = 12582912.0f;  // 1.5 * 2^23
-  const float ax = bits_float(float_bits(x) & 0x7fffffffu);
-  float r = (ax + magic) - magic;
-  r = bits_float((float_bits(r) & 0x7fffffffu) | (float_bits(x) & 0x80000000u));
-  return ax < 4194304.0f ? r : x;  // |x| >= 2^22 is already an integer; NaN falls through to x
+#if defined(__CUDA_ARCH__)
+  return rintf(x);  // one FRND, the same IEEE operation
+#else
+  const float ax = abs_bits(x);
+  float r = (ax + 8388608.0f) - 8388608.0f;
+  r = bits_float(float_bits(r) | (float_bits(x) & 0x80000000u));
+  return ax < 8388608.0f ? r : x;  // NaN falls through to x
+#endif
 }
 LQ_HD double round_half_even(double x) {
-  const double magic = 6755399441055744.0;  // 1.5 * 2^52
-  const double ax = bits_double(double_bits(x) & 0x7fffffffffffffffull);
-  double r = (ax + magic) - magic;
-  r = bits_double((double_bits(r) & 0x7fffffffffffffffull) | (double_bits(x) & 0x8000000000000000ull));
-  return ax < 2251799813685248.0 ? r : x;
-}
-
-// exp(-x^2 / 2) with the relative accuracy of exp itself, for any float x (NaN -> NaN).
-LQ_HD float exp_neg_half_square(float x) {
-  float a = bits_float(float_bits(x) & 0x7fffffffu);
-  a = a > 18.0f ? 18.0f : a;  // exp(-162) is 0 in float32; keeps 2^k in range. NaN passes.
-  const float ah = bits_float(float_bits(a) & 0xfffff000u);
-  const float hi = -0.5f * (ah * ah);            // exact
-  const float lo = -0.5f * ((a - ah) * (a + ah));  // a^2 - ah^2, one rounding
-  // Cody-Waite: hi + lo = k ln2 + r, |r| <= ln2/2. ln2_hi has 9 significant bits so k*ln2_hi is exact.
-  const float magic = 12582912.0f;
-  const float k = (hi * 1.44269504f + magic) - magic;
-  const float r = ((hi - k * 0.693359375f) - k * -2.12194440e-4f) + lo;
-  float p = 1.98412698e-4f;  // Taylor to degree 7: truncation 6e-9 on |r| <= ln2/2
-  p = p * r + 1.38888889e-3f;
-  p = p * r + 8.33333333e-3f;
-  p = p * r + 4.16666667e-2f;
-  p = p * r + 1.66666667e-1f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  // 2^k in two normal factors: k >= -234 here, so each half stays above 2^-126.
-  const int32_t ki = static_cast<int32_t>(k);
-  const int32_t k1 = ki / 2;
-  const int32_t k2 = ki - k1;
-  const float s1 = bits_float(static_cast<uint32_t>(k1 + 127) << 23);
-  const float s2 = bits_float(static_cast<uint32_t>(k2 + 127) << 23);
-  return (p * s1) * s2;
-}
-
-LQ_HD float normal_pdf(float x) { return 0.398942280f * exp_neg_half_square(x); }
-LQ_HD double normal_pdf(double x) { return 0.3989422804014327 * ::exp(-0.5 * x * x); }
-
-// The two pieces of Q for a = |x| (see the top of this file).
-LQ_HD float normal_sf_center(float a) {
-  const float z = a * a;
-  float s = -8.387869e-06f;
-  s = s * z + 0.000114777606f;
-  s = s * z + -0.0011871376f;
-  s = s * z + 0.009973532f;
-  s = s * z + -0.06649038f;
-  s = s * z + 0.3989423f;
-  return 0.5f - a * s;
-}
-LQ_HD float normal_sf_tail(float a) {
-  const float t = 1.0f / (1.0f + 0.5f * a);
-  float r = 0.15522534f;
-  r = r * t + -0.5068108f;
-  r = r * t + 0.5729058f;
-  r = r * t + -0.15902445f;
-  r = r * t + -0.09846008f;
-  r = r * t + -0.06132348f;
-  r = r * t + 0.049468946f;
-  r = r * t + 0.1496368f;
-  r = r * t + 0.19947025f;
-  r = r * t + 0.19947115f;
-  return exp_neg_half_square(a) * (t * r);
-}
-
-// Q(a) = P(X > a) = erfc(a / sqrt 2) / 2.
-LQ_HD float normal_sf(float x) {
-  const float a = bits_float(float_bits(x) & 0x7fffffffu);
 #if defined(__CUDA_ARCH__)
-  // A branch: a warp whose lanes agree evaluates one piece only. Same bits as the select below.
-  const float q = a < 0.75f ? normal_sf_center(a) : normal_sf_tail(a);
+  return rint(x);
 #else
-  // Both pieces, then a select: straight-line code for the vectorizer.
-  const float q_center = normal_sf_center(a);
-  const float q_tail = normal_sf_tail(a);
-  const float q = a < 0.75f ? q_center : q_tail;
+  const double ax = abs_bits(x);
+  double r = (ax + 4503599627370496.0) - 4503599627370496.0;  // 2^52
+  r = bits_double(double_bits(r) | (double_bits(x) & 0x8000000000000000ull));
+  return ax < 4503599627370496.0 ? r : x;
 #endif
-  // NaN takes the tail piece and stays NaN.
-  return x < 0.0f ? 1.0f - q : q;
+}
+
+// x * 2^k for integer-valued float k, by adding k to x's exponent bits: exact where x * 2^k is a
+// normal number, which the callers guarantee by clamping their arguments.
+LQ_HD float scale_by_exp2(float x, float k) {
+  return bits_float(float_bits(x) + (static_cast<uint32_t>(static_cast<int32_t>(k)) << 23));
+}
+LQ_HD float exp2_int(float k) { return scale_by_exp2(1.0f, k); }
+
+constexpr float kLog2e = 1.44269504f;
+constexpr float kLn2Hi = 0.693147182f;     // float(ln 2)
+constexpr float kLn2Lo = -1.90465421e-9f;  // ln 2 - kLn2Hi
+
+// (e^r - 1) / r on |r| <= ln2 / 2, relative error 1.3e-7 (degree 5; tools/fit_normal_sf.py).
+LQ_HD float expm1_over_r(float r) {
+  float g = 0.00135654374f;
+  g = fma_rn(g, r, 0.00836568046f);
+  g = fma_rn(g, r, 0.0416714512f);
+  g = fma_rn(g, r, 0.166665405f);
+  g = fma_rn(g, r, 0.499999881f);
+  return fma_rn(g, r, 1.0f);
+}
+
+// Beyond this argument e^{-x} is below 4.5e-38 and only its being tiny matters to the callers: the
+// clamp keeps 2^k normal so that scale_by_exp2 is exact.
+constexpr float kExpNegMaxArg = 86.0f;  // exp(-86) = 4.5e-38
+
+// exp(-x^2 / 2) to a few ulps for any float x, gradually underflowing to 0 like the true value;
+// NaN -> NaN.
+LQ_HD float exp_neg_half_square(float x) {
+  // exp(-128) is below the smallest subnormal: the clamp keeps 2^k in the range handled below.
+  const float a = upper_bound(abs_bits(x), 16.0f);
+  const float hi = a * a;
+  const float lo = fma_rn(a, a, -hi);  // a^2 = hi + lo exactly
+  const float nh = -0.5f * hi;         // exact
+  const float k = round_half_even(nh * kLog2e);
+  float r = fma_rn(k, -kLn2Hi, nh);
+  r = fma_rn(k, -kLn2Lo, r);
+  r = fma_rn(-0.5f, lo, r);
+  // k >= -185: e^r 2^(k + 64) is a normal number, and the product by 2^-64 rounds once into the
+  // subnormals.
+  return scale_by_exp2(fma_rn(expm1_over_r(r), r, 1.0f), k + 64.0f) * 5.42101086e-20f;
+}
+
+// e^{-x} for x in [0, 86] (NaN -> NaN).
+LQ_HD float exp_neg(float x) {
+  const float k = round_half_even(x * -kLog2e);
+  float r = fma_rn(k, -kLn2Hi, -x);
+  r = fma_rn(k, -kLn2Lo, r);
+  return scale_by_exp2(fma_rn(expm1_over_r(r), r, 1.0f), k);
+}
+
+// e^x and e^x - 1, both to a few ulps in relative terms, for x in [-86, 0.5] (NaN -> NaN).
+struct ExpM1 {
+  float exp;
+  float expm1;
+};
+LQ_HD ExpM1 exp_and_expm1(float x) {
+  const float k = round_half_even(x * kLog2e);
+  float r = fma_rn(k, -kLn2Hi, x);
+  r = fma_rn(k, -kLn2Lo, r);
+  const float p = expm1_over_r(r) * r;  // e^r - 1
+  const float s = exp2_int(k);
+  return {fma_rn(s, p, s), fma_rn(s, p, s - 1.0f)};
+}
+
+// 1 / d for d in [1, 128] without a division: a bit-pattern estimate (relative error < 12.5 %)
+// and three Newton steps, each squaring the error: 12.5 % -> 1.6e-2 -> 2.4e-4 -> 6e-8.
+LQ_HD float reciprocal_1_128(float d) {
+  float r = bits_float(0x7ef311c3u - float_bits(d));
+  r = fma_rn(r, fma_rn(-d, r, 1.0f), r);
+  r = fma_rn(r, fma_rn(-d, r, 1.0f), r);
+  return fma_rn(r, fma_rn(-d, r, 1.0f), r);
+}
+
+// The tail argument t = 1 / (1 + 0.35 x) is used through 1 + 0.35 x; beyond x = 20 every Q is 0.
+constexpr float kTailC = 0.35f;
+constexpr float kTailXMax = 20.0f;
+
+LQ_HD float tail_denominator(float ax) { return fma_rn(kTailC, upper_bound(ax, kTailXMax), 1.0f); }
+
+// t * R(t) = Q(x) * exp(x^2 / 2) for t = 1 / (1 + 0.35 x), x >= 0 (degree 8).
+LQ_HD float mills_scaled(float t) {
+  float r = -0.0297373720f;
+  r = fma_rn(r, t, 0.146541759f);
+  r = fma_rn(r, t, -0.260379046f);
+  r = fma_rn(r, t, 0.163763821f);
+  r = fma_rn(r, t, -0.0257680006f);
+  r = fma_rn(r, t, 0.106428899f);
+  r = fma_rn(r, t, 0.119647861f);
+  r = fma_rn(r, t, 0.139881462f);
+  r = fma_rn(r, t, 0.139620572f);
+  return t * r;
+}
+
+// Q(x) = P(X > x) = erfc(x / sqrt 2) / 2 in float32 (tests and docs; the bin mass in
+// quantize_math.h shares the pieces without calling it).
+LQ_HD float normal_sf(float x) {
+  const float ax = abs_bits(x);
+  const float q = exp_neg_half_square(ax) * mills_scaled(reciprocal_1_128(tail_denominator(ax)));
+  return x < 0.0f ? 1.0f - q : q;  // NaN stays NaN
 }
 LQ_HD double normal_sf(double x) { return 0.5 * ::erfc(x * 0.7071067811865476); }
+
+constexpr float kInvSqrt2Pi = 0.398942280f;
 
 }  // namespace lic_quant

@@ -1,6 +1,16 @@
-// The per-element math of SPEC sections 1-2, shared by the CPU and CUDA kernels (the Triton
-// kernels in lic_quant/triton_ops.py port these functions line by line). T is the compute type:
-// float for float16/bfloat16/float32 inputs, double for float64.
+// The per-element math of docs/spec.md sections 1-2, shared by the CPU and CUDA kernels (the
+// Triton kernels in lic_quant/_triton_kernels.py port these functions line by line). T is the
+// compute type: float for float16/bfloat16/float32 inputs, double for float64.
+//
+// The bin mass p = Q(a) - Q(b), a = (|v| - 1/2)/s, b = (|v| + 1/2)/s, is evaluated in one of two
+// ways, both relative-accurate:
+// * difference form, where the bin is wide relative to s: exp(-b^2/2) = exp(-a^2/2) * e^{-x} with
+//   x = h m (h = 1/s, m = |v|/s), so the two tails share one exp(-a^2/2) and one small exp;
+// * midpoint series, where the bin is narrow relative to s (there Q(a) - Q(b) cancels):
+//   p = h phi(m) (1 + (m^2 - 1) h^2 / 24 + (m^4 - 6 m^2 + 3) h^4 / 1920 + ...), with
+//   phi(m) = phi(a) exp(h^2/8 - x/2).
+// The gradients use the same two exponentials: phi(b) = phi(a) e^{-x}, so phi(a) - phi(b) is
+// phi(a) (1 - e^{-x}) with an expm1 and never cancels.
 #pragma once
 
 #include "host_device.h"
@@ -9,7 +19,7 @@
 
 namespace lic_quant {
 
-// Values match the mode order of lic_quant/_ops.py (MODES).
+// Values match the mode order of lic_quant/reference.py (MODES).
 enum Mode : int32_t { kNoise = 0, kSte = 1, kMixed = 2, kSua = 3 };
 
 LQ_HD bool mode_uses_noise(int32_t mode) { return mode != kSte; }
@@ -29,8 +39,9 @@ struct Surrogate {
   T distortion;  // r~_D, seen by the decoder
 };
 
-// The one place that defines the quantization surrogates (SPEC section 1). r = y - c, n its
-// rounding, u the noise. Every offset from r is straight-through in the backward pass.
+// The one place that defines the quantization surrogates (docs/spec.md section 1). r = y - c, n its
+// rounding, u the noise. Every offset from r is straight-through in the backward pass. Written
+// without fma so that the pure-torch reference gives the same bits.
 template <typename T>
 LQ_HD Surrogate<T> surrogate(int32_t mode, T r, T u, T temperature) {
   const T n = round_half_even(r);
@@ -49,18 +60,174 @@ LQ_HD Surrogate<T> surrogate(int32_t mode, T r, T u, T temperature) {
   }
 }
 
-// Lower bound that keeps NaN (fmax would drop it).
-template <typename T>
-LQ_HD T lower_bound(T x, T bound) {
-  return x < bound ? bound : x;
+// The one NaN every backend writes: 0x7fffffff (float64: 0x7fffffffffffffff), the canonical NaN
+// that NVIDIA GPUs give for any NaN result of arithmetic. x86 and numpy would write a sign or a
+// payload of their own, so the host and the Triton interpreter canonicalize explicitly; on the
+// device every output is the result of an add, multiply or fma and is canonical already.
+LQ_HD float canonical_nan(float x) {
+#if defined(__CUDA_ARCH__)
+  return x;
+#else
+  return x != x ? bits_float(0x7fffffffu) : x;
+#endif
+}
+LQ_HD double canonical_nan(double x) {
+#if defined(__CUDA_ARCH__)
+  return x;
+#else
+  return x != x ? bits_double(0x7fffffffffffffffull) : x;
+#endif
 }
 
-// Discretized Gaussian mass of the unit bin around v, reflected so both terms are upper tails:
-// p = Phi((1/2 - |v|)/s) - Phi((-1/2 - |v|)/s) = Q((|v| - 1/2)/s) - Q((|v| + 1/2)/s).
+// ---------------------------------------------------------------------------------------------
+// Arguments of the bin mass.
+
 template <typename T>
-LQ_HD T bin_probability(T v, T s) {
-  const T av = v < T(0) ? -v : v;
-  return normal_sf((av - T(0.5)) / s) - normal_sf((av + T(0.5)) / s);
+struct BinArgs {
+  T h;  // 1 / s
+  T a;  // (|v| - 1/2) / s
+  T b;  // (|v| + 1/2) / s
+  T x;  // h |v| / s = (b^2 - a^2) / 2
+};
+
+// num / den from the reciprocal: one product, then the fma residual num - q den (exact) and a
+// correction; the result is within a hair of the correctly rounded quotient. The estimate is
+// clamped before the residual so that no inf - inf appears; a quotient beyond the clamp comes back
+// approximate (the bin mass and its slopes are 0 there).
+LQ_HD float refined_quotient(float num, float den, float inv_den) {
+  const float q = upper_bound(lower_bound(num * inv_den, -64.0f), 64.0f);
+  return fma_rn(fma_rn(-q, den, num), inv_den, q);
+}
+// The same for num >= 0.
+LQ_HD float refined_quotient_nonnegative(float num, float den, float inv_den) {
+  const float q = upper_bound(num * inv_den, 64.0f);
+  return fma_rn(fma_rn(-q, den, num), inv_den, q);
+}
+
+// 1/s correctly rounded, for s in [2^-125, 2^125] (bounded_scale keeps it there). On the device:
+// the hardware estimate and one Newton step, which is exactly the fast path of nvcc's rcp.rn
+// (correctly rounded for these s) without its range check and slow-path call.
+LQ_HD float reciprocal_rn(float s) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(s));
+  return __fmaf_rn(r, __fmaf_rn(-s, r, 1.0f), r);
+#else
+  return 1.0f / s;
+#endif
+}
+
+LQ_HD BinArgs<float> bin_args(float av, float s) {
+  const float h = reciprocal_rn(s);  // the one division of the element
+  BinArgs<float> o;
+  o.h = h;
+  o.a = refined_quotient(av - 0.5f, s, h);
+  o.b = refined_quotient_nonnegative(av + 0.5f, s, h);
+  o.x = h * (av * h);
+  return o;
+}
+
+LQ_HD BinArgs<double> bin_args(double av, double s) {
+  BinArgs<double> o;
+  o.h = 1.0 / s;
+  o.a = (av - 0.5) / s;
+  o.b = (av + 0.5) / s;
+  o.x = o.h * (av / s);
+  return o;
+}
+
+// The midpoint series is used where h < kSeriesBelow and x < kSeriesBelow: there its truncation
+// (after the h^4 term in float32, h^6 in float64) is below 1e-6 (1e-15) relative, and outside it
+// the difference form loses at most a factor 3 (20) of Q's accuracy to cancellation.
+LQ_HD bool use_series(const BinArgs<float>& g) { return g.h < 0.5f && g.x < 0.5f; }
+LQ_HD bool use_series(const BinArgs<double>& g) { return g.h < 0.05 && g.x < 0.05; }
+
+// ---------------------------------------------------------------------------------------------
+// The bin mass p (docs/spec.md section 1), finite for every finite av >= 0 and s > 0.
+
+LQ_HD float bin_probability(const BinArgs<float>& g) {
+  const bool series = use_series(g);
+  const float w = g.h * g.h;
+  const float e_a = exp_neg_half_square(g.a);
+  // One small exponential serves both forms: e^{-x} (difference) or exp(h^2/8 - x/2) (series).
+  const float e = exp_neg(series ? fma_rn(w, -0.125f, 0.5f * g.x) : upper_bound(g.x, kExpNegMaxArg));
+  // Difference form: Q(|a|) and Q(b) from one reciprocal of the product of their denominators.
+  const float da = tail_denominator(abs_bits(g.a));
+  const float db = tail_denominator(g.b);
+  const float rd = reciprocal_1_128(da * db);
+  const float qa = e_a * mills_scaled(db * rd);
+  const float qb = (e_a * e) * mills_scaled(da * rd);
+  const float p_diff = (g.a < 0.0f ? 1.0f - qa : qa) - qb;
+  // Midpoint series in w = h^2 and q = x^2 = (m h)^2:
+  // 1 + (q - w)/24 + (q^2 - 6 q w + 3 w^2)/1920.
+  const float q = g.x * g.x;
+  const float c0 = fma_rn(w, fma_rn(w, 1.5625e-3f, -4.16666679e-2f), 1.0f);  // 3/1920, 1/24
+  const float c1 = fma_rn(w, -3.125e-3f, 4.16666679e-2f);                   // 6/1920
+  const float poly = fma_rn(q, fma_rn(q, 5.20833346e-4f, c1), c0);          // 1/1920
+  const float p_series = ((g.h * kInvSqrt2Pi) * (e_a * e)) * poly;
+  return series ? p_series : p_diff;
+}
+
+LQ_HD double bin_probability(const BinArgs<double>& g) {
+  if (use_series(g)) {
+    const double w = g.h * g.h, q = g.x * g.x;
+    // (1/24, 1/1920, 1/322560) times He_2, He_4, He_6 of m, written in w and q = m^2 w.
+    const double poly = 1.0 + (q - w) / 24.0 + (q * q - 6.0 * q * w + 3.0 * w * w) / 1920.0 +
+                        (q * q * q - 15.0 * q * q * w + 45.0 * q * w * w - 15.0 * w * w * w) /
+                            322560.0;
+    const double a = g.a < -64.0 ? -64.0 : g.a;  // phi(m) = phi(a) exp(h^2/8 - x/2); m = a + h/2
+    const double phi_m = 0.3989422804014327 * ::exp(-0.5 * a * a + 0.125 * w - 0.5 * g.x);
+    return g.h * phi_m * poly;
+  }
+  const double qa = normal_sf(g.a < 0.0 ? -g.a : g.a);
+  return (g.a < 0.0 ? 1.0 - qa : qa) - normal_sf(g.b);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Its derivatives: dp/d|v| = (phi(b) - phi(a)) / s and dp/ds = (a phi(a) - b phi(b)) / s.
+// Where |a| is beyond 16, phi(a) is 0 and so are both.
+
+template <typename T>
+struct BinSlopes {
+  T d_av;  // dp/d|v| (<= 0)
+  T d_s;   // dp/ds
+};
+
+LQ_HD BinSlopes<float> bin_slopes(const BinArgs<float>& g) {
+  // a and b enter products with phi(a), which is 0 (or held tiny) beyond |a| = 13: finite
+  // stand-ins keep those products 0 instead of inf * 0.
+  const float phi_a = kInvSqrt2Pi * exp_neg_half_square(g.a);  // the bin mass's exp, shared
+  const float a = upper_bound(lower_bound(g.a, -64.0f), 64.0f);
+  const float b = upper_bound(g.b, 64.0f);
+  const ExpM1 e = exp_and_expm1(-upper_bound(g.x, kExpNegMaxArg));  // phi(b) = phi(a) e^{-x}
+  // a - b e^{-x}; for small x as -h - b (e^{-x} - 1), which does not cancel.
+  const float slope = g.x < 1.0f ? fma_rn(-b, e.expm1, -g.h) : fma_rn(-b, e.exp, a);
+  return {(phi_a * e.expm1) * g.h, (phi_a * slope) * g.h};
+}
+
+LQ_HD BinSlopes<double> bin_slopes(const BinArgs<double>& g) {
+  const double a = upper_bound(lower_bound(g.a, -64.0), 64.0);
+  const double b = upper_bound(g.b, 64.0);
+  const double phi_a = 0.3989422804014327 * ::exp(-0.5 * a * a);
+  const double x = upper_bound(g.x, 700.0);
+  const double em1 = ::expm1(-x);
+  const double slope = x < 1.0 ? -g.h - b * em1 : a - b * ::exp(-x);
+  return {phi_a * em1 * g.h, phi_a * slope * g.h};
+}
+
+// ---------------------------------------------------------------------------------------------
+// One element forward and backward.
+
+// s = max(sigma, b_sigma), NaN-preserving, and held in [2^-125, 2^125] (float64: [2^-1000, 2^1000]):
+// there 1/s is a normal number computed exactly (reciprocal_rn), and beyond the bin mass is below
+// 1e-37 and its slopes below float32 resolution, so nothing else changes.
+LQ_HD float bounded_scale(float sigma, float scale_bound) {
+  const float s = lower_bound(sigma, scale_bound);
+  return upper_bound(lower_bound(s, 2.35098870e-38f), 4.25352958e37f);
+}
+LQ_HD double bounded_scale(double sigma, double scale_bound) {
+  const double s = lower_bound(sigma, scale_bound);
+  return upper_bound(lower_bound(s, 9.3326361850321888e-302), 1.0715086071862673e301);
 }
 
 template <typename T>
@@ -75,8 +242,9 @@ LQ_HD ForwardOut<T> forward_element(T y, T mu, T sigma, T u, const QuantParams<T
   const T r = y - c;
   const Surrogate<T> q = surrogate<T>(p.mode, r, u, p.temperature);
   const T v = p.zero_center ? q.rate : q.rate - mu;
-  const T s = lower_bound(sigma, p.scale_bound);
-  return {c + q.distortion, lower_bound(bin_probability(v, s), p.likelihood_bound)};
+  const T s = bounded_scale(sigma, p.scale_bound);
+  const T prob = bin_probability(bin_args(abs_bits(v), s));
+  return {canonical_nan(c + q.distortion), canonical_nan(lower_bound(prob, p.likelihood_bound))};
 }
 
 template <typename T>
@@ -87,32 +255,41 @@ struct BackwardOut {
 };
 
 // CompressAI's LowerBound rule: the gradient passes where x >= bound or where it points up (g < 0).
-// Written as g * mask so a NaN gradient stays NaN, as it does in CompressAI.
+// Written as g * 0 otherwise so a NaN gradient stays NaN, as it does in CompressAI.
 template <typename T>
 LQ_HD T pass_if_towards(T g, bool above_bound) {
   return (above_bound || g < T(0)) ? g : g * T(0);
 }
 
-// kSkipLikelihood: the caller knows every g_P is negative, so the likelihood bound passes the
-// gradient whatever p is and p need not be recomputed (the usual case: loss = -log P).
-template <typename T, bool kSkipLikelihood>
+// d|v|/dv = sign(v): the sign bit of v moved onto x.
+LQ_HD float with_sign_of(float x, float v) {
+  return bits_float(float_bits(x) ^ (float_bits(v) & 0x80000000u));
+}
+LQ_HD double with_sign_of(double x, double v) {
+  return bits_double(double_bits(x) ^ (double_bits(v) & 0x8000000000000000ull));
+}
+
+// skip_likelihood: the caller knows every g_P is negative, so the likelihood bound passes the
+// gradient whatever p is and p need not be recomputed (the usual case: loss = -log P). Both
+// paths give the same bits for a negative g_P.
+template <typename T>
 LQ_HD BackwardOut<T> backward_element(T g_yhat, T g_lik, T y, T mu, T sigma, T u,
-                                      const QuantParams<T>& p) {
+                                      const QuantParams<T>& p, bool skip_likelihood) {
   const T c = p.zero_center ? mu : T(0);
   const T r = y - c;
   const Surrogate<T> q = surrogate<T>(p.mode, r, u, p.temperature);
   const T v = p.zero_center ? q.rate : q.rate - mu;
-  const T s = lower_bound(sigma, p.scale_bound);
+  const T s = bounded_scale(sigma, p.scale_bound);
+  const BinArgs<T> g = bin_args(abs_bits(v), s);
   T g_p = g_lik;
-  if (!kSkipLikelihood) g_p = pass_if_towards(g_lik, bin_probability(v, s) >= p.likelihood_bound);
-  const T inv_s = T(1) / s;
-  const T u1 = (v + T(0.5)) * inv_s;
-  const T u2 = (v - T(0.5)) * inv_s;
-  const T phi1 = normal_pdf(u1);
-  const T phi2 = normal_pdf(u2);
-  const T g_v = g_p * ((phi1 - phi2) * inv_s);
-  const T g_s = -g_p * ((u1 * phi1 - u2 * phi2) * inv_s);
-  return {g_yhat + g_v, -g_v, pass_if_towards(g_s, sigma >= p.scale_bound)};
+  if (!skip_likelihood) g_p = pass_if_towards(g_lik, bin_probability(g) >= p.likelihood_bound);
+  const BinSlopes<T> d = bin_slopes(g);
+  const T dv = with_sign_of(d.d_av, v);
+  const T g_v = g_p * dv;
+  const T g_s = g_p * d.d_s;
+  // -g_p * dv rather than -g_v: a product, so a NaN comes out canonical on the device too.
+  return {canonical_nan(g_yhat + g_v), canonical_nan(-g_p * dv),
+          canonical_nan(pass_if_towards(g_s, sigma >= p.scale_bound))};
 }
 
 }  // namespace lic_quant
