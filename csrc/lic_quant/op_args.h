@@ -72,6 +72,8 @@ QuantParams<T> make_params(int32_t mode, double temperature, double scale_bound,
   p.scale_bound = static_cast<T>(scale_bound);
   p.likelihood_bound = static_cast<T>(likelihood_bound);
   p.zero_center = zero_center;
+  p.scale_min = ScaleRange<T>::kMin;
+  p.scale_max = ScaleRange<T>::kMax;
   return p;
 }
 

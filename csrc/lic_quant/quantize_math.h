@@ -31,6 +31,26 @@ struct QuantParams {
   T scale_bound;
   T likelihood_bound;
   bool zero_center;
+  // The range bounded_scale holds s in (ScaleRange<T>), as run-time values: GCC 12 stops
+  // vectorizing the CPU loops when it sees these clamps as constants.
+  T scale_min;
+  T scale_max;
+};
+
+// s is held in [2^-125, 2^125] (float64: [2^-1000, 2^1000]): there 1/s is a normal number computed
+// exactly (reciprocal_rn); beyond, the bin mass is below 1e-37 and its slopes below float32
+// resolution, so nothing else changes.
+template <typename T>
+struct ScaleRange;
+template <>
+struct ScaleRange<float> {
+  static constexpr float kMin = 2.35098870e-38f;  // 2^-125
+  static constexpr float kMax = 4.25352958e37f;   // 2^125
+};
+template <>
+struct ScaleRange<double> {
+  static constexpr double kMin = 9.3326361850321888e-302;  // 2^-1000
+  static constexpr double kMax = 1.0715086071862673e301;   // 2^1000
 };
 
 template <typename T>
@@ -218,16 +238,15 @@ LQ_HD BinSlopes<double> bin_slopes(const BinArgs<double>& g) {
 // ---------------------------------------------------------------------------------------------
 // One element forward and backward.
 
-// s = max(sigma, b_sigma), NaN-preserving, and held in [2^-125, 2^125] (float64: [2^-1000, 2^1000]):
-// there 1/s is a normal number computed exactly (reciprocal_rn), and beyond the bin mass is below
-// 1e-37 and its slopes below float32 resolution, so nothing else changes.
-LQ_HD float bounded_scale(float sigma, float scale_bound) {
-  const float s = lower_bound(sigma, scale_bound);
-  return upper_bound(lower_bound(s, 2.35098870e-38f), 4.25352958e37f);
-}
-LQ_HD double bounded_scale(double sigma, double scale_bound) {
-  const double s = lower_bound(sigma, scale_bound);
-  return upper_bound(lower_bound(s, 9.3326361850321888e-302), 1.0715086071862673e301);
+// s = max(sigma, b_sigma), NaN-preserving, held in [p.scale_min, p.scale_max] (ScaleRange).
+template <typename T>
+LQ_HD T bounded_scale(T sigma, const QuantParams<T>& p) {
+#if defined(__CUDA_ARCH__)
+  const T lo = ScaleRange<T>::kMin, hi = ScaleRange<T>::kMax;  // immediates of a min / max
+#else
+  const T lo = p.scale_min, hi = p.scale_max;
+#endif
+  return upper_bound(lower_bound(lower_bound(sigma, p.scale_bound), lo), hi);
 }
 
 template <typename T>
@@ -242,7 +261,7 @@ LQ_HD ForwardOut<T> forward_element(T y, T mu, T sigma, T u, const QuantParams<T
   const T r = y - c;
   const Surrogate<T> q = surrogate<T>(p.mode, r, u, p.temperature);
   const T v = p.zero_center ? q.rate : q.rate - mu;
-  const T s = bounded_scale(sigma, p.scale_bound);
+  const T s = bounded_scale(sigma, p);
   const T prob = bin_probability(bin_args(abs_bits(v), s));
   return {canonical_nan(c + q.distortion), canonical_nan(lower_bound(prob, p.likelihood_bound))};
 }
@@ -279,7 +298,7 @@ LQ_HD BackwardOut<T> backward_element(T g_yhat, T g_lik, T y, T mu, T sigma, T u
   const T r = y - c;
   const Surrogate<T> q = surrogate<T>(p.mode, r, u, p.temperature);
   const T v = p.zero_center ? q.rate : q.rate - mu;
-  const T s = bounded_scale(sigma, p.scale_bound);
+  const T s = bounded_scale(sigma, p);
   const BinArgs<T> g = bin_args(abs_bits(v), s);
   T g_p = g_lik;
   if (!skip_likelihood) g_p = pass_if_towards(g_lik, bin_probability(g) >= p.likelihood_bound);
