@@ -1,40 +1,37 @@
-"""Triton kernels of lic_quant (SPEC sections 1-3): one fused pass forward, one fused pass backward.
+"""Triton kernels of lic_quant (docs/spec.md sections 1-3): one fused pass forward, one fused pass
+backward.
 
 Imported lazily by lic_quant/triton_ops.py on the first Triton launch, because ``triton.jit``
 reads TRITON_INTERPRET when a kernel is decorated: set it before the first ``backend="triton"``
 call to run these kernels on CPU tensors in Triton's interpreter.
 
 Every per-element function below is a line-by-line port of csrc/lic_quant/{philox,normal_dist,
-quantize_math}.h, float32 only. They use IEEE operations, bit casts and selects, never libdevice
-(unavailable in the interpreter), so in float32 they give the C++ kernels' bits:
+quantize_math}.h, float32 only, written with IEEE operations, explicit fused multiply-adds, bit
+casts and selects, never libdevice (unavailable in the interpreter). What keeps the bits equal to
+the C++/CUDA kernels:
 
-* Contraction. The C++/CUDA kernels are built without FMA contraction. Triton contracts a*b + c
-  into an fma on NVIDIA GPUs by default (LLVM AllowFPOpFusion=Fast, ptxas --fmad=true). Triton
-  has a launch option for that, ``enable_fp_fusion=False``, but torch.compile's capture of user
-  kernels (torch/_higher_order_ops/triton_kernel_wrap.py) only moves num_warps, num_stages and
-  the like out of the kernel arguments, so it cannot be relied on through ``wrap_triton``. So on
-  GPU every float product goes through ``_mul``, an inline ``mul.rn.f32``: explicitly rounded, it
-  is opaque to LLVM and never fused by ptxas. Under the interpreter (numpy) nothing is fused and
-  ``_mul`` is a plain product.
-* Division. Triton's ``/`` on float32 is the approximate ``div.full.f32`` on NVIDIA GPUs;
-  ``tl.math.div_rn`` is the IEEE division the C++/CUDA kernels use.
-  Checked without a GPU by compiling the kernels for sm_90 (triton.compile with a GPUTarget, the
-  bundled ptxas/nvdisasm): the PTX has no fma, no div.full and no .ftz arithmetic; the only FFMA in
-  the SASS are those of the IEEE division sequence (the noise kernel, which divides nothing, has
-  none).
-* bfloat16. Loads widen the raw 16 bits (exact); stores round to nearest even with integer
-  arithmetic exactly as c10::BFloat16 does (NaN -> 0x7FC0), because the interpreter's own
-  float32 -> bfloat16 cast does not round to nearest even.
+* Fused multiply-adds. ``_fma`` is ``tl.fma`` (one rounding) on the GPU. The interpreter's fma
+  rounds twice (numpy float32 product, then sum), so under it ``_fma`` computes the product exactly
+  in float64, rounds the sum to odd with the exact TwoSum error, and rounds that to float32: the
+  correctly rounded fma.
+* No contraction. Triton contracts a*b + c into an fma on NVIDIA GPUs by default, and
+  torch.compile's capture of user kernels cannot be relied on to pass ``enable_fp_fusion=False``.
+  So on the GPU every plain product goes through ``_mul``, an inline ``mul.rn.f32`` that LLVM and
+  ptxas never fuse; ``tools/check_triton_ptx.py`` checks offline that the PTX has exactly the fmas
+  the source asks for (the same count as a build with fusion disabled).
+* Negation and zeros. Triton's ``-x`` is ``0 - x``, which turns -0 into +0; ``_neg`` flips the sign
+  bit as C++ does. ``x * 0`` on the GPU goes through ``_mul``, so it is never folded to 0.
+* Rounding and the reciprocal: ``cvt.rni.f32.f32`` on the GPU (rint), the 2^23 trick in the
+  interpreter (the same IEEE result); 1/s is ``rcp.approx.ftz`` plus one Newton step on the GPU,
+  the correctly rounded reciprocal for the s the kernels allow, and ``div_rn`` in the interpreter.
+* Stores. NaN is written as the one canonical NaN of every backend (0x7FFFFFFF, 0x7FFF in
+  float16/bfloat16); bfloat16 rounds to nearest even with integer arithmetic (the interpreter's own
+  cast does not).
 
-Normal tail Q(a) = P(X > a) = erfc(a / sqrt 2) / 2 (``_normal_sf``), float32 method of
-normal_dist.h: a < 0.75: 1/2 - a S(a^2) (odd series of erf); a >= 0.75: exp(-a^2/2) t R(t) with
-t = 1/(1 + a/2) (t R(t) = erfcx(a/sqrt2)/2); exp(-a^2/2) from an exact split of a^2 fed to a
-Cody-Waite exponential, so the tail keeps its relative accuracy down to the float32 underflow.
-Measured under TRITON_INTERPRET=1 over 2,000,001 float32 points a in [0, 14] (all a with
-Q(a) > 1e-37) against scipy.special.ndtr(-a) in float64: max relative error 3.5e-7 (3.46e-7 at
-a = 2.2253; the negative side, Q = 1 - Q(-a), 1.1e-7)
-(tests/test_triton.py::test_normal_sf_accuracy asserts <= 1e-6 and the bitwise match with the
-C++ kernels' likelihoods). erfc(x) = 2 Q(x sqrt 2) inherits the same relative error.
+Noise (version 2): one Philox4x32-10 block per four consecutive elements, ``_noise`` draws a
+program's BLOCK/4 blocks and interleaves the four words with join + reshape. Normal tail, float32
+method of normal_dist.h: Q(x) = exp(-x^2/2) t R(t), t = 1/(1 + 0.35 x), one formula for x >= 0,
+measured max relative error 3.6e-7 over [0, 14] (tests/test_triton.py::test_normal_sf_accuracy).
 """
 from __future__ import annotations
 
@@ -192,9 +189,9 @@ def _scale_by_exp2(x, k):
 
 @triton.jit
 def _expm1_over_r(r, ON_GPU: tl.constexpr):
-    g = _fma(0.00135654374, r, 0.00836568046, ON_GPU)
-    g = _fma(g, r, 0.0416714512, ON_GPU)
-    g = _fma(g, r, 0.166665405, ON_GPU)
+    g = _fma(0.00135651138, r, 0.00836574379, ON_GPU)
+    g = _fma(g, r, 0.0416714661, ON_GPU)
+    g = _fma(g, r, 0.16666539, ON_GPU)
     g = _fma(g, r, 0.499999881, ON_GPU)
     return _fma(g, r, 1.0, ON_GPU)
 

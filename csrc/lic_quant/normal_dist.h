@@ -86,10 +86,10 @@ constexpr float kLn2Lo = -1.90465421e-9f;  // ln 2 - kLn2Hi
 
 // (e^r - 1) / r on |r| <= ln2 / 2, relative error 1.3e-7 (degree 5; tools/fit_normal_sf.py).
 LQ_HD float expm1_over_r(float r) {
-  float g = 0.00135654374f;
-  g = fma_rn(g, r, 0.00836568046f);
-  g = fma_rn(g, r, 0.0416714512f);
-  g = fma_rn(g, r, 0.166665405f);
+  float g = 0.00135651138f;
+  g = fma_rn(g, r, 0.00836574379f);
+  g = fma_rn(g, r, 0.0416714661f);
+  g = fma_rn(g, r, 0.16666539f);
   g = fma_rn(g, r, 0.499999881f);
   return fma_rn(g, r, 1.0f);
 }
