@@ -9,8 +9,8 @@
 # - pip runs only when requirements/dev.txt or the Python version changed (a stamp in the venv
 #   holds their hash);
 # - the extension is built with `setup.py build_ext --inplace` into the persistent build/
-#   directory: ninja recompiles only the sources whose code, headers or flags changed, and a
-#   change of the build settings (CUDA on/off, architectures, torch) forces a relink;
+#   directory: ninja recompiles only the sources whose code, included headers or compile flags
+#   changed (CUDA on/off and the architectures are flags), then the .so is relinked (seconds);
 # - the checkout is put on the venv's path once with a .pth file (what `pip install -e .` does,
 #   without pip's from-scratch rebuild in a temporary directory on every run).
 set -euo pipefail
@@ -52,13 +52,6 @@ fi
 export MAX_JOBS="${MAX_JOBS:-2}"
 
 mkdir -p "$ROOT/build"
-CONFIG="LIC_QUANT_CUDA=${LIC_QUANT_CUDA:-auto} CUDA_HOME=${CUDA_HOME:-} \
-TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-} requirements=$REQ_HASH"
-CONFIG_STAMP="$ROOT/build/lic_quant-build-config"
-FORCE=()
-if [ "$(cat "$CONFIG_STAMP" 2>/dev/null || true)" != "$CONFIG" ]; then
-  FORCE=(--force)  # build settings changed: setuptools alone would see the .so as up to date
-fi
 if [ "${LIC_QUANT_CUDA:-}" = "1" ]; then
   WHAT="CPU and CUDA kernels; from scratch about 4 min on 2 cores"
 else
@@ -67,16 +60,15 @@ fi
 step "building lic_quant._C in place ($WHAT; only changed sources are recompiled)"
 t0=$SECONDS
 BUILD_LOG="$ROOT/build/lic_quant-build.log"
-if ! ( cd "$ROOT" && "$VENV/bin/python" setup.py build_ext --inplace "${FORCE[@]}" ) \
-    >"$BUILD_LOG" 2>&1; then
+if ! ( cd "$ROOT" && "$VENV/bin/python" setup.py build_ext --inplace ) >"$BUILD_LOG" 2>&1; then
   tail -60 "$BUILD_LOG"
   echo "lic_quant: the build failed (full log: $BUILD_LOG)" >&2
   exit 1
 fi
-echo "$CONFIG" > "$CONFIG_STAMP"
 COMPILED="$(grep -cE '^\[[0-9]+/[0-9]+\] ' "$BUILD_LOG" || true)"
-grep -E "UserWarning: lic_quant|lic_quant: building" "$BUILD_LOG" || true
-step "build done in $(( SECONDS - t0 ))s ($COMPILED ninja steps ran; log: build/lic_quant-build.log)"
+# setup.py's one line on what it builds, or its warning and the reasons under it
+grep -E -A8 "UserWarning: lic_quant|^lic_quant: building" "$BUILD_LOG" | grep -E "lic_quant|^  " || true
+step "build done in $(( SECONDS - t0 ))s ($COMPILED sources recompiled; log: build/lic_quant-build.log)"
 ( cd / && "$VENV/bin/python" -c "import lic_quant as lq; \
 assert lq.extension_available(), lq._ops.EXTENSION_ERROR; \
 print('lic_quant ready; CUDA kernels compiled:', lq.cuda_kernels_built())" )
