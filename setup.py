@@ -131,11 +131,11 @@ def plan_cuda_build(torch_cuda: str | None, env=os.environ, which=shutil.which, 
         home, tried = find_cuda_toolkit(torch_cuda, env, which, run)
         if home is not None:
             return home, None
-        reason = "no usable CUDA toolkit:\n" + "\n".join(
-            f"  {h}: " + "; ".join(p) for h, p in tried.items())
+        reason = "no usable CUDA toolkit (" + " | ".join(
+            f"{h}: " + "; ".join(p) for h, p in tried.items()) + ")"
     if request is True:
-        raise SystemExit(f"lic_quant: LIC_QUANT_CUDA=1 but the CUDA kernels cannot be built: {reason}"
-                         "\nSet CUDA_HOME to the toolkit directory (the one holding bin/nvcc, "
+        raise SystemExit(f"lic_quant: LIC_QUANT_CUDA=1 but the CUDA kernels cannot be built: {reason}."
+                         " Set CUDA_HOME to the toolkit directory (the one holding bin/nvcc, "
                          "include/cuda_runtime.h and lib64/libcudart.so).")
     return None, reason
 
