@@ -12,14 +12,17 @@ ISA_LEVELS = (
     ("avx", "AVX"),
     ("sse4_2", "SSE4.2"),
 )
+AVX512_SUBSETS = ("bw", "dq", "vl", "vnni", "bf16", "fp16")
 
 
 def isa_level(flags: set[str]) -> str:
     for flag, name in ISA_LEVELS:
         if flag in flags:
             if name == "AVX-512":
-                extras = sorted(f for f in flags if f.startswith("avx512") and f != "avx512f")
-                return f"AVX-512 (avx512f{', ' + ', '.join(extras) if extras else ''})"
+                # the subsets compilers and oneDNN pick kernels by
+                extras = [s for s in AVX512_SUBSETS if f"avx512{s}" in flags or
+                          f"avx512_{s}" in flags]
+                return f"AVX-512 ({', '.join(['F'] + [e.upper() for e in extras])})"
             return name
     return "baseline (no SSE4.2)"
 

@@ -29,7 +29,7 @@ fi
 REQ_STAMP="$VENV/.lic_quant-requirements"
 REQ_HASH="$( (cat "$ROOT/requirements/dev.txt"; "$VENV/bin/python" --version) | sha256sum | cut -c1-16)"
 if [ "$(cat "$REQ_STAMP" 2>/dev/null || true)" != "$REQ_HASH" ]; then
-  step "installing requirements/dev.txt (torch, compressai, pytest, ...; first run about 2 min)"
+  step "installing requirements/dev.txt (torch, compressai, pytest, ...; first run about 2-3 min)"
   t0=$SECONDS
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements/dev.txt" \
     2>&1 | { grep -v "^WARNING: Location" || true; }
@@ -55,7 +55,7 @@ mkdir -p "$ROOT/build"
 if [ "${LIC_QUANT_CUDA:-}" = "1" ]; then
   WHAT="CPU and CUDA kernels; from scratch about 4 min on 2 cores"
 else
-  WHAT="CPU kernels; from scratch about 1 min on 2 cores"
+  WHAT="CPU kernels; from scratch about 1.5 min on 2 cores"
 fi
 step "building lic_quant._C in place ($WHAT; only changed sources are recompiled)"
 t0=$SECONDS

@@ -16,8 +16,9 @@ import report  # noqa: E402
 
 
 @pytest.mark.parametrize("flags, level", [
-    ({"sse4_2", "avx", "avx2", "avx512f", "avx512bw", "avx512vl"},
-     "AVX-512 (avx512f, avx512bw, avx512vl)"),
+    ({"sse4_2", "avx", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512cd"},
+     "AVX-512 (F, BW, VL, BF16)"),
+    ({"avx2", "avx512f"}, "AVX-512 (F)"),
     ({"sse4_2", "avx", "avx2", "fma"}, "AVX2"),
     ({"sse4_2", "avx"}, "AVX"),
     ({"sse2"}, "baseline (no SSE4.2)"),
