@@ -27,6 +27,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import time
 import warnings
 
@@ -217,7 +218,7 @@ def plot(rows, path, title):
                hatch="//" if compiled else None, edgecolor="black", linewidth=0.5)
     ax.set_xticks(range(len(models)), models)
     ax.set_ylabel("training step, ms (median, 20-80 % bars)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 120), fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

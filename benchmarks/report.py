@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import textwrap
 from collections import defaultdict
 
 from machine import cpu_description
@@ -91,7 +92,7 @@ def plot(rows, path, head):
     ax.axhline(1.0, color="gray", linewidth=0.8)
     ax.set_xticks(range(len(cases)), [f"{s}\n{st}" for s, st in cases], fontsize=8)
     ax.set_ylabel("speedup of the fused op (median times)")
-    ax.set_title(head.lstrip("# "), fontsize=7)
+    ax.set_title(textwrap.fill(head.lstrip("# "), 100), fontsize=7)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
