@@ -10,6 +10,7 @@ Checks (the behaviour docs/distributed.md describes):
 from __future__ import annotations
 
 import copy
+import datetime
 import os
 import socket
 
@@ -53,8 +54,9 @@ def gathered(t: torch.Tensor) -> list[torch.Tensor]:
 
 def worker(rank: int, port: int) -> None:
     torch.set_num_threads(1)
+    # A rank that fails stops the run (spawn ends the other); the timeout bounds any wait.
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD)
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     try:
         check_training(rank)
         check_seeding(rank)
