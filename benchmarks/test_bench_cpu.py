@@ -1,6 +1,6 @@
 """CPU kernel benchmark (pytest-benchmark): eager reference vs torch.compile(reference) vs the
-fused C++ op, forward and forward+backward. Run through benchmarks/run_cpu.sh, which prints the
-table; kept out of the test run (testpaths = tests)."""
+fused C++ op, forward and forward+backward. Run through scripts/bench_cpu.sh, which prints the
+table (benchmarks/report.py); kept out of the test run (testpaths = tests)."""
 from __future__ import annotations
 
 import pytest

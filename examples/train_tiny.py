@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 import warnings
@@ -30,9 +29,9 @@ import warnings
 import torch
 from torch import nn
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.isfile(os.path.join(_ROOT, "lic_quant", "__init__.py")):
-    sys.path.insert(0, _ROOT)  # run from a source checkout: use that checkout's lic_quant
+# The installed lic_quant (pip install, or scripts/setup_env.sh's in-place build of a checkout),
+# never a source tree put first on sys.path: an unbuilt tree has no kernels.
+import lic_quant  # noqa: E402
 import lic_quant.nn as lqnn  # noqa: E402
 from lic_quant.schedules import CosineSchedule, ExponentialSchedule, LinearSchedule  # noqa: E402
 
@@ -291,6 +290,11 @@ def main(argv=None):
           f"({n_params / 1e3:.0f}k params); mode={args.mode}"
           + (f" ({args.schedule} T {args.t0} -> {args.t_min})" if args.mode == "sua" else "")
           + f"; {args.steps} steps of {args.batch}x{args.crop}x{args.crop}")
+    if args.backend == "auto" and not lic_quant.extension_available():
+        print("lic_quant's compiled kernels are not available here, so the pure-PyTorch reference "
+              f"runs instead ({lic_quant._ops.EXTENSION_ERROR}); build them with "
+              "`pip install --no-build-isolation .` or `bash scripts/setup_env.sh`")
+    print(f"lic_quant {lic_quant.__file__}, backend {args.backend}")
     start = time.time()
     train(model, images, args)
     print(f"trained in {time.time() - start:.1f} s")

@@ -27,7 +27,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .api import gaussian_quantize, make_seed
+from .api import BACKENDS, gaussian_quantize, make_seed
 from .reference import MODES
 
 try:  # CompressAI is optional: it prints deprecation warnings of torch.jit on import
@@ -190,6 +190,25 @@ def _sync_bounds_after_load(module, _incompatible_keys) -> None:
     module._sync_bounds()  # a module-level function (not a lambda) keeps the module picklable
 
 
+def _broadcast(inputs: Tensor, scales: Tensor, means: Optional[Tensor]):
+    """The three tensors expanded to their common shape, as CompressAI's elementwise math
+    broadcasts them (e.g. per-channel scales of shape (1, C, 1, 1)). The fused op wants equal
+    shapes; `expand` is a view whose backward sums the gradient over the broadcast dimensions,
+    so a per-channel scale gets the sum over its channel, as in CompressAI."""
+    tensors = [t for t in (inputs, scales, means) if t is not None]
+    if all(t.shape == inputs.shape for t in tensors):
+        return inputs, scales, means
+    try:
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    except RuntimeError as exc:
+        raise ValueError(
+            f"lic_quant.nn: scales {tuple(scales.shape)}"
+            + (f" and means {tuple(means.shape)}" if means is not None else "")
+            + f" do not broadcast against inputs {tuple(inputs.shape)}") from exc
+    expand = lambda t: None if t is None else t.expand(shape)  # noqa: E731
+    return expand(inputs), expand(scales), expand(means)
+
+
 class _FusedQuantizationMixin:
     """Settings and forward of lic_quant's GaussianConditional; see the module docstring."""
 
@@ -214,7 +233,7 @@ class _FusedQuantizationMixin:
             raise TypeError("lic_quant.nn: zero_center must be a bool")
         self.mode = mode
         self.zero_center = zero_center
-        self.backend = backend
+        self.backend = backend  # checked by the setter: an unknown name fails here, not later
         # The temperature lives in a 0-dim float64 buffer that is updated in place: the op reads
         # it as a tensor, so a compiled graph (or a CUDA graph) sees each new value without
         # recompiling. It is not saved in state_dict (checkpoints stay loadable by CompressAI's
@@ -242,6 +261,17 @@ class _FusedQuantizationMixin:
     def likelihood_bound(self) -> float:
         """The lower bound of the likelihoods (0 when ``use_likelihood_bound`` is False)."""
         return self._likelihood_bound_value
+
+    @property
+    def backend(self) -> str:
+        """The op's backend: one of ``lic_quant.api.BACKENDS``."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"lic_quant.nn: backend must be one of {BACKENDS}; got {value!r}")
+        self._backend = value
 
     @property
     def temperature(self) -> Tensor:
@@ -281,6 +311,7 @@ class _FusedQuantizationMixin:
     # -- the op ----------------------------------------------------------------------------------
 
     def _op(self, inputs, scales, means, mode, zero_center, seed=None):
+        inputs, scales, means = _broadcast(inputs, scales, means)
         return gaussian_quantize(
             inputs, scales, means, mode=mode, temperature=self._temperature,
             scale_bound=self._scale_bound_value, likelihood_bound=self._likelihood_bound_value,

@@ -200,6 +200,76 @@ def test_standalone_class_without_compressai_base():
         gc.update()
 
 
+# Shapes (1, C, 1, 1), (C, 1, 1) and (1, 1, 1, W): per channel, channel-first without batch, per
+# column; (2, 1, 9, 11): per image and pixel. CompressAI's elementwise math broadcasts all of them.
+BROADCAST_SHAPES = [(1, 5, 1, 1), (5, 1, 1), (1, 1, 1, 11), (2, 1, 9, 11)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("means_shape", [None, "same", "broadcast"])
+@pytest.mark.parametrize("scales_shape", BROADCAST_SHAPES)
+def test_broadcast_scales_and_means_train_like_compressai(backend, scales_shape, means_shape):
+    """Per-channel (or otherwise broadcastable) scales and means: values and gradients equal
+    CompressAI's module on the same noise. float64 and zero_center=False make both sides compute
+    y + u and the likelihood of (y + u - mu) with the same roundings up to the erfc
+    implementation, hence the 1e-9 relative tolerance; gradients of broadcast parameters are sums
+    over up to 198 elements."""
+    g = torch.Generator().manual_seed(21)
+    y = torch.randn(SHAPE, generator=g, dtype=torch.float64) * 3
+    scales = torch.rand(scales_shape, generator=g, dtype=torch.float64) * 2 + 0.2
+    means = {None: None,
+             "same": torch.randn(SHAPE, generator=g, dtype=torch.float64),
+             "broadcast": torch.randn(scales_shape, generator=g, dtype=torch.float64)}[means_shape]
+    ours = lnn.GaussianConditional(None, mode="noise", zero_center=False, backend=backend)
+    theirs = CaiGC(None).double()
+    torch.manual_seed(12)
+    u = lic_quant.uniform_noise(SHAPE, make_seed(None, y.device)).double()
+
+    def leaves():
+        return [None if t is None else t.clone().requires_grad_(True) for t in (y, scales, means)]
+
+    ours_in, theirs_in = leaves(), leaves()
+    torch.manual_seed(12)
+    y_hat, lik = ours(*ours_in)
+    c_hat = theirs_in[0] + u  # CompressAI's quantize(y, "noise") with the same u
+    c_lik = cai_reference(theirs, c_hat, theirs_in[1], theirs_in[2])
+    assert y_hat.shape == SHAPE and lik.shape == c_lik.shape == SHAPE
+    assert torch.equal(y_hat, c_hat)
+    torch.testing.assert_close(lik, c_lik, rtol=1e-9, atol=1e-300)
+
+    upstream = torch.randn(SHAPE, generator=g, dtype=torch.float64)
+    (y_hat.square().sum() + (torch.log(lik) * upstream).sum()).backward()
+    (c_hat.square().sum() + (torch.log(c_lik) * upstream).sum()).backward()
+    for name, mine, their in zip(("y", "scales", "means"), ours_in, theirs_in):
+        if mine is None:
+            continue
+        assert mine.grad.shape == mine.shape, name
+        torch.testing.assert_close(mine.grad, their.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+    # Eval rounds round(y - means) + means with the broadcast means, as CompressAI does.
+    ours.eval(), theirs.eval()
+    assert torch.equal(ours(y, scales, means)[0], theirs(y, scales, means)[0])
+
+
+def test_scales_that_do_not_broadcast_are_rejected():
+    y, scales, _ = make_inputs(SHAPE, torch.float32, seed=22)
+    gc = lnn.GaussianConditional(None)
+    with pytest.raises(ValueError, match=r"scales \(2, 4, 1, 1\) do not broadcast"):
+        gc(y, scales[:, :4, :1, :1])
+    with pytest.raises(ValueError, match=r"means \(3,\) do not broadcast"):
+        gc(y, scales, torch.zeros(3))
+
+
+def test_unknown_backend_fails_at_construction():
+    with pytest.raises(ValueError, match="backend must be one of .*'gpu'"):
+        lnn.GaussianConditional(None, backend="gpu")
+    gc = lnn.GaussianConditional(None)
+    with pytest.raises(ValueError, match="backend"):
+        gc.backend = "gpu"
+    with pytest.raises(ValueError, match="backend"):
+        lnn.replace_gaussian_conditionals(MeanScaleHyperprior(N=8, M=8), backend="gpu")
+
+
 # ------------------------------------------------------------------------------------------
 # Swapping into real CompressAI models
 # ------------------------------------------------------------------------------------------
