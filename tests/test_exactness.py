@@ -1,4 +1,4 @@
-"""Bit-exact identities, tail values and the sign rule of both lower bounds (SPEC sections 1-2),
+"""Bit-exact identities, tail values and the sign rule of both lower bounds (docs/spec.md sections 1-2),
 on the C++ kernels and the reference."""
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// float for float16 / bfloat16 / float32 inputs, double for float64 (SPEC section 1).
+// float for float16 / bfloat16 / float32 inputs, double for float64 (docs/spec.md section 1).
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
