@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -520,3 +521,32 @@ def test_more_than_2_31_elements(dtype):
         for got, want in ((gy[a:b].cpu(), leaves[0].grad), (gs[a:b].cpu(), leaves[1].grad)):
             got, want = got.double(), want.double()
             assert ((got - want).abs() <= 1e-2 * want.abs() + 1e-4 * want.abs().max()).all()
+
+
+def test_sass_instruction_budget():
+    """Issue-bound on the GPU, so the static SASS count per element of the hot loops is the speed
+    budget (benchmarks/NOTES_cuda.md): float32 forward <= 150 (mixed, sua), float32 backward
+    <= 220 (every path of the loop), float16/bfloat16 within 10 % of float32. Counted on sm_90 by
+    tools/cuda_sass_stats.py from the extension this run built."""
+    if not (lq.extension_available() and extension_has_device_code()):
+        pytest.skip("lic_quant._C was built CPU-only")
+    if find_cuobjdump() is None:
+        pytest.skip("no cuobjdump")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "tools", "cuda_sass_stats.py"),
+                          extension_path()], capture_output=True, text=True)
+    if "sm_90" not in out.stdout or "forward_kernel<f32" not in out.stdout:
+        pytest.skip("no sm_90 machine code in this build (TORCH_CUDA_ARCH_LIST)")
+    per = {}
+    for line in out.stdout.splitlines():
+        m = re.match(r"(\w+_kernel<(\w+), N=\d+, mode=(\w+)>)\s.*\s(\d+)\s*$", line)
+        if m and m.group(3) != "runtime":
+            per[(m.group(1).split("<")[0], m.group(2), m.group(3))] = int(m.group(4))
+    assert len(per) == 24, out.stdout  # 2 passes x 3 dtypes x 4 modes on the aligned path
+    for mode in ("mixed", "sua"):
+        assert per[("forward_kernel", "f32", mode)] <= 150, per
+    for mode in ("noise", "ste", "mixed", "sua"):
+        assert per[("backward_kernel", "f32", mode)] <= 220, per
+        for kind in ("forward_kernel", "backward_kernel"):
+            for half in ("f16", "bf16"):
+                assert per[(kind, half, mode)] <= 1.1 * per[(kind, "f32", mode)], (kind, half, mode)
