@@ -59,7 +59,10 @@ def main() -> int:
                "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr"}
     noise_sig = {"seed_ptr": "*i64", "out_ptr": "*fp32", "n_elements": "i32",
                  "index_base": "i64", "ON_GPU": "constexpr", "BLOCK": "constexpr"}
+    fwd16_sig = dict(fwd_sig, y_ptr="*fp16", mu_ptr="*fp16", sigma_ptr="*fp16", y_hat_ptr="*fp16")
     variants = [
+        ("forward mixed fp16", K.quantize_forward_kernel, fwd16_sig,
+         dict(MODE=2, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024), 4),
         ("forward sua fp32", K.quantize_forward_kernel, fwd_sig,
          dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024), 4),
         ("backward noise bf16", K.quantize_backward_kernel, bwd_sig,
