@@ -150,8 +150,9 @@ def plot_mismatch(rows, path: str) -> str:
     plt = common.pyplot()
     metrics = (("mismatch_D", "E|r~_D - round(r)| (decoder)"),
                ("mismatch_R", "E|r~_R - round(r)| (rate)"),
-               ("rate_gap", f"rate gap, bits/element (b_sigma={PLOT_BOUND})"))
-    fig, axes = plt.subplots(len(metrics), len(SOURCES), figsize=(12, 8), sharex=True)
+               ("rate_gap", f"mean rate gap, bits/elem. (b_sigma={PLOT_BOUND})"),
+               ("abs_rate_gap", f"mean |rate gap|, bits/elem. (b_sigma={PLOT_BOUND})"))
+    fig, axes = plt.subplots(len(metrics), len(SOURCES), figsize=(12, 10), sharex=True)
     for col, src in enumerate(SOURCES):
         for row, (key, label) in enumerate(metrics):
             ax = axes[row, col]
@@ -178,26 +179,30 @@ def plot_bound(rows, sizes, path: str) -> str:
     for col, src in enumerate(SOURCES):
         ax = axes[0, col]
         for b, c in zip(SCALE_BOUNDS, colors):
-            t, v = _sua(rows, src, b, "rate_gap")
+            t, v = _sua(rows, src, b, "abs_rate_gap")
             ax.plot(t, v, marker=".", color=c, label=f"sua, b_sigma={b}")
-            ax.plot([1.0], [_fixed(rows, src, b, "noise", "rate_gap")], "x", color=c, ms=8)
+            ax.plot([1.0], [_fixed(rows, src, b, "noise", "abs_rate_gap")], "x", color=c, ms=8)
         ax.set_title(f"{src} latents")
-        ax.set_xlabel("SUA temperature T (x: noise/mixed)")
+        ax.set_xlabel("SUA temperature T (x: noise and mixed)")
         if col == 0:
-            ax.set_ylabel("rate gap, bits/element")
+            ax.set_ylabel("mean |rate gap|, bits/element")
         ax = axes[1, col]
-        gap = [_fixed(rows, src, b, "noise", "rate_gap") for b in SCALE_BOUNDS]
-        cost = [_fixed(rows, src, b, "ste", "rate_round") for b in SCALE_BOUNDS]
         x = np.arange(len(SCALE_BOUNDS))
-        ax.bar(x - 0.2, gap, 0.4, label="rate gap of noise")
-        ax.bar(x + 0.2, [c - cost[0] for c in cost], 0.4, label="rounded rate minus b_sigma=0's")
+        cost = [_fixed(rows, src, b, "ste", "rate_round") for b in SCALE_BOUNDS]
+        bars = (("abs_rate_gap", "noise: mean |rate gap|"), ("rate_gap", "noise: mean rate gap"))
+        for i, (key, label) in enumerate(bars):
+            ax.bar(x - 0.27 + 0.27 * i, [_fixed(rows, src, b, "noise", key) for b in SCALE_BOUNDS],
+                   0.27, label=label)
+        ax.bar(x + 0.27, [c - cost[0] for c in cost], 0.27,
+               label="rate under rounding minus b_sigma=0's")
         ax.set_xticks(x, [str(b) for b in SCALE_BOUNDS])
         ax.set_xlabel("scale bound b_sigma")
         if col == 0:
             ax.set_ylabel("bits/element")
     axes[0, 0].legend(fontsize=7)
     axes[1, 0].legend(fontsize=7)
-    fig.suptitle("Effect of the lower bound on sigma: mismatch of the rate vs the rate it costs")
+    fig.suptitle("Lower bound on sigma: rate mismatch of the surrogates vs the rate the bound "
+                 "costs at test time")
     return common.save_figure(fig, path)
 
 

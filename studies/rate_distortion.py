@@ -7,7 +7,8 @@ bundled photos with mode noise, mixed, ste and sua (T annealed exponentially fro
 lic_quant.schedules), at several lambda. The same seed, data order and initial weights for every
 mode. Evaluated on held-out photos with real rounding and the actual bitstream
 (``model.update(force=True)``, ``compress()``/``decompress()``): bpp from the bytes, PSNR of the
-decoded image. BD-rate against ``mixed``.
+decoded image. BD-rate against ``mixed``; ``mixed`` trained again from a second seed gives the
+BD-rate that training noise alone produces.
 
     python studies/rate_distortion.py --quick --out studies_out
 """
@@ -34,6 +35,9 @@ SIZES = {
 }
 LR = 1e-3
 REFERENCE_MODE = "mixed"
+# The reference trained again from another seed (initial weights, crops, noise): its BD-rate
+# against the reference is the training noise, the yardstick of the other BD-rates.
+REPLICATE = "mixed (seed 2)"
 
 
 def model_config(profile: str, mode: str, lmbda: float, seed: int) -> dict:
@@ -69,18 +73,21 @@ def run(profile: str, out_dir: str, device: torch.device | None = None, seed: in
     held_out = {n: common.center_crop(common.photo(n), sizes["eval_size"]).to(device)
                 for n in common.HELD_OUT_PHOTOS}
     rows = []
-    jobs = [(mode, lmbda) for lmbda in sizes["lambdas"] for mode in common.MODES]
-    for i, (mode, lmbda) in enumerate(jobs):
-        cfg = model_config(profile, mode, lmbda, common.study_seed(seed, "rd-model"))
+    jobs = [(mode, lmbda) for lmbda in sizes["lambdas"] for mode in common.MODES + (REPLICATE,)]
+    for i, (curve, lmbda) in enumerate(jobs):
+        mode = REFERENCE_MODE if curve == REPLICATE else curve
+        model_seed = common.study_seed(seed, "rd-model", *(("replicate",) if curve == REPLICATE
+                                                           else ()))
+        cfg = model_config(profile, mode, lmbda, model_seed)
         model, log = common.train_model(
-            cfg, device, cache_dir, desc=f"[{i + 1}/{len(jobs)}] train {mode} lambda={lmbda}")
+            cfg, device, cache_dir, desc=f"[{i + 1}/{len(jobs)}] train {curve} lambda={lmbda}")
         model.update(force=True)
         per_image = [dict(evaluate(model, img), image=name) for name, img in held_out.items()]
         for r in per_image:
-            rows.append({"mode": mode, "lambda": lmbda, **r, **log})
+            rows.append({"curve": curve, "mode": mode, "lambda": lmbda, **r, **log})
         mean = {k: float(np.mean([r[k] for r in per_image]))
                 for k in ("bpp", "psnr", "bpp_estimated")}
-        print(f"  {mode:5s} lambda={lmbda:<7g} bpp={mean['bpp']:.4f} "
+        print(f"  {curve:14s} lambda={lmbda:<7g} bpp={mean['bpp']:.4f} "
               f"(estimated {mean['bpp_estimated']:.4f}) PSNR={mean['psnr']:.2f} dB "
               f"train loss {log['final_train_loss']:.3f}", file=sys.stderr)
     csv_path = common.write_csv(os.path.join(out, "rd_points.csv"), rows)
@@ -93,26 +100,25 @@ def run(profile: str, out_dir: str, device: torch.device | None = None, seed: in
 def summarize(rows: list[dict], sizes: dict) -> dict:
     """Per mode and lambda the mean bpp and PSNR over the held-out photos; BD-rates vs mixed."""
     curves = {}
-    for mode in common.MODES:
+    for curve in common.MODES + (REPLICATE,):
         pts = []
         for lmbda in sizes["lambdas"]:
-            sel = [r for r in rows if r["mode"] == mode and r["lambda"] == lmbda]
+            sel = [r for r in rows if r["curve"] == curve and r["lambda"] == lmbda]
             pts.append({"lambda": lmbda,
                         "bpp": float(np.mean([r["bpp"] for r in sel])),
                         "psnr": float(np.mean([r["psnr"] for r in sel])),
                         "bpp_estimated": float(np.mean([r["bpp_estimated"] for r in sel])),
                         "final_train_loss": sel[0]["final_train_loss"]})
-        curves[mode] = pts
+        curves[curve] = pts
     ref = curves[REFERENCE_MODE]
     bd = {}
-    for mode in common.MODES:
-        test = curves[mode]
-        bd[mode] = {
+    for curve, test in curves.items():
+        bd[curve] = {
             "bd_rate_percent": bd_rate([p["bpp"] for p in ref], [p["psnr"] for p in ref],
                                        [p["bpp"] for p in test], [p["psnr"] for p in test]),
             "psnr_overlap_db": psnr_overlap([p["psnr"] for p in ref], [p["psnr"] for p in test]),
         }
-    return {"reference": REFERENCE_MODE, "held_out_photos": list(common.HELD_OUT_PHOTOS),
+    return {"reference": REFERENCE_MODE, "replicate": REPLICATE, "held_out_photos": list(common.HELD_OUT_PHOTOS),
             "train_photos": list(common.TRAIN_PHOTOS), "sizes": sizes, "lr": LR,
             "curves": curves, "bd_rate_vs_reference": bd}
 
@@ -120,11 +126,12 @@ def summarize(rows: list[dict], sizes: dict) -> dict:
 def plot(summary: dict, path: str) -> str:
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for mode, pts in summary["curves"].items():
-        bd = summary["bd_rate_vs_reference"][mode]["bd_rate_percent"]
-        label = mode if mode == summary["reference"] else f"{mode} (BD-rate {bd:+.1f}%)"
-        ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], marker="o",
-                color=common.MODE_COLORS[mode], label=label)
+    for curve, pts in summary["curves"].items():
+        bd = summary["bd_rate_vs_reference"][curve]["bd_rate_percent"]
+        label = curve if curve == summary["reference"] else f"{curve} (BD-rate {bd:+.1f}%)"
+        style = (dict(color="gray", ls="--", marker="s") if curve == summary["replicate"]
+                 else dict(color=common.MODE_COLORS[curve], marker="o"))
+        ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], label=label, **style)
     ax.set_xlabel("bits per pixel (actual bitstream)")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(f"MeanScaleHyperprior N={summary['sizes']['N']} M={summary['sizes']['M']}, "

@@ -124,6 +124,7 @@ def test_rate_distortion(outputs):
     out, _ = outputs
     rows = common.read_csv(os.path.join(out, "rd", "rd_points.csv"))
     assert {r["mode"] for r in rows} == set(common.MODES)
+    assert {r["curve"] for r in rows} == set(common.MODES) | {"mixed (seed 2)"}
     for r in rows:
         assert float(r["bpp"]) > 0 and math.isfinite(float(r["bpp"]))
         assert 0 < float(r["psnr"]) < 100
