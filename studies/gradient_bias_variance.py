@@ -94,9 +94,10 @@ def run(profile: str, out_dir: str, device: torch.device | None = None, seed: in
     sizes = SIZES[profile]
     out = common.ensure_dir(os.path.join(out_dir, "gradient"))
     kw = dict(lam=LAMBDA, scale_bound=SCALE_BOUND, likelihood_bound=LIKELIHOOD_BOUND)
-    # The Monte Carlo samples (float64 on the CPU: the toy is tiny and the kernels are exact).
+    # The Monte Carlo samples, float64 (the op computes float64 in float64), drawn on the CPU so
+    # that every device sees the same x.
     g = torch.Generator().manual_seed(common.study_seed(seed, "gradient-x"))
-    x = torch.randn(sizes["samples"], generator=g, dtype=torch.float64)
+    x = torch.randn(sizes["samples"], generator=g, dtype=torch.float64).to(device or "cpu")
     settings = [(p, m, t, zc) for p in POINTS for zc in (True, False) for m in common.MODES
                 for t in (sizes["temperatures"] if m == "sua" else [0.0])]
     checks, rows, exact = {}, [], {}
@@ -150,6 +151,11 @@ def plot(rows: list[dict], point_name: str, path: str) -> str:
                     else:
                         ax.axhline(vals[0], ls=style, color=common.MODE_COLORS[mode], lw=1,
                                    label=f"{mode} ({zc_label})")
+            if key == "bias2":  # below this a bias^2 is not distinguishable from 0
+                sel = [r for r in rows if r["param"] == param and r["mode"] == "sua"
+                       and r["zero_center"]]
+                ax.plot([r["temperature"] for r in sel], [(2 * r["bias_stderr"]) ** 2 for r in sel],
+                        ":", color="gray", label="(2 std. err.)$^2$")
             if key == "noise_variance":  # exactly 0 for ste (and sua at T = 0)
                 ax.set_yscale("symlog", linthresh=1e-3)
                 ax.set_ylim(bottom=0)
