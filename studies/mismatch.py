@@ -97,6 +97,31 @@ def measure(y, mu, sigma, mode: str, temperature: float, bound: float, seed: int
     }
 
 
+SIGMA_EDGES = np.geomspace(0.05, 5.0, 13)
+
+
+@torch.no_grad()
+def gap_by_sigma(src: str, y, mu, sigma, mode: str, temperature: float, seed: int) -> list[dict]:
+    """Rate gap per element against the model scale, unbounded (b_sigma = 0): where in sigma the
+    surrogate's rate departs from the rounded one, hence which bound would remove it."""
+    kw = dict(scale_bound=0.0, zero_center=True, seed=seed)
+    _, lik = lq.gaussian_quantize(y, sigma, mu, mode=mode, temperature=temperature, **kw)
+    _, lik_round = lq.gaussian_quantize(y, sigma, mu, mode="ste", **kw)
+    gap = (torch.log2(lik_round) - torch.log2(lik)).double().cpu()
+    s = sigma.double().cpu()
+    rows = []
+    for lo, hi in zip(SIGMA_EDGES[:-1], SIGMA_EDGES[1:]):
+        inside = (s >= lo) & (s < hi)
+        count = int(inside.sum())
+        if count == 0:
+            continue
+        rows.append({"source": src, "mode": mode, "temperature": temperature,
+                     "sigma_lo": float(lo), "sigma_hi": float(hi), "elements": count,
+                     "rate_gap": float(gap[inside].mean()),
+                     "abs_rate_gap": float(gap[inside].abs().mean())})
+    return rows
+
+
 def run(profile: str, out_dir: str, device: torch.device | None = None, seed: int = 0,
         cache_dir: str | None = None) -> dict:
     device = device or torch.device("cpu")
@@ -130,10 +155,16 @@ def run(profile: str, out_dir: str, device: torch.device | None = None, seed: in
                      "temperature": "" if math.isnan(t) else t,
                      **measure(*sources[src], mode, temp, b, s)})
     csv_path = common.write_csv(os.path.join(out, "mismatch.csv"), rows)
+    by_sigma = []
+    for src in SOURCES:
+        for mode, t in (("noise", 1.0), ("sua", 0.5)):
+            by_sigma += gap_by_sigma(src, *sources[src], mode, t,
+                                     common.study_seed(seed, "mismatch-u", src, t))
+    by_sigma_path = common.write_csv(os.path.join(out, "rate_gap_by_sigma.csv"), by_sigma)
     json_path = common.write_json(os.path.join(out, "mismatch_sources.json"), info)
-    return {"csv": csv_path, "json": json_path,
+    return {"csv": csv_path, "csv_by_sigma": by_sigma_path, "json": json_path,
             "png_mismatch": plot_mismatch(rows, os.path.join(out, "mismatch_vs_T.png")),
-            "png_bound": plot_bound(rows, sizes, os.path.join(out, "sigma_bound.png"))}
+            "png_bound": plot_bound(rows, by_sigma, os.path.join(out, "sigma_bound.png"))}
 
 
 def _sua(rows, src, b, key):
@@ -172,9 +203,9 @@ def plot_mismatch(rows, path: str) -> str:
     return common.save_figure(fig, path)
 
 
-def plot_bound(rows, sizes, path: str) -> str:
+def plot_bound(rows, by_sigma, path: str) -> str:
     plt = common.pyplot()
-    fig, axes = plt.subplots(2, len(SOURCES), figsize=(12, 6.5))
+    fig, axes = plt.subplots(3, len(SOURCES), figsize=(12, 9.5))
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(SCALE_BOUNDS)))
     for col, src in enumerate(SOURCES):
         ax = axes[0, col]
@@ -196,11 +227,28 @@ def plot_bound(rows, sizes, path: str) -> str:
         ax.bar(x + 0.27, [c - cost[0] for c in cost], 0.27,
                label="rate under rounding minus b_sigma=0's")
         ax.set_xticks(x, [str(b) for b in SCALE_BOUNDS])
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.4)  # room for the legend
         ax.set_xlabel("scale bound b_sigma")
         if col == 0:
             ax.set_ylabel("bits/element")
+        ax = axes[2, col]
+        for mode, t in (("noise", 1.0), ("sua", 0.5)):
+            sel = [r for r in by_sigma if r["source"] == src and r["mode"] == mode]
+            mid = [math.sqrt(r["sigma_lo"] * r["sigma_hi"]) for r in sel]
+            label = mode if mode == "noise" else f"sua T={t}"
+            ax.plot(mid, [r["abs_rate_gap"] for r in sel], marker="o",
+                    color=common.MODE_COLORS[mode], label=f"{label}: mean |gap|")
+            ax.plot(mid, [r["rate_gap"] for r in sel], marker=".", ls="--",
+                    color=common.MODE_COLORS[mode], label=f"{label}: mean gap")
+        for b in SCALE_BOUNDS[1:]:
+            ax.axvline(b, color="gray", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("model scale sigma (unbounded); dotted: the bounds")
+        if col == 0:
+            ax.set_ylabel("rate gap by sigma, bits/element")
     axes[0, 0].legend(fontsize=7)
-    axes[1, 0].legend(fontsize=7)
+    axes[1, 0].legend(fontsize=7, loc="upper left", ncol=2)
+    axes[2, 0].legend(fontsize=7)
     fig.suptitle("Lower bound on sigma: rate mismatch of the surrogates vs the rate the bound "
                  "costs at test time")
     return common.save_figure(fig, path)

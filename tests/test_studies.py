@@ -22,7 +22,8 @@ from studies.bd_rate import bd_rate  # noqa: E402
 EXPECTED = {
     "rate_distortion": {"csv": "rd/rd_points.csv", "json": "rd/rd_summary.json",
                         "png": "rd/rd_curves.png"},
-    "mismatch": {"csv": "mismatch/mismatch.csv", "json": "mismatch/mismatch_sources.json",
+    "mismatch": {"csv": "mismatch/mismatch.csv", "csv_by_sigma": "mismatch/rate_gap_by_sigma.csv",
+                 "json": "mismatch/mismatch_sources.json",
                  "png_mismatch": "mismatch/mismatch_vs_T.png",
                  "png_bound": "mismatch/sigma_bound.png"},
     "gradient": {"csv": "gradient/gradient_bias_variance.csv",
