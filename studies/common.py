@@ -237,7 +237,8 @@ def sua_schedule(steps: int):
 
 def train_model(cfg: dict, device: torch.device, cache_dir: str | None = None, desc: str = ""):
     """Train a MeanScaleHyperprior as ``cfg`` says (keys: N, M, mode, lmbda, steps, batch, crop,
-    lr, seed, scale_bound); reuse a cached checkpoint of the same cfg when there is one.
+    lr, seed, scale_bound, and optionally init: the cfg of a model to start from, trained or
+    taken from the cache first); reuse a cached checkpoint of the same cfg when there is one.
 
     Returns (model in eval mode, training log dict)."""
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
@@ -250,6 +251,11 @@ def train_model(cfg: dict, device: torch.device, cache_dir: str | None = None, d
 
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg["N"], cfg["M"], cfg["mode"], cfg.get("scale_bound", 0.11)).to(device)
+    if cfg.get("init"):
+        base, _ = train_model(cfg["init"], device, cache_dir,
+                              desc=f"train the common start ({cfg['init']['mode']})")
+        model.load_state_dict(base.state_dict(), strict=False)
+        torch.manual_seed(cfg["seed"])
     images = [im.to(device) for im in photos(TRAIN_PHOTOS)]
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]

@@ -63,7 +63,7 @@ def synthetic_latents(kind: str, n: int, seed: int, device: torch.device):
 def trained_latents(profile: str, device: torch.device, seed: int, cache_dir: str):
     sizes = rate_distortion.SIZES[profile]
     lmbda = sizes["lambdas"][len(sizes["lambdas"]) // 2]
-    cfg = rate_distortion.model_config(profile, "mixed", lmbda, common.study_seed(seed, "rd-model"))
+    cfg = rate_distortion.job_config(profile, "mixed", lmbda, seed)
     model, _ = common.train_model(cfg, device, cache_dir, desc=f"train mixed lambda={lmbda}")
     parts = [common.latents(model, common.center_crop(common.photo(n), sizes["eval_size"])
                             .to(device)) for n in common.HELD_OUT_PHOTOS]

@@ -5,7 +5,7 @@ CompressAI's MeanScaleHyperprior(N, M), its y-path GaussianConditional replaced 
 (scale bound b_sigma = 0.11, zero-centre lattice), trained on random crops of scikit-image's
 bundled photos with mode noise, mixed, ste and sua (T annealed exponentially from 1 to 0 with
 lic_quant.schedules), at several lambda. The same seed, data order and initial weights for every
-mode. Evaluated on held-out photos with real rounding and the actual bitstream
+mode; in the quick profile all start from one common model trained with noise (SIZES). Evaluated on held-out photos with real rounding and the actual bitstream
 (``model.update(force=True)``, ``compress()``/``decompress()``): bpp from the bytes, PSNR of the
 decoded image. BD-rate against ``mixed``; ``mixed`` trained again from a second seed gives the
 BD-rate that training noise alone produces.
@@ -25,12 +25,16 @@ import torch  # noqa: E402
 from studies import common  # noqa: E402
 from studies.bd_rate import bd_rate, psnr_overlap  # noqa: E402
 
+# base_steps > 0: every (surrogate, lambda) model starts from one common model trained that many
+# steps with mode=noise at the middle lambda, then trains `steps` with its own surrogate and
+# lambda (a CPU budget compromise: from scratch, 600 steps left seed-to-seed differences larger
+# than the differences between surrogates). base_steps = 0: each model from scratch.
 SIZES = {
-    "tiny": {"N": 8, "M": 8, "steps": 3, "batch": 2, "crop": 64, "lambdas": [0.005, 0.02, 0.08],
-             "eval_size": 128},
-    "quick": {"N": 32, "M": 48, "steps": 600, "batch": 8, "crop": 64,
+    "tiny": {"N": 8, "M": 8, "base_steps": 2, "steps": 3, "batch": 2, "crop": 64,
+             "lambdas": [0.005, 0.02, 0.08], "eval_size": 128},
+    "quick": {"N": 32, "M": 48, "base_steps": 2000, "steps": 400, "batch": 8, "crop": 64,
               "lambdas": [0.004, 0.015, 0.05], "eval_size": 512},
-    "full": {"N": 128, "M": 192, "steps": 20_000, "batch": 16, "crop": 256,
+    "full": {"N": 128, "M": 192, "base_steps": 0, "steps": 20_000, "batch": 16, "crop": 256,
              "lambdas": [0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483], "eval_size": 768},
 }
 LR = 1e-3
@@ -40,10 +44,22 @@ REFERENCE_MODE = "mixed"
 REPLICATE = "mixed (seed 2)"
 
 
-def model_config(profile: str, mode: str, lmbda: float, seed: int) -> dict:
+def model_config(profile: str, mode: str, lmbda: float, seed: int, base_seed: int) -> dict:
     s = SIZES[profile]
-    return {"N": s["N"], "M": s["M"], "mode": mode, "lmbda": lmbda, "steps": s["steps"],
-            "batch": s["batch"], "crop": s["crop"], "lr": LR, "seed": seed, "scale_bound": 0.11}
+    cfg = {"N": s["N"], "M": s["M"], "mode": mode, "lmbda": lmbda, "steps": s["steps"],
+           "batch": s["batch"], "crop": s["crop"], "lr": LR, "seed": seed, "scale_bound": 0.11}
+    if s["base_steps"]:
+        middle = s["lambdas"][len(s["lambdas"]) // 2]
+        cfg["init"] = dict(cfg, mode="noise", lmbda=middle, steps=s["base_steps"], seed=base_seed)
+    return cfg
+
+
+def job_config(profile: str, curve: str, lmbda: float, seed: int) -> dict:
+    """The cfg of one R-D point; the replicate differs from the reference only in its seed."""
+    mode = REFERENCE_MODE if curve == REPLICATE else curve
+    extra = ("replicate",) if curve == REPLICATE else ()
+    return model_config(profile, mode, lmbda, common.study_seed(seed, "rd-model", *extra),
+                        common.study_seed(seed, "rd-base"))
 
 
 @torch.no_grad()
@@ -75,10 +91,8 @@ def run(profile: str, out_dir: str, device: torch.device | None = None, seed: in
     rows = []
     jobs = [(mode, lmbda) for lmbda in sizes["lambdas"] for mode in common.MODES + (REPLICATE,)]
     for i, (curve, lmbda) in enumerate(jobs):
-        mode = REFERENCE_MODE if curve == REPLICATE else curve
-        model_seed = common.study_seed(seed, "rd-model", *(("replicate",) if curve == REPLICATE
-                                                           else ()))
-        cfg = model_config(profile, mode, lmbda, model_seed)
+        cfg = job_config(profile, curve, lmbda, seed)
+        mode = cfg["mode"]
         model, log = common.train_model(
             cfg, device, cache_dir, desc=f"[{i + 1}/{len(jobs)}] train {curve} lambda={lmbda}")
         model.update(force=True)
