@@ -78,7 +78,8 @@ def estimate(point_name: str, x: torch.Tensor, mode: str, temperature: float, ze
         mean = float(grads[i].mean())
         bias = mean - true_grad[name]
         rows.append({
-            "point": point_name, "mode": mode, "temperature": temperature, "zero_center": zero_center,
+            "point": point_name, "mode": mode, "temperature": temperature,
+            "zero_center": zero_center,
             "param": name, "true_grad": true_grad[name], "mean_grad": mean, "bias": bias,
             "bias2": bias * bias,
             "bias_stderr": float(pair_mean[i].std() / n**0.5),

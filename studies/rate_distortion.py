@@ -5,7 +5,8 @@ CompressAI's MeanScaleHyperprior(N, M), its y-path GaussianConditional replaced 
 (scale bound b_sigma = 0.11, zero-centre lattice), trained on random crops of scikit-image's
 bundled photos with mode noise, mixed, ste and sua (T annealed exponentially from 1 to 0 with
 lic_quant.schedules), at several lambda. The same seed, data order and initial weights for every
-mode; in the quick profile all start from one common model trained with noise (SIZES). Evaluated on held-out photos with real rounding and the actual bitstream
+mode; in the quick profile all start from one common model trained with noise (SIZES).
+Evaluated on held-out photos with real rounding and the actual bitstream
 (``model.update(force=True)``, ``compress()``/``decompress()``): bpp from the bytes, PSNR of the
 decoded image. BD-rate against ``mixed``; ``mixed`` trained again from a second seed gives the
 BD-rate that training noise alone produces.
@@ -127,12 +128,17 @@ def summarize(rows: list[dict], sizes: dict) -> dict:
     ref = curves[REFERENCE_MODE]
     bd = {}
     for curve, test in curves.items():
+        by_lambda = sorted(test, key=lambda p: p["lambda"])
         bd[curve] = {
+            # a sane R-D curve gains rate and PSNR with lambda; an undertrained one may not
+            "monotone": all(a["bpp"] < b["bpp"] and a["psnr"] < b["psnr"]
+                            for a, b in zip(by_lambda, by_lambda[1:])),
             "bd_rate_percent": bd_rate([p["bpp"] for p in ref], [p["psnr"] for p in ref],
                                        [p["bpp"] for p in test], [p["psnr"] for p in test]),
             "psnr_overlap_db": psnr_overlap([p["psnr"] for p in ref], [p["psnr"] for p in test]),
         }
-    return {"reference": REFERENCE_MODE, "replicate": REPLICATE, "held_out_photos": list(common.HELD_OUT_PHOTOS),
+    return {"reference": REFERENCE_MODE, "replicate": REPLICATE,
+            "held_out_photos": list(common.HELD_OUT_PHOTOS),
             "train_photos": list(common.TRAIN_PHOTOS), "sizes": sizes, "lr": LR,
             "curves": curves, "bd_rate_vs_reference": bd}
 

@@ -87,9 +87,12 @@ def rd_table(out: str) -> str:
         bd = summary["bd_rate_vs_reference"][curve]
         cells = [f"{p['bpp']:.3f} / {p['psnr']:.2f}" for p in pts]
         body.append([curve] + cells + [f"{bd['bd_rate_percent']:+.1f}%",
-                                       f"{bd['psnr_overlap_db']:.2f} dB"])
-    lambdas = [f"lambda={p['lambda']:g}: bpp / PSNR" for p in next(iter(summary["curves"].values()))]
-    return _table(["training"] + lambdas + ["BD-rate vs mixed", "PSNR overlap"], body)
+                                       f"{bd['psnr_overlap_db']:.2f} dB",
+                                       "yes" if bd.get("monotone") else "no"])
+    first = next(iter(summary["curves"].values()))
+    lambdas = [f"lambda={p['lambda']:g}: bpp / PSNR" for p in first]
+    return _table(["training"] + lambdas + ["BD-rate vs mixed", "PSNR overlap", "monotone"],
+                  body)
 
 
 def main(argv=None):
