@@ -247,7 +247,7 @@ def plot_bound(rows, by_sigma, path: str) -> str:
         if col == 0:
             ax.set_ylabel("rate gap by sigma, bits/element")
     axes[0, 0].legend(fontsize=7)
-    axes[1, 0].legend(fontsize=7, loc="upper left", ncol=2)
+    axes[1, 0].legend(fontsize=6, loc="upper left")
     axes[2, 0].legend(fontsize=7)
     fig.suptitle("Lower bound on sigma: rate mismatch of the surrogates vs the rate the bound "
                  "costs at test time")

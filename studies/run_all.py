@@ -28,8 +28,8 @@ def run_all(profile: str, out_dir: str, device: torch.device, seed: int = 0) -> 
     cache_dir = os.path.join(out_dir, "models")
     report = {"profile": profile, "device": str(device), "seed": seed,
               "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "machine": f"{platform.machine()} {platform.processor() or ''} "
-                         f"{os.cpu_count()} CPUs".strip(),
+              "machine": " ".join(filter(None, (platform.machine(), platform.processor(),
+                                                f"{os.cpu_count()} CPUs"))),
               "seconds": {}, "files": {}}
     start = time.perf_counter()
     studies = (
