@@ -15,6 +15,7 @@ from studies import common  # noqa: E402
 
 
 def _table(header, rows) -> str:
+    header = [h.replace("|", "\\|") for h in header]  # a bare | would end the cell
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
