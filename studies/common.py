@@ -48,7 +48,7 @@ def parse_args(description: str, argv=None, default_out: str = "studies_out"):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine two threads "
-                        "ran 5-10x slower per training step than one; 0: torch's default)")
+                        "ran ~10x slower per training step than one; 0: torch's default)")
     p.set_defaults(profile="quick")
     args = p.parse_args(argv)
     if args.threads:
