@@ -24,7 +24,9 @@ constexpr int64_t kBlock = 256;
 // Elements per task of at::parallel_for: large enough to hide the scheduling cost.
 constexpr int64_t kGrain = 32768;
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(LQ_CPU_CLONES_AVX2)  // a build without the AVX-512 clone, to time the AVX2 one
+#define LQ_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define LQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LQ_CLONES
