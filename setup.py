@@ -43,7 +43,7 @@ def extension():
     # CUDA and Triton kernels produce the same bits (SPEC section 3).
     cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
            "-fopenmp"]  # at::parallel_for is an OpenMP pragma in the ATen headers
-    sources = ["csrc/ops.cpp", "csrc/cpu/quantize_cpu.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/cpu/quantize_cpu.cpp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not cuda_wanted():
         return cpp_extension.CppExtension(

@@ -69,7 +69,10 @@ def surrogate(mode: str, r: torch.Tensor, u: torch.Tensor | None, temperature):
         return r + u, n
     if mode == "sua":
         if isinstance(temperature, torch.Tensor):
-            annealed = torch.where(temperature == 0, n, n + temperature.to(r.dtype) * ((r - n) + u))
+            # One value (docs/spec.md section 1): as a 0-dim tensor, so that its own shape
+            # (e.g. [[T]]) cannot broadcast the outputs beyond y's shape.
+            t = temperature.reshape(())
+            annealed = torch.where(t == 0, n, n + t.to(r.dtype) * ((r - n) + u))
         elif temperature == 0:
             annealed = n  # rounding bit for bit, sign of zero included
         else:
