@@ -210,7 +210,7 @@ def gaussian_quantize(
 
         return triton_ops.gaussian_quantize_triton(
             y, scales, means, seed_t, temp_t, mode, float(scale_bound), float(likelihood_bound),
-            zero_center)
+            zero_center, checked=True)
     return torch.ops.lic_quant.quantize_forward(
         y, scales, means, seed_t, temp_t, mode, float(scale_bound), float(likelihood_bound),
         zero_center)
