@@ -26,6 +26,8 @@ constexpr bool kWithCuda = true;
 constexpr bool kWithCuda = false;
 #endif
 
+constexpr int64_t kReleaseGilFrom = 1 << 16;
+
 // A Python int or float (not bool, not a subclass: those take the checked Python path).
 bool plain_number(PyObject* o) { return PyFloat_CheckExact(o) || PyLong_CheckExact(o); }
 
@@ -115,7 +117,10 @@ PyObject* quantize_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   }
   std::tuple<at::Tensor, at::Tensor> out;
   {
-    pybind11::gil_scoped_release no_gil;
+    // Other Python threads may run while a large call computes; for a small one, releasing and
+    // taking back the GIL would cost more than the kernels.
+    std::optional<pybind11::gil_scoped_release> no_gil;
+    if (y.numel() >= kReleaseGilFrom) no_gil.emplace();
     at::Tensor seed_t, temp_t;
     if (seed_is_tensor && temp_is_tensor) {
       seed_t = THPVariable_Unpack(seed_o);
