@@ -51,7 +51,7 @@ temp_value = 0.5  # sua temperature
 
 
 def bytes_per_element(dtype: torch.dtype) -> dict[str, int]:
-    """SPEC section 5: forward reads y, mu, sigma and writes y_hat, P; backward reads g_yhat, g_P,
+    """docs/spec.md section 5: forward reads y, mu, sigma and writes y_hat, P; backward reads g_yhat, g_P,
     y, mu, sigma and writes three gradients. P and g_P are float32 (float64 for float64)."""
     e = torch.empty((), dtype=dtype).element_size()
     p = 8 if dtype == torch.float64 else 4
@@ -363,7 +363,7 @@ def render(result) -> str:
              f"torch {env['torch']}, triton {env['triton']}, CUDA {env.get('cuda')}, "
              f"{env['date_utc']} UTC; mode {result['mode']} (T = {result['temperature']}), "
              f"means given, g_P < 0. Median of CUDA-event timings (do_bench, L2 flushed).",
-             f"Device-to-device copy: {copy['GBps']:.0f} GB/s. GB/s below = SPEC section 5 bytes "
+             f"Device-to-device copy: {copy['GBps']:.0f} GB/s. GB/s below = docs/spec.md section 5 bytes "
              f"({result['bytes_per_element']}) / time, for every provider.",
              "",
              "| dtype | shape | provider | fwd ms | bwd ms | fwd+bwd ms | fwd+bwd GB/s | % of copy | "

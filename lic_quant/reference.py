@@ -1,4 +1,5 @@
-"""The readable pure-PyTorch implementation of SPEC sections 1-2: the yardstick of every test.
+"""The readable pure-PyTorch implementation of docs/spec.md sections 1-2: the yardstick of every
+test.
 
 It takes the noise explicitly (``lic_quant.uniform_noise`` gives the exact u the kernels draw) and
 gets its gradients from autograd, with the two straight-through pieces written as small autograd
@@ -59,7 +60,7 @@ def lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
 
 
 def surrogate(mode: str, r: torch.Tensor, u: torch.Tensor | None, temperature):
-    """(r~_R, r~_D): the quantization surrogates of SPEC section 1, values only (no gradient)."""
+    """(r~_R, r~_D): the quantization surrogates of docs/spec.md section 1, values only (no gradient)."""
     n = torch.round(r)
     if mode == "noise":
         return r + u, r + u
@@ -101,7 +102,7 @@ def gaussian_quantize_reference(
     likelihood_bound: float = 1e-9,
     zero_center: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y_hat, likelihoods) of SPEC section 1 for explicit noise u (needed unless mode='ste')."""
+    """(y_hat, likelihoods) of docs/spec.md section 1 for explicit noise u (needed unless mode='ste')."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
     if mode != "ste" and noise is None:
