@@ -3,8 +3,8 @@
 Providers: the eager pure-PyTorch reference, torch.compile of that reference, the fused CUDA
 kernels and, when lic_quant.triton_ops is present and runs, the Triton kernels. Times are medians
 of CUDA-event timings (triton.testing.do_bench, which flushes the L2 cache before every call).
-Bandwidth is counted with the cost model of docs/spec.md section 5 (per element, float32: 20 B forward,
-32 B backward, 52 B both) for every provider, so it reads as "how close to the floor of a fused op",
+Bandwidth is counted with the cost model of docs/spec.md section 5 (per element, float32: 20 B
+forward, 32 B backward, 52 B both) for every provider, so it reads as "how close to the floor of a fused op",
 and is compared with a device-to-device copy measured in the same run. Peak memory is that of one
 training step (forward + backward) above what the inputs and upstream gradients already hold.
 Per provider, the host time of an eager training step (issued back to back) is set beside the
@@ -51,8 +51,8 @@ temp_value = 0.5  # sua temperature
 
 
 def bytes_per_element(dtype: torch.dtype) -> dict[str, int]:
-    """docs/spec.md section 5: forward reads y, mu, sigma and writes y_hat, P; backward reads g_yhat, g_P,
-    y, mu, sigma and writes three gradients. P and g_P are float32 (float64 for float64)."""
+    """docs/spec.md section 5: forward reads y, mu, sigma and writes y_hat, P; backward reads
+    g_yhat, g_P, y, mu, sigma and writes three gradients. P and g_P are float32 (float64 for float64)."""
     e = torch.empty((), dtype=dtype).element_size()
     p = 8 if dtype == torch.float64 else 4
     fwd = 3 * e + e + p

@@ -94,8 +94,8 @@ def autograd_for(backward_op):
 
     def setup_context(ctx, inputs, output):
         y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center = inputs
-        # Only the inputs, the seed and the temperature are kept: the backward recomputes the
-        # noise (docs/spec.md section 2).
+        # Only the inputs, the seed and the temperature are kept: the backward recomputes
+        # the noise (docs/spec.md section 2).
         ctx.save_for_backward(y, scales, means, seed, temperature)
         ctx.has_means = means is not None
         ctx.args = (mode, scale_bound, likelihood_bound, zero_center)

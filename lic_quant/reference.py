@@ -60,7 +60,8 @@ def lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
 
 
 def surrogate(mode: str, r: torch.Tensor, u: torch.Tensor | None, temperature):
-    """(r~_R, r~_D): the quantization surrogates of docs/spec.md section 1, values only (no gradient)."""
+    """(r~_R, r~_D): the quantization surrogates of docs/spec.md section 1, values only (no
+    gradient)."""
     n = torch.round(r)
     if mode == "noise":
         return r + u, r + u
@@ -102,7 +103,8 @@ def gaussian_quantize_reference(
     likelihood_bound: float = 1e-9,
     zero_center: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y_hat, likelihoods) of docs/spec.md section 1 for explicit noise u (needed unless mode='ste')."""
+    """(y_hat, likelihoods) of docs/spec.md section 1 for explicit noise u (needed unless
+    mode='ste')."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
     if mode != "ste" and noise is None:
