@@ -1,16 +1,16 @@
 // Autograd of the lic_quant ops in C++, registered for the Autograd key the way PyTorch's own
-// fused ops are: an eager forward + backward then costs one torch::autograd::Function (a few
-// hundred nanoseconds) instead of a Python autograd.Function (tens of microseconds).
+// fused ops are: an eager forward + backward then costs one torch::autograd::Function (about a
+// microsecond) instead of a Python autograd.Function (about a hundred microseconds).
 //
 // - quantize_forward: the backward recomputes the noise from the seed and saves only the three
 //   inputs, the seed and the temperature (docs/spec.md section 2).
 // - quantize_backward: its result is not differentiable (docs/spec.md section 4): asking for a
 //   second derivative through the op raises a clear error when that backward runs, like
 //   torch.autograd.function.once_differentiable, instead of silently returning zero.
-// - quantize_forward_scalars: the eager entry point for plain Python seeds and temperatures. It
-//   builds the 0-dim seed and temperature tensors on the host (scalar_tensors: no fill or randint
-//   kernel), drawing the seed from the default generator of y's device when none is given, then
-//   calls quantize_forward. The Python API uses it only outside torch.compile.
+// - draw_seed / scalar_tensors (and seed_tensor / temperature_tensor of autograd.h, used by the
+//   eager entry point in ops.cpp): the seed and temperature tensors for plain Python values, made
+//   on the host (no fill or randint kernel), the seed drawn from the default generator of the
+//   device when none is given.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ScalarOps.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -18,16 +18,15 @@
 #include <ATen/ops/randint.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/library.h>
-
 #include <ATen/ops/empty.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <array>
-#include <cstdlib>
-#include <initializer_list>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -363,26 +362,11 @@ std::tuple<Tensor, Tensor> scalar_tensors(c10::Device device, std::optional<int6
 
 namespace {
 
-std::tuple<Tensor, Tensor> quantize_forward_scalars(
-    const Tensor& y, const Tensor& scales, const std::optional<Tensor>& means,
-    std::optional<int64_t> seed, double temperature, c10::string_view mode, double scale_bound,
-    double likelihood_bound, bool zero_center) {
-  TORCH_CHECK_VALUE(temperature >= 0.0 && temperature <= 1.0,
-                    "lic_quant: temperature must lie in [0, 1]; got ", temperature);
-  auto [seed_t, temp_t] = scalar_tensors(y.device(), seed, temperature);
-  return forward_op().call(y, scales, means, seed_t, temp_t, mode, scale_bound, likelihood_bound,
-                           zero_center);
-}
-
 }  // namespace
 }  // namespace lic_quant
 
 TORCH_LIBRARY_FRAGMENT(lic_quant, m) {
   // Draws from torch's generators: tagged like aten's random ops, so tracing treats them as such.
-  m.def("quantize_forward_scalars(Tensor y, Tensor scales, Tensor? means, int? seed, "
-        "float temperature, str mode, float scale_bound, float likelihood_bound, "
-        "bool zero_center) -> (Tensor, Tensor)",
-        {at::Tag::nondeterministic_seeded});
   m.def("draw_seed(Device device) -> int", &lic_quant::draw_seed,
         {at::Tag::nondeterministic_seeded});
   m.def("scalar_tensors(Device device, int? seed, float temperature) -> (Tensor, Tensor)",
@@ -392,8 +376,4 @@ TORCH_LIBRARY_FRAGMENT(lic_quant, m) {
 TORCH_LIBRARY_IMPL(lic_quant, Autograd, m) {
   m.impl("quantize_forward", &lic_quant::quantize_forward_autograd);
   m.impl("quantize_backward", &lic_quant::quantize_backward_autograd);
-}
-
-TORCH_LIBRARY_IMPL(lic_quant, CompositeImplicitAutograd, m) {
-  m.impl("quantize_forward_scalars", &lic_quant::quantize_forward_scalars);
 }

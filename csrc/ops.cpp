@@ -1,6 +1,6 @@
 // Schemas of the lic_quant ops and the Python module lic_quant._C. Implementations:
 // cpu/quantize_cpu.cpp (CPU key), cuda/quantize_cuda.cu (CUDA key), autograd.cpp (Autograd key,
-// quantize_forward.scalars, draw_seed, scalar_tensors); fake kernels: lic_quant/_ops.py.
+// draw_seed, scalar_tensors); fake kernels: lic_quant/_ops.py.
 #include <Python.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/Exceptions.h>

@@ -274,3 +274,16 @@ def test_triton_inductor_route_matches_the_kernels():
     assert result["compiles"] == result["flag"], result["why"]
     if not result["compiles"]:
         assert "but got fp64" in result["why"], result["why"]
+
+
+@needs_cpp
+def test_scalar_tensors_op():
+    seed, temp = torch.ops.lic_quant.scalar_tensors(torch.device("cpu"), -5, 0.25)
+    assert seed.dtype == torch.int64 and seed.dim() == 0 and int(seed) == -5
+    assert temp.dtype == torch.float64 and temp.dim() == 0 and float(temp) == 0.25
+    torch.manual_seed(9)
+    drawn, _ = torch.ops.lic_quant.scalar_tensors(torch.device("cpu"), None, 1.0)
+    torch.manual_seed(9)
+    assert int(drawn) == int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="meta"):
+        torch.ops.lic_quant.scalar_tensors(torch.device("meta"), 1, 0.5)
