@@ -172,7 +172,8 @@ def gaussian_quantize(
     # torch function modes) returns NotImplemented there or skips it, and takes the path below.
     if _EAGER is not None and (backend == "auto" or backend == "cpu" or backend == "cuda") \
             and not _is_compiling() and not _torch_function_mode_enabled():
-        if backend == "auto" or backend == ("cuda" if y.is_cuda else "cpu"):
+        if backend == "auto" or (isinstance(y, torch.Tensor)
+                                 and backend == ("cuda" if y.is_cuda else "cpu")):
             out = _EAGER(y, scales, means, seed, temperature, mode, scale_bound,
                          likelihood_bound, zero_center)
             if out is not NotImplemented:

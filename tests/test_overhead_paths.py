@@ -114,6 +114,9 @@ def test_eager_entry_argument_errors():
         lq.gaussian_quantize(y, s, m.to("meta"), backend="cpu")
     with pytest.raises(ValueError, match="backend"):
         lq.gaussian_quantize(y, s, backend="gpu")
+    for backend in ("auto", "cpu", "cuda"):
+        with pytest.raises(TypeError, match="y must be a torch.Tensor"):
+            lq.gaussian_quantize([1.0, 2.0], s[0, :2], backend=backend)
 
 
 @needs_cpp
