@@ -171,13 +171,11 @@ struct QuantizeFunction : torch::autograd::Function<QuantizeFunction> {
     }
     const auto saved = ctx->get_saved_variables();
     const Tensor& means = saved[2];
-    // Without means, variable input 2 is the seed: means' slot is not an input at all.
+    // Without means, variable input 2 is the seed (means' slot is not an input at all).
     const auto& d = ctx->saved_data;
     const bool has_means = means.defined();
     const std::array<bool, 3> mask{need_y, ctx->needs_input_grad(1),
                                    has_means && ctx->needs_input_grad(2)};
-    // Through the dispatcher's autograd: with create_graph=True the result carries the
-    // once-differentiable error node of quantize_backward_autograd.
     // With create_graph=True (grad mode on), through the dispatcher's autograd: the result then
     // carries the once-differentiable node of quantize_backward_autograd. Otherwise straight to
     // the kernel.
