@@ -10,6 +10,7 @@
 
 #include "autograd.h"
 
+#include <cmath>
 #include <optional>
 #include <tuple>
 
@@ -115,6 +116,11 @@ PyObject* quantize_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     TORCH_CHECK_VALUE(temperature >= 0.0 && temperature <= 1.0,
                       "lic_quant: temperature must be [0.0, 1.0]; got ", temperature);
   }
+  // Also checked by the Autograd kernel, which inference mode skips.
+  TORCH_CHECK_VALUE(scale_bound >= 0.0 && std::isfinite(scale_bound),
+                    "lic_quant: scale_bound must be finite and >= 0; got ", scale_bound);
+  TORCH_CHECK_VALUE(likelihood_bound >= 0.0 && likelihood_bound < 1.0,
+                    "lic_quant: likelihood_bound must lie in [0, 1); got ", likelihood_bound);
   std::tuple<at::Tensor, at::Tensor> out;
   {
     // Other Python threads may run while a large call computes; for a small one, releasing and

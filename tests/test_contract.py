@@ -108,6 +108,16 @@ def test_scale_bound_finite(backend):
 
 
 @needs_cpp
+def test_bounds_checked_in_inference_mode():
+    y, s, _ = make_inputs((2, 3), torch.float32)
+    with torch.inference_mode():
+        with pytest.raises(ValueError, match="likelihood_bound"):
+            lq.gaussian_quantize(y, s, likelihood_bound=2.0, seed=1, backend="cpu")
+        with pytest.raises(ValueError, match="scale_bound"):
+            lq.gaussian_quantize(y, s, scale_bound=math.inf, seed=1, backend="cpu")
+
+
+@needs_cpp
 @pytest.mark.parametrize("scale_bound,likelihood_bound", [(math.inf, 1e-9), (0.11, 1.0),
                                                           (0.11, math.inf), (math.nan, 1e-9)])
 def test_op_level_bounds(scale_bound, likelihood_bound):
