@@ -3,10 +3,12 @@
 Providers: the eager pure-PyTorch reference, torch.compile of that reference, the fused CUDA
 kernels and, when lic_quant.triton_ops is present and runs, the Triton kernels. Times are medians
 of CUDA-event timings (triton.testing.do_bench, which flushes the L2 cache before every call).
-Bandwidth is counted with the cost model of SPEC section 5 (per element, float32: 20 B forward,
-32 B backward, 52 B both) for every provider, so it reads as "how close to the floor of a fused op",
+Bandwidth is counted with the cost model of docs/spec.md section 5 (per element, float32: 20 B
+forward, 32 B backward, 52 B both) for every provider, so it reads as "how close to the floor of a fused op",
 and is compared with a device-to-device copy measured in the same run. Peak memory is that of one
 training step (forward + backward) above what the inputs and upstream gradients already hold.
+Per provider, the host time of an eager training step (issued back to back) is set beside the
+same step replayed from a CUDA graph: what the host adds on top of the device work.
 
 Upstream gradients: g_yhat ~ N(0, 1), g_P < 0 everywhere (the sign of a -log P rate loss).
 
@@ -49,8 +51,8 @@ temp_value = 0.5  # sua temperature
 
 
 def bytes_per_element(dtype: torch.dtype) -> dict[str, int]:
-    """SPEC section 5: forward reads y, mu, sigma and writes y_hat, P; backward reads g_yhat, g_P,
-    y, mu, sigma and writes three gradients. P and g_P are float32 (float64 for float64)."""
+    """docs/spec.md section 5: forward reads y, mu, sigma and writes y_hat, P; backward reads
+    g_yhat, g_P, y, mu, sigma and writes three gradients. P and g_P are float32 (float64 for float64)."""
     e = torch.empty((), dtype=dtype).element_size()
     p = 8 if dtype == torch.float64 else 4
     fwd = 3 * e + e + p
@@ -163,6 +165,7 @@ def measure(fn, leaves, upstream, seed, temp, bench, device) -> dict:
     if out["bwd"] is None:
         out["bwd"] = max(out["fwd+bwd"] - out["fwd"], 0.0)
     out["fwd+bwd_graph"] = graph_time(step, bench) if device == "cuda" else None
+    out["host_issue_ms"], out["host_wall_ms"] = host_times(step, device)
     # peak memory of one training step above inputs and upstreams
     if device == "cuda":
         sync(device)
@@ -175,6 +178,24 @@ def measure(fn, leaves, upstream, seed, temp, bench, device) -> dict:
     else:
         out["peak_step_bytes"] = None
     return out
+
+
+def host_times(step, device, calls: int = 200) -> tuple[float, float]:
+    """Eager training steps back to back, timed on the host: (issue, wall) ms per step. `issue`
+    is the host time to run the Python, the checks, the dispatch and the launches (the GPU works
+    asynchronously meanwhile); `wall` ends after a synchronize, so it is max(host, device) per
+    step. Set beside the CUDA-graph replay time (device work alone, no host) they show what the
+    host costs: eager wall within 2x of graph replay is issue 9's bar at 16x320x16x16."""
+    for _ in range(10):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        step()
+    t1 = time.perf_counter()
+    sync(device)
+    t2 = time.perf_counter()
+    return (t1 - t0) * 1e3 / calls, (t2 - t0) * 1e3 / calls
 
 
 def graph_time(step, bench):
@@ -313,10 +334,14 @@ def main(argv=None) -> int:
                                  "numel": numel})
                 g = r["fwd+bwd_graph"]
                 rows[-1]["graph_ms"] = g
+                rows[-1]["host_issue_ms"] = r["host_issue_ms"]
+                rows[-1]["host_wall_ms"] = r["host_wall_ms"]
                 rows[-1]["graph_frac_copy"] = (bpe["fwd+bwd"] * numel / g / 1e6 / copy["GBps"]
                                                if g else None)
                 print(f"[bench] {dtype} {name:>15} {prov:>13}: fwd {r['fwd']:.4f} ms, "
-                      f"bwd {r['bwd']:.4f} ms ({r['bwd_method']}), fwd+bwd {r['fwd+bwd']:.4f} ms")
+                      f"bwd {r['bwd']:.4f} ms ({r['bwd_method']}), fwd+bwd {r['fwd+bwd']:.4f} ms; "
+                      f"eager step host {1e3 * r['host_issue_ms']:.0f} us, wall "
+                      f"{1e3 * r['host_wall_ms']:.0f} us, graph {fmt(g and 1e3 * g, '.0f')} us")
             del leaves, upstream
             if device == "cuda":
                 torch.cuda.empty_cache()
@@ -338,7 +363,7 @@ def render(result) -> str:
              f"torch {env['torch']}, triton {env['triton']}, CUDA {env.get('cuda')}, "
              f"{env['date_utc']} UTC; mode {result['mode']} (T = {result['temperature']}), "
              f"means given, g_P < 0. Median of CUDA-event timings (do_bench, L2 flushed).",
-             f"Device-to-device copy: {copy['GBps']:.0f} GB/s. GB/s below = SPEC section 5 bytes "
+             f"Device-to-device copy: {copy['GBps']:.0f} GB/s. GB/s below = docs/spec.md section 5 bytes "
              f"({result['bytes_per_element']}) / time, for every provider.",
              "",
              "| dtype | shape | provider | fwd ms | bwd ms | fwd+bwd ms | fwd+bwd GB/s | % of copy | "
@@ -372,6 +397,22 @@ def render(result) -> str:
                      f"(need {BAR_SPEEDUP}x): {'PASS' if ok else 'FAIL'}; from a CUDA graph: "
                      f"{fmt(None if r.get('graph_frac_copy') is None else 100 * r['graph_frac_copy'], '.1f')}% of copy")
     lines.append("(* bwd = fwd+bwd - fwd where the graph could not be backpropagated twice)")
+    lines += ["",
+              "Host overhead of one eager training step (forward + autograd.grad), 200 steps back "
+              "to back: host = time to issue a step (Python, checks, dispatch, launches), wall = "
+              "per step until the GPU is done, graph = the same step replayed from a CUDA graph "
+              "(device work alone).",
+              "",
+              "| dtype | shape | provider | eager host us | eager wall us | graph us | "
+              "wall / graph |",
+              "|---|---|---|---:|---:|---:|---:|"]
+    for (dt, shape, prov), ph in by.items():
+        fb = ph["fwd+bwd"]
+        host, wall, graph = (fb.get(k) for k in ("host_issue_ms", "host_wall_ms", "graph_ms"))
+        ratio = wall / graph if wall and graph else None
+        lines.append("| " + " | ".join([
+            dt, shape, prov, fmt(host and 1e3 * host, ".0f"), fmt(wall and 1e3 * wall, ".0f"),
+            fmt(graph and 1e3 * graph, ".0f"), fmt(ratio, ".2f")]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,12 +1,172 @@
-// Schemas of the lic_quant ops. Implementations: cpu/quantize_cpu.cpp (CPU key),
-// cuda/quantize_cuda.cu (CUDA key); fake kernels and autograd: lic_quant/_ops.py.
+// Schemas of the lic_quant ops and the Python module lic_quant._C. Implementations:
+// cpu/quantize_cpu.cpp (CPU key), cuda/quantize_cuda.cu (CUDA key), autograd.cpp (Autograd key,
+// draw_seed, scalar_tensors); fake kernels: lic_quant/_ops.py.
 #include <Python.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
+#include "autograd.h"
+
+#include <cmath>
+#include <optional>
+#include <tuple>
+
+namespace lic_quant {
+namespace {
+
+using ForwardFn = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
+    const at::Tensor&, c10::string_view, double, double, bool);
+
+#ifdef LIC_QUANT_WITH_CUDA
+constexpr bool kWithCuda = true;
+#else
+constexpr bool kWithCuda = false;
+#endif
+
+constexpr int64_t kReleaseGilFrom = 1 << 16;
+
+// A Python int or float (not bool, not a subclass: those take the checked Python path).
+bool plain_number(PyObject* o) { return PyFloat_CheckExact(o) || PyLong_CheckExact(o); }
+
+// The same messages as lic_quant/api.py's checks.
+void check_like(const at::Tensor& t, const at::Tensor& y, const char* name) {
+  TORCH_CHECK_VALUE(t.sizes() == y.sizes(), "lic_quant: ", name, " must have the shape of y ",
+                    y.sizes(), "; got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == y.scalar_type(), "lic_quant: ", name,
+                   " must have the dtype of y (", y.scalar_type(), "); got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == y.device(), "lic_quant: ", name, " must be on the device of y (",
+                    y.device(), "); got ", t.device());
+}
+
+bool exact_tensor(PyObject* o) { return THPVariable_CheckExact(o); }
+
+// lic_quant._C.quantize_eager(y, scales, means, seed, temperature, mode, scale_bound,
+// likelihood_bound, zero_center): the eager forward of gaussian_quantize on the C++/CUDA kernels,
+// entered from Python once (the Python API calls it first). Host seeds and temperatures become
+// 0-dim tensors without a kernel (csrc/autograd.h). It returns NotImplemented for anything it
+// does not handle itself (tensor subclasses, sparse tensors, seed or temperature tensors of
+// another dtype, shape or device, devices other than CPU and CUDA, non-number scalars), which the
+// Python API then takes through its checked path; the rest is checked here, with the Python
+// API's messages, or by the ops.
+PyObject* quantize_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 9) {
+    PyErr_SetString(PyExc_TypeError, "quantize_eager takes 9 positional arguments");
+    return nullptr;
+  }
+  PyObject *y_o = args[0], *s_o = args[1], *m_o = args[2], *seed_o = args[3], *temp_o = args[4];
+  const bool has_means = m_o != Py_None;
+  const bool seed_is_tensor = exact_tensor(seed_o);
+  const bool temp_is_tensor = exact_tensor(temp_o);
+  if (!exact_tensor(y_o) || !exact_tensor(s_o) || (has_means && !exact_tensor(m_o)) ||
+      !(seed_o == Py_None || PyLong_CheckExact(seed_o) || seed_is_tensor) ||
+      !(plain_number(temp_o) || temp_is_tensor) || !PyUnicode_CheckExact(args[5]) ||
+      !plain_number(args[6]) || !plain_number(args[7]) || !PyBool_Check(args[8])) {
+    Py_RETURN_NOTIMPLEMENTED;
+  }
+  const at::Tensor& y = THPVariable_Unpack(y_o);
+  const at::Tensor& scales = THPVariable_Unpack(s_o);
+  const c10::Device device = y.device();
+  const bool dense = y.layout() == at::kStrided && scales.layout() == at::kStrided &&
+                     (!has_means || THPVariable_Unpack(m_o).layout() == at::kStrided);
+  const bool device_ok = device.is_cpu() || (kWithCuda && device.is_cuda());
+  if (!dense || !device_ok) Py_RETURN_NOTIMPLEMENTED;
+  // Tensors the ops take as they are: 0-dim, on y's device, of the schema's dtype.
+  auto usable = [&](PyObject* o, at::ScalarType dtype) {
+    const at::Tensor& t = THPVariable_Unpack(o);
+    return t.layout() == at::kStrided && t.dim() == 0 && t.scalar_type() == dtype &&
+           t.device() == device;
+  };
+  if ((seed_is_tensor && !usable(seed_o, at::kLong)) ||
+      (temp_is_tensor && !usable(temp_o, at::kDouble))) {
+    Py_RETURN_NOTIMPLEMENTED;
+  }
+
+  std::optional<int64_t> seed;
+  if (!seed_is_tensor && seed_o != Py_None) {
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(seed_o, &overflow);
+    if (overflow != 0) Py_RETURN_NOTIMPLEMENTED;  // the Python path maps [2^63, 2^64) or raises
+    seed = static_cast<int64_t>(v);
+  }
+  const double temperature = temp_is_tensor ? 0.0 : PyFloat_AsDouble(temp_o);
+  const double scale_bound = PyFloat_AsDouble(args[6]);
+  const double likelihood_bound = PyFloat_AsDouble(args[7]);
+  if (PyErr_Occurred()) return nullptr;  // an int too large for a double
+  Py_ssize_t mode_len = 0;
+  const char* mode_chars = PyUnicode_AsUTF8AndSize(args[5], &mode_len);
+  if (mode_chars == nullptr) return nullptr;
+  const c10::string_view mode(mode_chars, static_cast<size_t>(mode_len));
+  const bool zero_center = args[8] == Py_True;
+
+  TORCH_CHECK_TYPE(y.is_floating_point(),
+                   "lic_quant: y must be float16, bfloat16, float32 or float64; got ",
+                   y.scalar_type());
+  check_like(scales, y, "scales");
+  std::optional<at::Tensor> means;
+  if (has_means) {
+    means = THPVariable_Unpack(m_o);
+    check_like(*means, y, "means");
+  }
+  if (!temp_is_tensor) {
+    TORCH_CHECK_VALUE(temperature >= 0.0 && temperature <= 1.0,
+                      "lic_quant: temperature must be [0.0, 1.0]; got ", temperature);
+  }
+  // Also checked by the Autograd kernel, which inference mode skips.
+  TORCH_CHECK_VALUE(scale_bound >= 0.0 && std::isfinite(scale_bound),
+                    "lic_quant: scale_bound must be finite and >= 0; got ", scale_bound);
+  TORCH_CHECK_VALUE(likelihood_bound >= 0.0 && likelihood_bound < 1.0,
+                    "lic_quant: likelihood_bound must lie in [0, 1); got ", likelihood_bound);
+  std::tuple<at::Tensor, at::Tensor> out;
+  {
+    // Other Python threads may run while a large call computes; for a small one, releasing and
+    // taking back the GIL would cost more than the kernels.
+    std::optional<pybind11::gil_scoped_release> no_gil;
+    if (y.numel() >= kReleaseGilFrom) no_gil.emplace();
+    at::Tensor seed_t, temp_t;
+    if (seed_is_tensor && temp_is_tensor) {
+      seed_t = THPVariable_Unpack(seed_o);
+      temp_t = THPVariable_Unpack(temp_o);
+    } else if (seed_is_tensor) {
+      seed_t = THPVariable_Unpack(seed_o);
+      temp_t = temperature_tensor(device, temperature);
+    } else if (temp_is_tensor) {
+      seed_t = seed_tensor(device, seed);
+      temp_t = THPVariable_Unpack(temp_o);
+    } else {
+      std::tie(seed_t, temp_t) = scalar_tensors(device, seed, temperature);
+    }
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("lic_quant::quantize_forward", "")
+                               .typed<ForwardFn>();
+    out = op.call(y, scales, means, seed_t, temp_t, mode, scale_bound, likelihood_bound,
+                  zero_center);
+  }
+  PyObject* result = PyTuple_New(2);
+  if (result == nullptr) return nullptr;
+  PyTuple_SET_ITEM(result, 0, THPVariable_Wrap(std::move(std::get<0>(out))));
+  PyTuple_SET_ITEM(result, 1, THPVariable_Wrap(std::move(std::get<1>(out))));
+  return result;
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef methods[] = {
+    {"quantize_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(quantize_eager)),
+     METH_FASTCALL, "The eager forward of lic_quant.gaussian_quantize (see lic_quant/api.py)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+}  // namespace lic_quant
+
 extern "C" {
-// Importing lic_quant._C runs the static registrations below; the module itself is empty.
+// Importing lic_quant._C also runs the static op registrations of this library.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                                          lic_quant::methods};
   return PyModule_Create(&module_def);
 }
 }

@@ -1,5 +1,5 @@
 """lic_quant: fused quantization surrogates and discretized-Gaussian likelihoods for learned
-image compression (SPEC.md). ``gaussian_quantize`` is the op; ``reference`` its readable
+image compression (docs/spec.md). ``gaussian_quantize`` is the op; ``reference`` its readable
 pure-PyTorch definition."""
 import importlib
 

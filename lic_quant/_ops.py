@@ -1,22 +1,55 @@
-"""Loads the compiled ops (lic_quant._C) and registers their fake kernels and autograd.
+"""Loads the compiled ops (lic_quant._C) and registers their fake kernels.
 
 The ops themselves (schemas in csrc/ops.cpp) take the seed and the temperature as 0-dim tensors
 on y's device, so a CUDA graph or a compiled graph can be fed fresh values without recompiling.
+Their autograd is C++ (csrc/autograd.cpp, registered for the Autograd key); ``autograd_for``
+below is the Python twin the Triton ops use.
 """
 from __future__ import annotations
+
+import importlib
+import warnings
 
 import torch
 
 try:
-    from . import _C  # noqa: F401  (registers torch.ops.lic_quant.* for CPU and, if built, CUDA)
+    # import_module, not `from . import _C`: when the .so is missing, the latter reports
+    # "cannot import name '_C' from partially initialized module (circular import)", which hides
+    # the real reason (no compiled module in this directory, or one that fails to load).
+    _C = importlib.import_module("._C", __package__)  # registers torch.ops.lic_quant.*
 
     EXTENSION_ERROR: Exception | None = None
+    # The eager forward entered once from Python (csrc/ops.cpp), used by lic_quant.api.
+    EAGER_ENTRY = _C.quantize_eager
 except ImportError as exc:  # the package still works with backend="reference"
     EXTENSION_ERROR = exc
+    EAGER_ENTRY = None
+
+BUILD_HINT = ("build it with `pip install --no-build-isolation .` (or, in a checkout, "
+              "`python setup.py build_ext --inplace`)")
 
 
 def extension_available() -> bool:
     return EXTENSION_ERROR is None
+
+
+def missing_extension_message() -> str:
+    """Why the C++/CUDA kernels are unavailable, and how to get them."""
+    return (f"lic_quant's compiled extension lic_quant._C did not load "
+            f"({type(EXTENSION_ERROR).__name__}: {EXTENSION_ERROR}); {BUILD_HINT}")
+
+
+_WARNED_FALLBACK = False
+
+
+def warn_reference_fallback() -> None:
+    """backend="auto" without the extension runs the pure-PyTorch reference: say so, once."""
+    global _WARNED_FALLBACK
+    if not _WARNED_FALLBACK:
+        _WARNED_FALLBACK = True
+        warnings.warn(f"{missing_extension_message()}. backend='auto' runs the slow pure-PyTorch "
+                      f"reference instead (pass backend='reference' to silence this).",
+                      RuntimeWarning, stacklevel=3)
 
 
 # Read once at import: a plain bool, so torch.compile traces the API's backend choice without a
@@ -34,14 +67,35 @@ def _likelihood_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+SECOND_DERIVATIVE_ERROR = (
+    "lic_quant: the second derivative of gaussian_quantize is not implemented (docs/spec.md "
+    "section 4): a gradient computed with create_graph=True through lic_quant's backward cannot "
+    "be differentiated again")
+
+
+class _OnceDifferentiable(torch.autograd.Function):
+    """Runs a backward op; differentiating its results raises SECOND_DERIVATIVE_ERROR. Its node
+    is linked to the backward's inputs, so any second derivative that reaches them raises."""
+
+    @staticmethod
+    def forward(ctx, op, *args):
+        return op(*args)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(SECOND_DERIVATIVE_ERROR)
+
+
 def autograd_for(backward_op):
     """(backward, setup_context) for a forward op with the quantize_forward schema whose backward
-    op (a callable returning it, resolved at call time) has the quantize_backward schema."""
+    op (a callable returning it, resolved at call time) has the quantize_backward schema. As the
+    C++ autograd (csrc/autograd.cpp), the backward is once differentiable: with create_graph=True
+    its results carry a node that raises when differentiated."""
 
     def setup_context(ctx, inputs, output):
         y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center = inputs
-        # Only the inputs, the seed and the temperature are kept: the backward recomputes the
-        # noise (SPEC section 2).
+        # Only the inputs, the seed and the temperature are kept: the backward recomputes
+        # the noise (docs/spec.md section 2).
         ctx.save_for_backward(y, scales, means, seed, temperature)
         ctx.has_means = means is not None
         ctx.args = (mode, scale_bound, likelihood_bound, zero_center)
@@ -55,9 +109,14 @@ def autograd_for(backward_op):
             # Only y_hat was used: its gradient is the identity, and mu and sigma get none.
             grad_y = grad_y_hat if (need_y and grad_y_hat is not None) else None
             return grad_y, None, None, None, None, None, None, None, None
-        gy, gs, gm = backward_op()(
-            grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, *ctx.args,
-            [need_y, need_scales, need_means])
+        args = (grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, *ctx.args,
+                [need_y, need_scales, need_means])
+        if torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad
+                for t in (grad_y_hat, grad_likelihoods, y, scales, means)):
+            gy, gs, gm = _OnceDifferentiable.apply(backward_op(), *args)
+        else:
+            gy, gs, gm = backward_op()(*args)
         return (gy if need_y else None, gs if need_scales else None, gm if need_means else None,
                 None, None, None, None, None, None)
 
@@ -86,7 +145,3 @@ if extension_available():
     @torch.library.register_fake("lic_quant::uniform_noise")
     def _uniform_noise_fake(seed, size):
         return torch.empty(size, dtype=torch.float32, device=seed.device)
-
-    _backward, _setup_context = autograd_for(lambda: torch.ops.lic_quant.quantize_backward)
-    torch.library.register_autograd("lic_quant::quantize_forward", _backward,
-                                    setup_context=_setup_context)

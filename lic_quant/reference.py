@@ -1,4 +1,5 @@
-"""The readable pure-PyTorch implementation of SPEC sections 1-2: the yardstick of every test.
+"""The readable pure-PyTorch implementation of docs/spec.md sections 1-2: the yardstick of every
+test.
 
 It takes the noise explicitly (``lic_quant.uniform_noise`` gives the exact u the kernels draw) and
 gets its gradients from autograd, with the two straight-through pieces written as small autograd
@@ -59,7 +60,8 @@ def lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
 
 
 def surrogate(mode: str, r: torch.Tensor, u: torch.Tensor | None, temperature):
-    """(r~_R, r~_D): the quantization surrogates of SPEC section 1, values only (no gradient)."""
+    """(r~_R, r~_D): the quantization surrogates of docs/spec.md section 1, values only (no
+    gradient)."""
     n = torch.round(r)
     if mode == "noise":
         return r + u, r + u
@@ -69,7 +71,10 @@ def surrogate(mode: str, r: torch.Tensor, u: torch.Tensor | None, temperature):
         return r + u, n
     if mode == "sua":
         if isinstance(temperature, torch.Tensor):
-            annealed = torch.where(temperature == 0, n, n + temperature.to(r.dtype) * ((r - n) + u))
+            # One value (docs/spec.md section 1): as a 0-dim tensor, so that its own shape
+            # (e.g. [[T]]) cannot broadcast the outputs beyond y's shape.
+            t = temperature.reshape(())
+            annealed = torch.where(t == 0, n, n + t.to(r.dtype) * ((r - n) + u))
         elif temperature == 0:
             annealed = n  # rounding bit for bit, sign of zero included
         else:
@@ -98,7 +103,8 @@ def gaussian_quantize_reference(
     likelihood_bound: float = 1e-9,
     zero_center: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y_hat, likelihoods) of SPEC section 1 for explicit noise u (needed unless mode='ste')."""
+    """(y_hat, likelihoods) of docs/spec.md section 1 for explicit noise u (needed unless
+    mode='ste')."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
     if mode != "ste" and noise is None:

@@ -190,14 +190,19 @@ def _interpreter_block(n: int) -> int:
     return min(INTERPRETER_BLOCK, max(16, triton.next_power_of_2(n)))
 
 
-def _launch(name: str, n: int, args: tuple, consts: dict) -> None:
-    """Launches kernel `name` over n elements: autotuned through wrap_triton on GPU (so
-    torch.compile captures it), the plain kernel with one large block under the interpreter."""
+def _launch(name: str, n: int, args: tuple, consts: dict, eager: bool = False,
+            dtype: Optional[torch.dtype] = None) -> None:
+    """Launches kernel `name` over n elements: the plain kernel with one large block under the
+    interpreter; on GPU autotuned through wrap_triton (so torch.compile captures it), or, for an
+    eager call, through the cached launch of _launch_eager_gpu."""
     k = _get_kernels()
-    if interpreted():
+    if k.INTERPRETED:
         block = _interpreter_block(n)
         getattr(k, f"{name}_kernel")[(triton.cdiv(n, block),)](*args, **consts, ON_GPU=False,
                                                                 BLOCK=block)
+        return
+    if eager:
+        _launch_eager_gpu(k, name, n, dtype, args, consts)
         return
 
     def grid(meta):
@@ -207,10 +212,36 @@ def _launch(name: str, n: int, args: tuple, consts: dict) -> None:
     torch.library.wrap_triton(kernel)[grid](*args, **consts, ON_GPU=True)
 
 
+# (kernel name, AUTOTUNE, n, y's dtype) -> (jit kernel, grid, config kwargs). The autotuner keys
+# its choice on n_elements and the tensor dtypes (all fixed by y's dtype here), so after its first
+# run for a key the chosen config is fixed: later eager calls launch the jit kernel with it
+# directly, skipping the autotuner's per-call argument dicts and key building (host time).
+_EAGER_LAUNCHES: dict = {}
+
+
+def _launch_eager_gpu(k, name: str, n: int, dtype: torch.dtype, args: tuple,
+                      consts: dict) -> None:
+    key = (name, AUTOTUNE, n, dtype)
+    hit = _EAGER_LAUNCHES.get(key)
+    if hit is not None:
+        kernel, grid, config = hit
+        kernel[grid](*args, **consts, ON_GPU=True, **config)
+        return
+    tuner = getattr(k, f"{name}_autotuned" if AUTOTUNE else f"{name}_fixed")
+    tuner[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, **consts, ON_GPU=True)
+    config = tuner.best_config.all_kwargs()
+    _EAGER_LAUNCHES[key] = (getattr(k, f"{name}_kernel"),
+                            (triton.cdiv(n, config["BLOCK"]),), config)
+
+
 def _forward_body(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
                   temperature: Tensor, mode: str, scale_bound: float, likelihood_bound: float,
-                  zero_center: bool, launch: bool = True) -> tuple[Tensor, Tensor]:
-    _check_args(y, scales, means, seed, temperature, scale_bound, likelihood_bound)
+                  zero_center: bool, launch: bool = True, eager: bool = False
+                  ) -> tuple[Tensor, Tensor]:
+    """`eager`: called by _EagerQuantize after lic_quant.gaussian_quantize checked the arguments
+    (the op's own checks are skipped), launching through _launch_eager_gpu."""
+    if not eager:
+        _check_args(y, scales, means, seed, temperature, scale_bound, likelihood_bound)
     mode_i = _mode_index(mode)
     y_hat = torch.empty(y.shape, dtype=y.dtype, device=y.device)
     lik = torch.empty(y.shape, dtype=_likelihood_dtype(y.dtype), device=y.device)
@@ -225,16 +256,17 @@ def _forward_body(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tens
                  seed, temperature, _raw(y_hat), lik, n, 0, float(scale_bound),
                  float(likelihood_bound)),
                 dict(MODE=mode_i, ZERO_CENTER=bool(zero_center), HAS_MEANS=m_c is not None,
-                     IS_BF16=y.dtype == torch.bfloat16))
+                     IS_BF16=y.dtype == torch.bfloat16), eager, y.dtype)
     return y_hat, lik
 
 
 def _backward_body(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
                    scales: Tensor, means: Optional[Tensor], seed: Tensor, temperature: Tensor,
                    mode: str, scale_bound: float, likelihood_bound: float, zero_center: bool,
-                   output_mask: Sequence[bool], launch: bool = True
+                   output_mask: Sequence[bool], launch: bool = True, eager: bool = False
                    ) -> tuple[Tensor, Tensor, Tensor]:
-    _check_args(y, scales, means, seed, temperature, scale_bound, likelihood_bound)
+    if not eager:
+        _check_args(y, scales, means, seed, temperature, scale_bound, likelihood_bound)
     mode_i = _mode_index(mode)
     lik_dtype = _likelihood_dtype(y.dtype)
     if grad_likelihoods.shape != y.shape or grad_likelihoods.dtype != lik_dtype or \
@@ -265,14 +297,17 @@ def _backward_body(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Te
                  _raw(gs if need_s else y_c), n, 0, float(scale_bound), float(likelihood_bound)),
                 dict(MODE=mode_i, ZERO_CENTER=bool(zero_center), HAS_MEANS=m_c is not None,
                      HAS_GYHAT=gyh is not None, NEED_GY=need_y, NEED_GMU=need_m, NEED_GS=need_s,
-                     IS_BF16=y.dtype == torch.bfloat16))
+                     IS_BF16=y.dtype == torch.bfloat16), eager, y.dtype)
     return gy, gs, gm
 
 
 if TRITON_ERROR is None:
-    # Under the interpreter the kernels cannot be captured into a graph (wrap_triton hands back
-    # the raw interpreted kernel), so there the triton ops below call these opaque custom ops,
-    # which graphs and fake tensors see as one node with a fake kernel. On GPU they are unused.
+    # Opaque custom ops that graphs and fake tensors see as one node with a fake kernel; the
+    # triton ops below call them (so torch.compile does not trace into the kernels)
+    # - under the interpreter: there the kernels cannot be captured into a graph (wrap_triton
+    #   hands back the raw interpreted kernel);
+    # - on GPU while the kernels take their scalar bounds only as float32 (see
+    #   _inductor_traces_kernels).
 
     @torch.library.custom_op("lic_quant::triton_interpret_forward", mutates_args=())
     def _interpret_forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
@@ -307,7 +342,7 @@ if TRITON_ERROR is None:
                                 temperature: Tensor, mode: str, scale_bound: float,
                                 likelihood_bound: float, zero_center: bool
                                 ) -> tuple[Tensor, Tensor]:
-        if interpreted():
+        if interpreted() or not _inductor_traces_kernels():
             return torch.ops.lic_quant.triton_interpret_forward(
                 y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
                 zero_center)
@@ -320,7 +355,7 @@ if TRITON_ERROR is None:
                                  temperature: Tensor, mode: str, scale_bound: float,
                                  likelihood_bound: float, zero_center: bool,
                                  output_mask: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
-        if interpreted():
+        if interpreted() or not _inductor_traces_kernels():
             return torch.ops.lic_quant.triton_interpret_backward(
                 grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, mode,
                 scale_bound, likelihood_bound, zero_center, output_mask)
@@ -330,15 +365,53 @@ if TRITON_ERROR is None:
     _backward, _setup_context = autograd_for(lambda: torch.ops.lic_quant.triton_quantize_backward)
     triton_quantize_forward.register_autograd(_backward, setup_context=_setup_context)
 
+    def _eager_backward_body(*args):
+        return _backward_body(*args, eager=True)
+
+    _eager_backward, _eager_setup_context = autograd_for(lambda: _eager_backward_body)
+
+    class _EagerQuantize(torch.autograd.Function):
+        """The eager twin of triton_quantize_forward + its autograd: the same bodies and the same
+        saved tensors, without the custom-op dispatch (Python dispatcher, schema checks, the
+        register_autograd wrapper), which costs far more host time than a launch."""
+
+        @staticmethod
+        def forward(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
+                    zero_center):
+            return _forward_body(y, scales, means, seed, temperature, mode, scale_bound,
+                                 likelihood_bound, zero_center, eager=True)
+
+        setup_context = staticmethod(_eager_setup_context)
+        backward = staticmethod(_eager_backward)
+
+
+def _inductor_traces_kernels() -> bool:
+    """Whether torch.compile may trace into the kernels (wrap_triton) on GPU. Inductor passes
+    Python float arguments of user kernels as fp64 (torch._inductor.codegen.triton_utils
+    .signature_of, config._use_fp64_for_unbacked_floats), and the kernels' scale_bound and
+    likelihood_bound must be fp32 there (`Expected dtype ['fp32'] but got fp64` in div_rn).
+    Kernels that convert them (`.to(tl.float32)`: the same rounding as Triton's host-side
+    float32 packing, so the same bits) say so with SCALAR_BOUNDS_ANY_FLOAT = True; until then
+    compiled graphs call the opaque ops, which launch the kernels eagerly."""
+    return bool(getattr(_get_kernels(), "SCALAR_BOUNDS_ANY_FLOAT", False))
+
 
 def gaussian_quantize_triton(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
                              temperature: Tensor, mode: str, scale_bound: float,
-                             likelihood_bound: float, zero_center: bool) -> tuple[Tensor, Tensor]:
-    """(y_hat, likelihoods) through the Triton op; arguments as lic_quant::quantize_forward."""
+                             likelihood_bound: float, zero_center: bool,
+                             checked: bool = False) -> tuple[Tensor, Tensor]:
+    """(y_hat, likelihoods) through the Triton op; arguments as lic_quant::quantize_forward.
+    `checked`: lic_quant.gaussian_quantize has checked the arguments and made the seed and the
+    temperature tensors (then an eager call skips the op's own checks)."""
     check_available(y)
-    return torch.ops.lic_quant.triton_quantize_forward(
-        y, scales, means, seed, temperature, mode, float(scale_bound), float(likelihood_bound),
-        bool(zero_center))
+    if torch.compiler.is_compiling() or not checked:
+        return torch.ops.lic_quant.triton_quantize_forward(
+            y, scales, means, seed, temperature, mode, float(scale_bound),
+            float(likelihood_bound), bool(zero_center))
+    if temperature.device.type == "cpu" and y.device.type == "cpu":
+        _check_temperature_value(temperature)  # the interpreter: as the op does
+    return _EagerQuantize.apply(y, scales, means, seed, temperature, mode, float(scale_bound),
+                                float(likelihood_bound), bool(zero_center))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The registered torch ops: opcheck, gradcheck on the smooth part, torch.compile without graph
-breaks or recompiles, and the argument errors of SPEC section 4."""
+breaks or recompiles, and the argument errors of docs/spec.md section 4."""
 from __future__ import annotations
 
 import pytest

@@ -342,7 +342,10 @@ def test_bit_identical_to_cpp_partial_gradients():
     for requires in ((True, False, False), (False, True, False), (False, False, True)):
         res = []
         for backend, dev in (("cpu", "cpu"), ("triton", DEVICE)):
-            leaves = [t.to(dev).requires_grad_(r) for t, r in zip((y, s, m), requires)]
+            # fresh leaves per backend: requires_grad_ on shared inputs would leak into the
+            # next backend's (non-leaf .to(dev) copies, or gradients accumulated twice on CPU)
+            leaves = [t.detach().clone().to(dev).requires_grad_(r)
+                      for t, r in zip((y, s, m), requires)]
             _, lik = lq.gaussian_quantize(*leaves, mode="mixed", seed=8, likelihood_bound=0.0,
                                           backend=backend)
             lik.backward(g_lik.to(dev))

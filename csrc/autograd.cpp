@@ -1,0 +1,377 @@
+// Autograd of the lic_quant ops in C++, registered for the Autograd key the way PyTorch's own
+// fused ops are: an eager forward + backward then costs one torch::autograd::Function (about a
+// microsecond) instead of a Python autograd.Function (about a hundred microseconds).
+//
+// - quantize_forward: the backward recomputes the noise from the seed and saves only the three
+//   inputs, the seed and the temperature (docs/spec.md section 2).
+// - quantize_backward: its result is not differentiable (docs/spec.md section 4): asking for a
+//   second derivative through the op raises a clear error when that backward runs, like
+//   torch.autograd.function.once_differentiable, instead of silently returning zero.
+// - draw_seed / scalar_tensors (and seed_tensor / temperature_tensor of autograd.h, used by the
+//   eager entry point in ops.cpp): the seed and temperature tensors for plain Python values, made
+//   on the host (no fill or randint kernel), the seed drawn from the default generator of the
+//   device when none is given.
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ScalarOps.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/randint.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "autograd.h"
+
+#ifdef LIC_QUANT_WITH_CUDA
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#endif
+
+namespace lic_quant {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using ForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
+                                             const std::optional<Tensor>&, const Tensor&,
+                                             const Tensor&, c10::string_view, double, double, bool);
+using BackwardFn = std::tuple<Tensor, Tensor, Tensor>(
+    const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
+    const std::optional<Tensor>&, const Tensor&, const Tensor&, c10::string_view, double, double,
+    bool, std::array<bool, 3>);
+
+const c10::TypedOperatorHandle<ForwardFn>& forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lic_quant::quantize_forward", "")
+                             .typed<ForwardFn>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<BackwardFn>& backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lic_quant::quantize_backward", "")
+                             .typed<BackwardFn>();
+  return op;
+}
+
+std::optional<Tensor> opt(const Tensor& t) {
+  return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
+}
+
+std::optional<Tensor> defined_or_nullopt(const std::optional<Tensor>& t) {
+  return (t.has_value() && t->defined()) ? t : std::nullopt;
+}
+
+// The bounds of docs/spec.md section 4 that the kernels' own checks (>= 0) do not cover.
+void check_bounds(double scale_bound, double likelihood_bound) {
+  TORCH_CHECK_VALUE(scale_bound >= 0.0 && std::isfinite(scale_bound),
+                    "lic_quant: scale_bound must be finite and >= 0; got ", scale_bound);
+  TORCH_CHECK_VALUE(likelihood_bound >= 0.0 && likelihood_bound < 1.0,
+                    "lic_quant: likelihood_bound must lie in [0, 1); got ", likelihood_bound);
+}
+
+// ---------------------------------------------------------------------------------------------
+// quantize_backward: once differentiable.
+
+constexpr const char* kSecondDerivative =
+    "lic_quant: the second derivative of gaussian_quantize is not implemented (docs/spec.md "
+    "section 4): a gradient computed with create_graph=True through lic_quant's backward cannot "
+    "be differentiated again";
+
+struct QuantizeBackwardFunction : torch::autograd::Function<QuantizeBackwardFunction> {
+  // Optional tensors go in as std::optional: an undefined at::Tensor cannot be an input.
+  static variable_list forward(AutogradContext* ctx, const std::optional<Tensor>& grad_y_hat,
+                               const Tensor& grad_lik, const Tensor& y, const Tensor& scales,
+                               const std::optional<Tensor>& means, const Tensor& seed,
+                               const Tensor& temperature,
+                               const std::string& mode, double scale_bound,
+                               double likelihood_bound, bool zero_center,
+                               std::array<bool, 3> output_mask) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [gy, gs, gm] = backward_op().call(grad_y_hat, grad_lik, y, scales, means, seed,
+                                           temperature, mode, scale_bound, likelihood_bound,
+                                           zero_center, output_mask);
+    return {gy, gs, gm};
+  }
+
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false, kSecondDerivative);
+    return {};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> quantize_backward_autograd(
+    const std::optional<Tensor>& grad_y_hat, const Tensor& grad_lik, const Tensor& y,
+    const Tensor& scales, const std::optional<Tensor>& means, const Tensor& seed,
+    const Tensor& temperature, c10::string_view mode, double scale_bound,
+    double likelihood_bound, bool zero_center, std::array<bool, 3> output_mask) {
+  // The ordinary backward pass runs with grad mode off: no node, no bookkeeping.
+  if (!at::GradMode::is_enabled()) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return backward_op().call(grad_y_hat, grad_lik, y, scales, means, seed, temperature, mode,
+                              scale_bound, likelihood_bound, zero_center, output_mask);
+  }
+  auto out = QuantizeBackwardFunction::apply(
+      defined_or_nullopt(grad_y_hat), grad_lik, y, scales, defined_or_nullopt(means), seed,
+      temperature, std::string(mode), scale_bound, likelihood_bound, zero_center, output_mask);
+  return {out[0], out[1], out[2]};
+}
+
+// ---------------------------------------------------------------------------------------------
+// quantize_forward.
+
+struct QuantizeFunction : torch::autograd::Function<QuantizeFunction> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& y, const Tensor& scales,
+                               const std::optional<Tensor>& means, const Tensor& seed,
+                               const Tensor& temperature,
+                               const std::string& mode, double scale_bound,
+                               double likelihood_bound, bool zero_center) {
+    Tensor y_hat, lik;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(y_hat, lik) = forward_op().call(y, scales, means, seed, temperature, mode,
+                                               scale_bound, likelihood_bound, zero_center);
+    }
+    const bool has_means = means.has_value();
+    ctx->save_for_backward({y, scales, has_means ? *means : Tensor(), seed, temperature});
+    // Short keys: no heap allocation per key.
+    ctx->saved_data.emplace("mode", mode);
+    ctx->saved_data.emplace("sb", scale_bound);
+    ctx->saved_data.emplace("lb", likelihood_bound);
+    ctx->saved_data.emplace("zc", zero_center);
+    ctx->set_materialize_grads(false);
+    return {y_hat, lik};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor& g_yhat = grads[0];
+    const Tensor& g_lik = grads[1];
+    // One gradient slot per forward argument (nine); only the first three can be defined.
+    variable_list out(9);
+    const bool need_y = ctx->needs_input_grad(0);
+    if (!g_lik.defined()) {
+      // Only y_hat was used: its gradient is the identity, and mu and sigma get none.
+      if (need_y) out[0] = g_yhat;
+      return out;
+    }
+    const auto saved = ctx->get_saved_variables();
+    const Tensor& means = saved[2];
+    // Without means, variable input 2 is the seed (means' slot is not an input at all).
+    const auto& d = ctx->saved_data;
+    const bool has_means = means.defined();
+    const std::array<bool, 3> mask{need_y, ctx->needs_input_grad(1),
+                                   has_means && ctx->needs_input_grad(2)};
+    // With create_graph=True (grad mode on), through the dispatcher's autograd: the result then
+    // carries the once-differentiable node of quantize_backward_autograd. Otherwise straight to
+    // the kernel.
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    auto [gy, gs, gm] = backward_op().call(
+        opt(g_yhat), g_lik, saved[0], saved[1], opt(means), saved[3], saved[4],
+        d.at("mode").toStringRef(), d.at("sb").toDouble(), d.at("lb").toDouble(),
+        d.at("zc").toBool(), mask);
+    if (mask[0]) out[0] = gy;
+    if (mask[1]) out[1] = gs;
+    if (mask[2]) out[2] = gm;
+    return out;
+  }
+};
+
+std::tuple<Tensor, Tensor> quantize_forward_autograd(
+    const Tensor& y, const Tensor& scales, const std::optional<Tensor>& means, const Tensor& seed,
+    const Tensor& temperature, c10::string_view mode, double scale_bound, double likelihood_bound,
+    bool zero_center) {
+  check_bounds(scale_bound, likelihood_bound);
+  if (!at::GradMode::is_enabled() || !(y.requires_grad() || scales.requires_grad() ||
+                                       (means.has_value() && means->defined() &&
+                                        means->requires_grad()))) {
+    at::AutoDispatchBelowADInplaceOrView guard;  // nothing to record
+    return forward_op().call(y, scales, means, seed, temperature, mode, scale_bound,
+                             likelihood_bound, zero_center);
+  }
+  auto out = QuantizeFunction::apply(y, scales, defined_or_nullopt(means), seed, temperature,
+                                     std::string(mode), scale_bound, likelihood_bound,
+                                     zero_center);
+  return {out[0], out[1]};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeds drawn on the host.
+
+#ifdef LIC_QUANT_WITH_CUDA
+// The finalizer of splitmix64: spreads (generator seed, offset) over all 64 bits.
+uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ULL;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+bool capturing_cuda_graph() {
+  return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+}
+
+// One seed from the CUDA generator of `device` without a kernel: the generator's seed and Philox
+// offset, read and advanced on the host as a CUDA RNG kernel would. torch.manual_seed and
+// torch.cuda.manual_seed reset both, so they govern reproducibility. Not during graph capture
+// (the state lives on the device there): callers use a randint kernel then.
+int64_t draw_cuda_seed(const c10::Device& device) {
+  auto gen = at::cuda::detail::getDefaultCUDAGenerator(device.index());
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  const at::PhiloxCudaState state =
+      at::check_generator<at::CUDAGeneratorImpl>(gen)->philox_cuda_state(4);
+  TORCH_INTERNAL_ASSERT(!state.captured_, "lic_quant: CUDA seed drawn on the host during capture");
+  return static_cast<int64_t>(mix64(state.seed_.val ^ mix64(state.offset_.val + 1)));
+}
+#endif
+
+#ifdef LIC_QUANT_WITH_CUDA
+constexpr const char* kDevices = "CPU and CUDA";
+#else
+constexpr const char* kDevices = "CPU";
+#endif
+
+// Bit for bit what torch.randint(-2**63, 2**63 - 1, ()) returns on the CPU (one random64() of
+// the generator, reduced as ATen's uniform_int_from_to does), without dispatching a kernel: so
+// eager calls and compiled graphs that draw with randint (Inductor with fallback_random) agree.
+int64_t draw_cpu_seed() {
+  constexpr uint64_t kRange = ~uint64_t{0};  // (2^63 - 1) - (-2^63)
+  constexpr uint64_t kBase = uint64_t{1} << 63;  // -2^63 as unsigned
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  const uint64_t r = at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
+  return static_cast<int64_t>(r % kRange + kBase);
+}
+
+// lic_quant::draw_seed: the seed the op draws for seed=None, from torch's default generator of
+// `device` (lic_quant.make_seed(None, device) returns it as a tensor).
+int64_t draw_seed(c10::Device device) {
+  if (device.is_cpu()) return draw_cpu_seed();
+#ifdef LIC_QUANT_WITH_CUDA
+  if (device.is_cuda()) {
+    TORCH_CHECK(!capturing_cuda_graph(),
+                "lic_quant: draw_seed cannot draw on the host during CUDA graph capture; pass a "
+                "seed tensor");
+    return draw_cuda_seed(device);
+  }
+#endif
+  TORCH_CHECK(false, "lic_quant: draw_seed supports ", kDevices, " devices; got ", device);
+  return 0;
+}
+
+#ifdef LIC_QUANT_WITH_CUDA
+// Captured: a host buffer would be read at replay, so values are made by kernels the graph
+// replays, and a seed=None draw stays fresh per replay (graph-safe Philox offsets).
+Tensor captured_seed(c10::Device device, std::optional<int64_t> seed) {
+  const auto opts = at::TensorOptions().device(device).dtype(at::kLong);
+  return seed.has_value() ? at::full({}, *seed, opts)
+                          : at::randint(std::numeric_limits<int64_t>::min(),
+                                        std::numeric_limits<int64_t>::max(), {}, opts);
+}
+
+// Host values to the device in one asynchronous copy from pinned memory (the caching host
+// allocator keeps the buffer until the copy is done) instead of a fill or randint kernel each.
+Tensor copy_to_device(c10::Device device, std::initializer_list<int64_t> words) {
+  Tensor host = at::empty({static_cast<int64_t>(words.size())},
+                          at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  std::copy(words.begin(), words.end(), host.mutable_data_ptr<int64_t>());
+  return host.to(device, at::kLong, /*non_blocking=*/true);
+}
+
+int64_t double_bits(double x) {
+  int64_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return bits;
+}
+#endif
+
+[[noreturn]] void unsupported_device(c10::Device device) {
+  TORCH_CHECK(false, "lic_quant: the C++ ops run on ", kDevices, " tensors; got ", device);
+  std::abort();
+}
+
+}  // namespace
+
+Tensor seed_tensor(c10::Device device, std::optional<int64_t> seed) {
+  if (device.is_cpu()) {
+    return at::detail::scalar_tensor_static(seed.has_value() ? *seed : draw_cpu_seed(),
+                                            at::kLong, at::kCPU);
+  }
+#ifdef LIC_QUANT_WITH_CUDA
+  if (device.is_cuda()) {
+    if (capturing_cuda_graph()) return captured_seed(device, seed);
+    return copy_to_device(device, {seed.has_value() ? *seed : draw_cuda_seed(device)})
+        .select(0, 0);
+  }
+#endif
+  unsupported_device(device);
+}
+
+Tensor temperature_tensor(c10::Device device, double temperature) {
+  if (device.is_cpu()) {
+    // A training loop passes one temperature for many steps: reuse its tensor (per thread; the
+    // ops only read it, and it is never handed to the caller).
+    thread_local Tensor last;
+    if (!last.defined() || last.const_data_ptr<double>()[0] != temperature ||
+        std::signbit(last.const_data_ptr<double>()[0]) != std::signbit(temperature)) {
+      last = at::detail::scalar_tensor_static(temperature, at::kDouble, at::kCPU);
+    }
+    return last;
+  }
+#ifdef LIC_QUANT_WITH_CUDA
+  if (device.is_cuda()) {
+    if (capturing_cuda_graph()) {
+      return at::full({}, temperature, at::TensorOptions().device(device).dtype(at::kDouble));
+    }
+    return copy_to_device(device, {double_bits(temperature)}).select(0, 0).view(at::kDouble);
+  }
+#endif
+  unsupported_device(device);
+}
+
+std::tuple<Tensor, Tensor> scalar_tensors(c10::Device device, std::optional<int64_t> seed,
+                                          double temperature) {
+#ifdef LIC_QUANT_WITH_CUDA
+  if (device.is_cuda() && !capturing_cuda_graph()) {
+    // Both values in one copy.
+    Tensor dev = copy_to_device(
+        device, {seed.has_value() ? *seed : draw_cuda_seed(device), double_bits(temperature)});
+    return {dev.select(0, 0), dev.select(0, 1).view(at::kDouble)};
+  }
+#endif
+  return {seed_tensor(device, seed), temperature_tensor(device, temperature)};
+}
+
+namespace {
+
+}  // namespace
+}  // namespace lic_quant
+
+TORCH_LIBRARY_FRAGMENT(lic_quant, m) {
+  // Draws from torch's generators: tagged like aten's random ops, so tracing treats them as such.
+  m.def("draw_seed(Device device) -> int", &lic_quant::draw_seed,
+        {at::Tag::nondeterministic_seeded});
+  m.def("scalar_tensors(Device device, int? seed, float temperature) -> (Tensor, Tensor)",
+        &lic_quant::scalar_tensors, {at::Tag::nondeterministic_seeded});
+}
+
+TORCH_LIBRARY_IMPL(lic_quant, Autograd, m) {
+  m.impl("quantize_forward", &lic_quant::quantize_forward_autograd);
+  m.impl("quantize_backward", &lic_quant::quantize_backward_autograd);
+}
