@@ -430,6 +430,9 @@ def quantize_forward_kernel(
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # 64-bit offsets
     mask = offs < n_elements
+    if ON_GPU:  # Inductor passes Python floats as fp64, Triton's launcher packs them as fp32:
+        scale_bound = scale_bound.to(tl.float32)  # both round to nearest, the same float32
+        likelihood_bound = likelihood_bound.to(tl.float32)
     c, v, dist, sigma, s = _load_residual(
         y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, pid * BLOCK + index_base,
         scale_bound, MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU, BLOCK)
@@ -451,6 +454,9 @@ def quantize_backward_kernel(
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < n_elements
+    if ON_GPU:  # fp64 from Inductor (see the forward kernel)
+        scale_bound = scale_bound.to(tl.float32)
+        likelihood_bound = likelihood_bound.to(tl.float32)
     g_lik = tl.load(g_lik_ptr + offs, mask=mask, other=-1.0)
     c, v, dist, sigma, s = _load_residual(
         y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, pid * BLOCK + index_base,
@@ -501,6 +507,10 @@ def normal_sf_kernel(x_ptr, out_ptr, n_elements, ON_GPU: tl.constexpr, BLOCK: tl
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     tl.store(out_ptr + offs, _normal_sf(x, ON_GPU), mask=mask)
 
+
+# The kernels convert scale_bound and likelihood_bound to float32 themselves, so they take the fp64
+# scalars torch.compile's Inductor passes (lic_quant/triton_ops.py lets Inductor trace into them).
+SCALAR_BOUNDS_ANY_FLOAT = True
 
 # On GPU: autotuned over block size and warps. Under the interpreter triton.autotune with several
 # configs needs a driver, so triton_ops launches the plain kernels with one large block instead.

@@ -156,11 +156,12 @@ LQ_HD BinArgs<double> bin_args(double av, double s) {
   return o;
 }
 
-// The midpoint series is used where h < kSeriesBelow and x < kSeriesBelow: there its truncation
-// (after the h^4 term in float32, h^6 in float64) is below 1e-6 (1e-15) relative, and outside it
-// the difference form loses at most a factor 3 (20) of Q's accuracy to cancellation.
+// The midpoint series is used where h < 1/2 and x < 1/2: there its truncation (after the h^4 term
+// in float32, the h^12 term in float64) is below 1e-6 (1e-16) relative, and outside it the
+// difference form loses at most a factor 1 / (1 - e^{-1/2}) = 2.5 of the tails' accuracy to
+// cancellation.
 LQ_HD bool use_series(const BinArgs<float>& g) { return g.h < 0.5f && g.x < 0.5f; }
-LQ_HD bool use_series(const BinArgs<double>& g) { return g.h < 0.05 && g.x < 0.05; }
+LQ_HD bool use_series(const BinArgs<double>& g) { return g.h < 0.5 && g.x < 0.5; }
 
 // ---------------------------------------------------------------------------------------------
 // The bin mass p (docs/spec.md section 1), finite for every finite av >= 0 and s > 0.
@@ -188,20 +189,28 @@ LQ_HD float bin_probability(const BinArgs<float>& g) {
   return series ? p_series : p_diff;
 }
 
-LQ_HD double bin_probability(const BinArgs<double>& g) {
+// float64: the series term by term, He_n(m) by its recurrence; h, m h < 1/2 make the k-th term
+// below 4^-k / (2k + 1)!, so six terms reach 1e-17.
+LQ_HD double bin_probability(const BinArgs<double>& g, double av, double s) {
   if (use_series(g)) {
-    const double w = g.h * g.h, q = g.x * g.x;
-    // (1/24, 1/1920, 1/322560) times He_2, He_4, He_6 of m, written in w and q = m^2 w.
-    const double poly = 1.0 + (q - w) / 24.0 + (q * q - 6.0 * q * w + 3.0 * w * w) / 1920.0 +
-                        (q * q * q - 15.0 * q * q * w + 45.0 * q * w * w - 15.0 * w * w * w) /
-                            322560.0;
-    const double a = g.a < -64.0 ? -64.0 : g.a;  // phi(m) = phi(a) exp(h^2/8 - x/2); m = a + h/2
-    const double phi_m = 0.3989422804014327 * ::exp(-0.5 * a * a + 0.125 * w - 0.5 * g.x);
-    return g.h * phi_m * poly;
+    const double m = av / s;
+    const double q = 0.25 * g.h * g.h;  // (h/2)^2
+    double he_prev = 1.0, he = m, coef = 1.0, poly = 1.0;  // He_0, He_1
+    for (int n = 1; n < 12; ++n) {
+      const double he_next = m * he - n * he_prev;  // He_{n+1}
+      he_prev = he;
+      he = he_next;
+      if ((n + 1) % 2 == 0) {  // an even order 2k = n + 1
+        coef *= q / ((n + 1) * (n + 2));
+        poly += he * coef;
+      }
+    }
+    return g.h * 0.3989422804014327 * ::exp(-0.5 * m * m) * poly;
   }
   const double qa = normal_sf(g.a < 0.0 ? -g.a : g.a);
   return (g.a < 0.0 ? 1.0 - qa : qa) - normal_sf(g.b);
 }
+LQ_HD float bin_probability(const BinArgs<float>& g, float, float) { return bin_probability(g); }
 
 // ---------------------------------------------------------------------------------------------
 // Its derivatives: dp/d|v| = (phi(b) - phi(a)) / s and dp/ds = (a phi(a) - b phi(b)) / s.
@@ -262,7 +271,8 @@ LQ_HD ForwardOut<T> forward_element(T y, T mu, T sigma, T u, const QuantParams<T
   const Surrogate<T> q = surrogate<T>(p.mode, r, u, p.temperature);
   const T v = p.zero_center ? q.rate : q.rate - mu;
   const T s = bounded_scale(sigma, p);
-  const T prob = bin_probability(bin_args(abs_bits(v), s));
+  const T av = abs_bits(v);
+  const T prob = bin_probability(bin_args(av, s), av, s);
   return {canonical_nan(c + q.distortion), canonical_nan(lower_bound(prob, p.likelihood_bound))};
 }
 
@@ -301,7 +311,9 @@ LQ_HD BackwardOut<T> backward_element(T g_yhat, T g_lik, T y, T mu, T sigma, T u
   const T s = bounded_scale(sigma, p);
   const BinArgs<T> g = bin_args(abs_bits(v), s);
   T g_p = g_lik;
-  if (!skip_likelihood) g_p = pass_if_towards(g_lik, bin_probability(g) >= p.likelihood_bound);
+  if (!skip_likelihood) {
+    g_p = pass_if_towards(g_lik, bin_probability(g, abs_bits(v), s) >= p.likelihood_bound);
+  }
   const BinSlopes<T> d = bin_slopes(g);
   const T dv = with_sign_of(d.d_av, v);
   const T g_v = g_p * dv;
