@@ -426,7 +426,10 @@ def _launch_simple(name: str, x_like: Tensor, n: int, args: tuple) -> None:
 
 def uniform_noise_triton(numel: int, seed: Tensor, *, start: int = 0) -> Tensor:
     """u for logical indices start .. start + numel - 1 (float32), drawn by the Triton kernels'
-    noise function; `start` reaches indices >= 2^32 without allocating them."""
+    noise function; `start` reaches indices >= 2^32 without allocating them. It must be a
+    multiple of 4: the kernels draw whole Philox blocks (noise stream v2)."""
+    if start % 4:
+        raise ValueError(f"lic_quant: start must be a multiple of 4; got {start}")
     out = torch.empty(numel, dtype=torch.float32, device=seed.device)
     if numel:
         _launch_simple("uniform_noise", out, numel, (seed, out, numel, start))
@@ -445,7 +448,10 @@ def normal_sf_triton(x: Tensor) -> Tensor:
 def _quantize_forward_at(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
                          temperature: Tensor, mode: str, scale_bound: float,
                          likelihood_bound: float, zero_center: bool, index_base: int):
-    """The forward kernel with logical indices shifted by index_base (tests of indices >= 2^32)."""
+    """The forward kernel with logical indices shifted by index_base (tests of indices >= 2^32), a
+    multiple of 4 (whole Philox blocks)."""
+    if index_base % 4:
+        raise ValueError(f"lic_quant: index_base must be a multiple of 4; got {index_base}")
     k = _get_kernels()
     on_gpu = not interpreted()
     y_hat = torch.empty_like(y)
