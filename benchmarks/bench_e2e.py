@@ -40,6 +40,7 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import lic_quant  # noqa: E402
 import lic_quant.nn as lqnn  # noqa: E402
+from report import quantile  # noqa: E402  (benchmarks/ is the script's own directory)
 from compressai.models import (  # noqa: E402
     Elic2022Official,
     JointAutoregressiveHierarchicalPriors,
@@ -57,13 +58,6 @@ MODELS = {
     "ELIC": (lambda: Elic2022Official(N=192, M=320),
              lambda: Elic2022Official(N=32, M=64, groups=[8, 8, 16, 32])),
 }
-
-
-def quantile(data, q):
-    data = sorted(data)
-    pos = q * (len(data) - 1)
-    lo, hi = int(pos), min(int(pos) + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
 
 
 def all_likelihoods(obj):

@@ -304,3 +304,11 @@ def latents(model, image: torch.Tensor):
     z_hat, _ = model.entropy_bottleneck(z)
     scales, means = model.h_s(z_hat).chunk(2, 1)
     return y, means, scales
+
+
+def study_main(doc: str, run, argv=None) -> None:
+    """The command line of one study: parse the common arguments, run it, print its files."""
+    args = parse_args(doc.split("\n")[0], argv)
+    paths = run(args.profile, args.out, pick_device(args.device), args.seed)
+    for k, v in paths.items():
+        print(f"{k}: {v}")

@@ -255,10 +255,7 @@ def plot_bound(rows, by_sigma, path: str) -> str:
 
 
 def main(argv=None):
-    args = common.parse_args(__doc__.split("\n")[0], argv)
-    paths = run(args.profile, args.out, common.pick_device(args.device), args.seed)
-    for k, v in paths.items():
-        print(f"{k}: {v}")
+    common.study_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

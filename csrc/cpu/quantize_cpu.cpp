@@ -230,17 +230,30 @@ void backward_reduced(const scalar_t* g_yhat, const float* g_lik, const scalar_t
 // float64: double compute through libm, element by element (the noise is float32 on every
 // backend and widens exactly).
 
-void forward_double(const double* y, const double* mu, const double* sigma, double* y_hat,
-                    double* lik, int64_t numel, uint64_t seed, const QuantParams<double>& p) {
-  const bool noisy = mode_uses_noise(p.mode);
+// fn(i0, n, u) over the blocks of for_each_block with u the block's noise as float32 (zeros where
+// the mode draws none): the element-by-element float64 loops.
+template <typename Fn>
+void for_each_noise_block(int64_t numel, int32_t mode, uint64_t seed, Fn&& fn) {
+  const bool noisy = mode_uses_noise(mode);
   const PhiloxKeys keys = philox_keys(seed);
   for_each_block(numel, [&](int64_t i0, int64_t n) {
     Scratch bu;
-    if (noisy) fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i0));
+    if (noisy) {
+      fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i0));
+    } else {
+      std::fill(bu.a, bu.a + n, 0.0f);
+    }
+    fn(i0, n, bu.a);
+  });
+}
+
+void forward_double(const double* y, const double* mu, const double* sigma, double* y_hat,
+                    double* lik, int64_t numel, uint64_t seed, const QuantParams<double>& p) {
+  for_each_noise_block(numel, p.mode, seed, [&](int64_t i0, int64_t n, const float* u) {
     for (int64_t j = 0; j < n; ++j) {
       const int64_t i = i0 + j;
-      const ForwardOut<double> o = forward_element<double>(
-          y[i], mu ? mu[i] : 0.0, sigma[i], noisy ? static_cast<double>(bu.a[j]) : 0.0, p);
+      const ForwardOut<double> o =
+          forward_element<double>(y[i], mu ? mu[i] : 0.0, sigma[i], static_cast<double>(u[j]), p);
       y_hat[i] = o.y_hat;
       lik[i] = o.likelihood;
     }
@@ -250,18 +263,12 @@ void forward_double(const double* y, const double* mu, const double* sigma, doub
 void backward_double(const double* g_yhat, const double* g_lik, const double* y, const double* mu,
                      const double* sigma, double* gy, double* gmu, double* gs, int64_t numel,
                      uint64_t seed, const QuantParams<double>& p) {
-  const bool noisy = mode_uses_noise(p.mode);
-  const PhiloxKeys keys = philox_keys(seed);
-  for_each_block(numel, [&](int64_t i0, int64_t n) {
-    Scratch bu;
-    if (noisy) fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i0));
+  for_each_noise_block(numel, p.mode, seed, [&](int64_t i0, int64_t n, const float* u) {
     for (int64_t j = 0; j < n; ++j) {
       const int64_t i = i0 + j;
-      const double u = noisy ? static_cast<double>(bu.a[j]) : 0.0;
-      const double gyh = g_yhat ? g_yhat[i] : 0.0;
-      const double m = mu ? mu[i] : 0.0;
-      const BackwardOut<double> o =
-          backward_element<double>(gyh, g_lik[i], y[i], m, sigma[i], u, p, g_lik[i] < 0.0);
+      const BackwardOut<double> o = backward_element<double>(
+          g_yhat ? g_yhat[i] : 0.0, g_lik[i], y[i], mu ? mu[i] : 0.0, sigma[i],
+          static_cast<double>(u[j]), p, g_lik[i] < 0.0);
       if (gy) gy[i] = o.grad_y;
       if (gmu) gmu[i] = o.grad_mu;
       if (gs) gs[i] = o.grad_sigma;
