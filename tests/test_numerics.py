@@ -15,8 +15,22 @@ from lic_quant import triton_ops
 
 MODES = ("noise", "ste", "mixed", "sua")
 FLOAT_MAX = float(torch.finfo(torch.float32).max)
+_HAS_GPU = torch.cuda.is_available()
+# The kernel backends this machine runs: the C++ kernels; Triton (interpreted on CPU tensors here,
+# compiled on CUDA tensors where a GPU is); the CUDA kernels where a GPU and a CUDA build are.
 KERNELS = (["cpu"] if lq.extension_available() else []) + (
-    ["triton"] if triton_ops.TRITON_ERROR is None and triton_ops.interpreted() else [])
+    ["triton"] if triton_ops.TRITON_ERROR is None and (triton_ops.interpreted() or _HAS_GPU)
+    else []) + (["cuda"] if _HAS_GPU and lq.cuda_kernels_built() else [])
+DEVICE = {"reference": "cpu", "cpu": "cpu", "cuda": "cuda",
+          "triton": "cpu" if triton_ops.interpreted() else "cuda"}
+
+
+def gq(*tensors, backend, **kwargs):
+    """lq.gaussian_quantize on the backend's device: inputs moved there (differentiably, so
+    gradients reach the CPU leaves), outputs moved back to the CPU."""
+    dev = DEVICE[backend]
+    moved = [t.to(dev) if isinstance(t, torch.Tensor) else t for t in tensors]
+    return tuple(o.cpu() for o in lq.gaussian_quantize(*moved, backend=backend, **kwargs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +102,7 @@ def test_rounding_is_exact_at_every_binade(backend, dtype):
     y = binade_values(dtype)
     s = torch.ones_like(y)
     for mode in ("ste", "mixed"):
-        y_hat, lik = lq.gaussian_quantize(y, s, mode=mode, seed=3, backend=backend)
+        y_hat, lik = gq(y, s, mode=mode, seed=3, backend=backend)
         # rint: half to even, exact at every magnitude; y_hat = c + n with c = +0 (no means)
         expected = torch.round(y) + 0.0
         view = torch.int64 if dtype == torch.float64 else torch.int32
@@ -98,11 +112,10 @@ def test_rounding_is_exact_at_every_binade(backend, dtype):
             assert torch.equal(y_hat.view(view), expected.view(view))
     # the likelihood sees the rounded residual: 2^22 + 1/2 is 2^22 (even), which is far from 0
     big = torch.tensor([4194304.5, 4194305.5, -4194304.5], dtype=dtype)
-    y_hat, _ = lq.gaussian_quantize(big, torch.ones_like(big), mode="ste", backend=backend)
+    y_hat, _ = gq(big, torch.ones_like(big), mode="ste", backend=backend)
     assert y_hat.tolist() == [4194304.0, 4194306.0, -4194304.0]
     mu = big - 0.5  # residual exactly 1/2: rounds to 0, so the bin is centred
-    _, lik = lq.gaussian_quantize(big, torch.ones_like(big), mu, mode="ste", backend=backend,
-                                  likelihood_bound=0.0)
+    _, lik = gq(big, torch.ones_like(big), mu, mode="ste", backend=backend, likelihood_bound=0.0)
     assert torch.allclose(lik.double(), torch.full((3,), 0.3829249225480262, dtype=torch.float64),
                           rtol=1e-6)
 
@@ -133,7 +146,7 @@ def test_finite_likelihoods_and_gradients_up_to_the_float_maximum(backend, dtype
     s = torch.cat([ss.flatten(), ss.flatten()]).to(dtype)
     for mode in MODES:
         leaves = [y.clone().requires_grad_(True), s.clone().requires_grad_(True)]
-        y_hat, lik = lq.gaussian_quantize(*leaves, mode=mode, seed=11, temperature=0.5,
+        y_hat, lik = gq(*leaves, mode=mode, seed=11, temperature=0.5,
                                           backend=backend)
         if backend == "reference":
             # the reference is the readable formula, not hardened: only the kernels promise this
@@ -149,7 +162,7 @@ def test_huge_negative_latent_has_zero_scale_gradient(backend):
     # the issue's case: (|v| +- 1/2) / s overflows float32; u phi(u) must be 0, not inf * 0
     y = torch.tensor([-1e38], requires_grad=True)
     s = torch.tensor([0.11], requires_grad=True)
-    _, lik = lq.gaussian_quantize(y, s, mode="ste", backend=backend)
+    _, lik = gq(y, s, mode="ste", backend=backend)
     (-lik.log2().sum()).backward()
     assert s.grad.item() == 0.0 and y.grad.item() == 0.0
 
@@ -177,7 +190,7 @@ def test_likelihood_accuracy_at_large_scales(backend):
     s = scales.repeat_interleave(2000)
     v = torch.round(torch.randn(s.shape, generator=g) * s * torch.rand(s.shape, generator=g) * 4)
     v[::7] = 0.0
-    y_hat, p = lq.gaussian_quantize(v, s, mode="ste", likelihood_bound=0.0, backend=backend)
+    y_hat, p = gq(v, s, mode="ste", likelihood_bound=0.0, backend=backend)
     check_accuracy(p, torch.round(v), s)
 
 
@@ -220,7 +233,7 @@ def test_nan_outputs_have_one_bit_pattern(backend, dtype):
     m = torch.tensor([0.0, 0.0, 0.0, 0.0, float("inf"), -float("nan")]).to(dtype)
     leaves = [t.clone().requires_grad_(True) for t in (y, s, m)]
     for mode in MODES:
-        y_hat, lik = lq.gaussian_quantize(*leaves, mode=mode, seed=2, backend=backend)
+        y_hat, lik = gq(*leaves, mode=mode, seed=2, backend=backend)
         gy, gs, gm = torch.autograd.grad((y_hat.double().sum(), lik.double().sum()), leaves,
                                          allow_unused=True)
         for out in (y_hat, lik, gy, gs, gm):
@@ -305,11 +318,23 @@ def test_fuzz(mode, dtype):
     p_raw = lq.gaussian_quantize(y, s, m, mode=mode, seed=77, temperature=0.375,
                                  scale_bound=b_s, likelihood_bound=0.0, backend="cpu")[1]
     check_accuracy(p_raw[sel], v[sel], s_eff[sel], float64=dtype == torch.float64)
+    # the CUDA kernels give the same bits, gradients included (float32 math; float64 uses each
+    # platform's libm)
+    if "cuda" in KERNELS and dtype != torch.float64:
+        dl = [t.clone().requires_grad_(True) for t in (y, s, m)]
+        out_c = gq(*dl, mode=mode, seed=77, temperature=0.375, scale_bound=b_s,
+                   likelihood_bound=b_p, backend="cuda")
+        grads_c = torch.autograd.grad((-out_c[1].double().log2().sum() + out_c[0].double().sum()),
+                                      dl)
+        iv = torch.int16 if dtype != torch.float32 else torch.int32
+        for a, b in zip((*out_c, *grads_c), (y_hat, lik, gy, gs, gm)):
+            view = torch.int32 if a.dtype == torch.float32 else iv
+            assert torch.equal(a.detach().view(view), b.detach().view(view))
     # the Triton kernels give the same bits (a slice: the interpreter is slow)
     if "triton" in KERNELS and dtype != torch.float64:
         k = 4096
-        out_t = lq.gaussian_quantize(y[:k], s[:k], m[:k], mode=mode, seed=77, temperature=0.375,
-                                     backend="triton")
+        out_t = gq(y[:k], s[:k], m[:k], mode=mode, seed=77, temperature=0.375,
+                   backend="triton")
         assert torch.equal(out_t[0].view(torch.int16 if dtype != torch.float32 else torch.int32),
                            y_hat[:k].detach().view(torch.int16 if dtype != torch.float32
                                                    else torch.int32))

@@ -91,13 +91,8 @@ LQ_HD float canonical_nan(float x) {
   return x != x ? bits_float(0x7fffffffu) : x;
 #endif
 }
-LQ_HD double canonical_nan(double x) {
-#if defined(__CUDA_ARCH__)
-  return x;
-#else
-  return x != x ? bits_double(0x7fffffffffffffffull) : x;
-#endif
-}
+// float64 goes through CUDA's libm on the device, whose NaNs need not be canonical: explicit there.
+LQ_HD double canonical_nan(double x) { return x != x ? bits_double(0x7fffffffffffffffull) : x; }
 
 // ---------------------------------------------------------------------------------------------
 // Arguments of the bin mass.
