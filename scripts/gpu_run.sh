@@ -9,7 +9,7 @@
 #   SKIP_BUILD=1 SKIP_BENCH=1 bash scripts/gpu_run.sh   # tests on a warm machine, built before
 #   BENCH_ARGS="--dtypes float32,bfloat16" bash scripts/gpu_run.sh
 # Environment: PYTHON (default python3), CUDA_HOME (default /usr/local/cuda), TEST_TIMEOUT and
-# BENCH_TIMEOUT (seconds, default 220 and 250), TESTS (default tests/test_cuda.py tests/test_triton.py
+# BENCH_TIMEOUT (seconds, default 260 and 230), TESTS (default tests/test_cuda.py tests/test_triton.py
 # tests/test_numerics.py: the last one checks the CUDA and compiled Triton kernels at the numeric
 # edges and their bits against the CPU over the fuzz; one Triton config, no autotuning). The benchmark
 # rewrites its results after every shape (the bar's shape first), so a cut-short run keeps them.
@@ -49,7 +49,7 @@ if [ "${SKIP_TESTS:-0}" != "1" ]; then
   t0=$(date +%s)
   TIMEOUT_OPT=""
   $PY -c "import pytest_timeout" 2>/dev/null && TIMEOUT_OPT="--timeout=200"
-  LIC_QUANT_EXPECT_CUDA_BUILD=1 LIC_QUANT_TRITON_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-220}" $PY -m pytest -q -rs -p no:cacheprovider $TIMEOUT_OPT ${TESTS:-tests/test_cuda.py tests/test_triton.py tests/test_numerics.py} >"$LOGS/tests.log" 2>&1
+  LIC_QUANT_EXPECT_CUDA_BUILD=1 LIC_QUANT_TRITON_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-260}" $PY -m pytest -q -rs -p no:cacheprovider $TIMEOUT_OPT ${TESTS:-tests/test_cuda.py tests/test_triton.py tests/test_numerics.py} >"$LOGS/tests.log" 2>&1
   rc=$?
   grep -E "^(FAILED|ERROR)|passed|failed|SKIPPED" "$LOGS/tests.log" | tail -25
   echo "tests: rc=$rc, $(( $(date +%s) - t0 )) s"
@@ -59,7 +59,7 @@ fi
 if [ "${SKIP_BENCH:-0}" != "1" ]; then
   echo "== benchmark"
   t0=$(date +%s)
-  timeout "${BENCH_TIMEOUT:-250}" $PY benchmarks/bench_gpu.py --out-dir benchmarks/results ${BENCH_ARGS:-} >"$LOGS/bench.log" 2>&1
+  timeout "${BENCH_TIMEOUT:-230}" $PY benchmarks/bench_gpu.py --out-dir benchmarks/results ${BENCH_ARGS:-} >"$LOGS/bench.log" 2>&1
   rc=$?
   echo "benchmark: rc=$rc, $(( $(date +%s) - t0 )) s"
   grep -E "^\[bench\] (device-to-device|triton)" "$LOGS/bench.log"
