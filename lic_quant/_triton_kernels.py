@@ -197,14 +197,18 @@ def _expm1_over_r(r, ON_GPU: tl.constexpr):
 
 
 @triton.jit
+def _reduce_ln2(x, ON_GPU: tl.constexpr):
+    """(k, r) with x = k ln2 + r, |r| <= ln2/2 (normal_dist.h, reduce_ln2)."""
+    k = _round_half_even(_mul(x, 1.44269504, ON_GPU), ON_GPU)
+    return k, _fma(k, 1.90465421e-9, _fma(k, -0.693147182, x, ON_GPU), ON_GPU)
+
+
+@triton.jit
 def _exp_neg_half_square(x, ON_GPU: tl.constexpr):
     a = _upper_bound(_abs(x), 16.0)
     hi = _mul(a, a, ON_GPU)
     lo = _fma(a, a, _neg(hi), ON_GPU)
-    nh = _mul(-0.5, hi, ON_GPU)
-    k = _round_half_even(_mul(nh, 1.44269504, ON_GPU), ON_GPU)
-    r = _fma(k, -0.693147182, nh, ON_GPU)
-    r = _fma(k, 1.90465421e-9, r, ON_GPU)
+    k, r = _reduce_ln2(_mul(-0.5, hi, ON_GPU), ON_GPU)
     r = _fma(-0.5, lo, r, ON_GPU)
     e = _scale_by_exp2(_fma(_expm1_over_r(r, ON_GPU), r, 1.0, ON_GPU), k + 64.0)
     return _mul(e, 5.42101086e-20, ON_GPU)
@@ -212,17 +216,13 @@ def _exp_neg_half_square(x, ON_GPU: tl.constexpr):
 
 @triton.jit
 def _exp_neg(x, ON_GPU: tl.constexpr):
-    k = _round_half_even(_mul(x, -1.44269504, ON_GPU), ON_GPU)
-    r = _fma(k, -0.693147182, _neg(x), ON_GPU)
-    r = _fma(k, 1.90465421e-9, r, ON_GPU)
+    k, r = _reduce_ln2(_neg(x), ON_GPU)
     return _scale_by_exp2(_fma(_expm1_over_r(r, ON_GPU), r, 1.0, ON_GPU), k)
 
 
 @triton.jit
 def _exp_and_expm1(x, ON_GPU: tl.constexpr):
-    k = _round_half_even(_mul(x, 1.44269504, ON_GPU), ON_GPU)
-    r = _fma(k, -0.693147182, x, ON_GPU)
-    r = _fma(k, 1.90465421e-9, r, ON_GPU)
+    k, r = _reduce_ln2(x, ON_GPU)
     p = _mul(_expm1_over_r(r, ON_GPU), r, ON_GPU)
     s = _scale_by_exp2(tl.full(x.shape, 1.0, tl.float32), k)
     return _fma(s, p, s, ON_GPU), _fma(s, p, s - 1.0, ON_GPU)

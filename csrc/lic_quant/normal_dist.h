@@ -94,6 +94,17 @@ LQ_HD float expm1_over_r(float r) {
   return fma_rn(g, r, 1.0f);
 }
 
+// Cody-Waite reduction: x = k ln2 + r with integer-valued k and |r| <= ln2 / 2 (to a few ulps of
+// r), so that e^x = 2^k e^r.
+struct Ln2Reduced {
+  float k;
+  float r;
+};
+LQ_HD Ln2Reduced reduce_ln2(float x) {
+  const float k = round_half_even(x * kLog2e);
+  return {k, fma_rn(k, -kLn2Lo, fma_rn(k, -kLn2Hi, x))};
+}
+
 // Beyond this argument e^{-x} is below 4.5e-38 and only its being tiny matters to the callers: the
 // clamp keeps 2^k normal so that scale_by_exp2 is exact.
 constexpr float kExpNegMaxArg = 86.0f;  // exp(-86) = 4.5e-38
@@ -105,22 +116,17 @@ LQ_HD float exp_neg_half_square(float x) {
   const float a = upper_bound(abs_bits(x), 16.0f);
   const float hi = a * a;
   const float lo = fma_rn(a, a, -hi);  // a^2 = hi + lo exactly
-  const float nh = -0.5f * hi;         // exact
-  const float k = round_half_even(nh * kLog2e);
-  float r = fma_rn(k, -kLn2Hi, nh);
-  r = fma_rn(k, -kLn2Lo, r);
-  r = fma_rn(-0.5f, lo, r);
+  const Ln2Reduced e = reduce_ln2(-0.5f * hi);  // -hi/2 is exact
+  const float r = fma_rn(-0.5f, lo, e.r);
   // k >= -185: e^r 2^(k + 64) is a normal number, and the product by 2^-64 rounds once into the
   // subnormals.
-  return scale_by_exp2(fma_rn(expm1_over_r(r), r, 1.0f), k + 64.0f) * 5.42101086e-20f;
+  return scale_by_exp2(fma_rn(expm1_over_r(r), r, 1.0f), e.k + 64.0f) * 5.42101086e-20f;
 }
 
 // e^{-x} for x in [0, 86] (NaN -> NaN).
 LQ_HD float exp_neg(float x) {
-  const float k = round_half_even(x * -kLog2e);
-  float r = fma_rn(k, -kLn2Hi, -x);
-  r = fma_rn(k, -kLn2Lo, r);
-  return scale_by_exp2(fma_rn(expm1_over_r(r), r, 1.0f), k);
+  const Ln2Reduced e = reduce_ln2(-x);
+  return scale_by_exp2(fma_rn(expm1_over_r(e.r), e.r, 1.0f), e.k);
 }
 
 // e^x and e^x - 1, both to a few ulps in relative terms, for x in [-86, 0.5] (NaN -> NaN).
@@ -129,11 +135,9 @@ struct ExpM1 {
   float expm1;
 };
 LQ_HD ExpM1 exp_and_expm1(float x) {
-  const float k = round_half_even(x * kLog2e);
-  float r = fma_rn(k, -kLn2Hi, x);
-  r = fma_rn(k, -kLn2Lo, r);
-  const float p = expm1_over_r(r) * r;  // e^r - 1
-  const float s = exp2_int(k);
+  const Ln2Reduced e = reduce_ln2(x);
+  const float p = expm1_over_r(e.r) * e.r;  // e^r - 1
+  const float s = exp2_int(e.k);
   return {fma_rn(s, p, s), fma_rn(s, p, s - 1.0f)};
 }
 

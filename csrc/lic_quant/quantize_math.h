@@ -102,7 +102,8 @@ struct BinArgs {
   T h;  // 1 / s
   T a;  // (|v| - 1/2) / s
   T b;  // (|v| + 1/2) / s
-  T x;  // h |v| / s = (b^2 - a^2) / 2
+  T m;  // |v| / s, the bin's midpoint
+  T x;  // h m = (b^2 - a^2) / 2
 };
 
 // num / den from the reciprocal: one product, then the fma residual num - q den (exact) and a
@@ -138,7 +139,8 @@ LQ_HD BinArgs<float> bin_args(float av, float s) {
   o.h = h;
   o.a = refined_quotient(av - 0.5f, s, h);
   o.b = refined_quotient_nonnegative(av + 0.5f, s, h);
-  o.x = h * (av * h);
+  o.m = av * h;
+  o.x = h * o.m;
   return o;
 }
 
@@ -147,7 +149,8 @@ LQ_HD BinArgs<double> bin_args(double av, double s) {
   o.h = 1.0 / s;
   o.a = (av - 0.5) / s;
   o.b = (av + 0.5) / s;
-  o.x = o.h * (av / s);
+  o.m = av / s;
+  o.x = o.h * o.m;
   return o;
 }
 
@@ -186,9 +189,9 @@ LQ_HD float bin_probability(const BinArgs<float>& g) {
 
 // float64: the series term by term, He_n(m) by its recurrence; h, m h < 1/2 make the k-th term
 // below 4^-k / (2k + 1)!, so six terms reach 1e-17.
-LQ_HD double bin_probability(const BinArgs<double>& g, double av, double s) {
+LQ_HD double bin_probability(const BinArgs<double>& g) {
   if (use_series(g)) {
-    const double m = av / s;
+    const double m = g.m;
     const double q = 0.25 * g.h * g.h;  // (h/2)^2
     double he_prev = 1.0, he = m, coef = 1.0, poly = 1.0;  // He_0, He_1
     for (int n = 1; n < 12; ++n) {
@@ -205,7 +208,6 @@ LQ_HD double bin_probability(const BinArgs<double>& g, double av, double s) {
   const double qa = normal_sf(g.a < 0.0 ? -g.a : g.a);
   return (g.a < 0.0 ? 1.0 - qa : qa) - normal_sf(g.b);
 }
-LQ_HD float bin_probability(const BinArgs<float>& g, float, float) { return bin_probability(g); }
 
 // ---------------------------------------------------------------------------------------------
 // Its derivatives: dp/d|v| = (phi(b) - phi(a)) / s and dp/ds = (a phi(a) - b phi(b)) / s.
@@ -218,8 +220,8 @@ struct BinSlopes {
 };
 
 LQ_HD BinSlopes<float> bin_slopes(const BinArgs<float>& g) {
-  // a and b enter products with phi(a), which is 0 (or held tiny) beyond |a| = 13: finite
-  // stand-ins keep those products 0 instead of inf * 0.
+  // a and b enter products with phi(a), which is 0 beyond |a| = 16: finite stand-ins keep those
+  // products 0 instead of inf * 0.
   const float phi_a = kInvSqrt2Pi * exp_neg_half_square(g.a);  // the bin mass's exp, shared
   const float a = upper_bound(lower_bound(g.a, -64.0f), 64.0f);
   const float b = upper_bound(g.b, 64.0f);
@@ -266,8 +268,7 @@ LQ_HD ForwardOut<T> forward_element(T y, T mu, T sigma, T u, const QuantParams<T
   const Surrogate<T> q = surrogate<T>(p.mode, r, u, p.temperature);
   const T v = p.zero_center ? q.rate : q.rate - mu;
   const T s = bounded_scale(sigma, p);
-  const T av = abs_bits(v);
-  const T prob = bin_probability(bin_args(av, s), av, s);
+  const T prob = bin_probability(bin_args(abs_bits(v), s));
   return {canonical_nan(c + q.distortion), canonical_nan(lower_bound(prob, p.likelihood_bound))};
 }
 
@@ -307,7 +308,7 @@ LQ_HD BackwardOut<T> backward_element(T g_yhat, T g_lik, T y, T mu, T sigma, T u
   const BinArgs<T> g = bin_args(abs_bits(v), s);
   T g_p = g_lik;
   if (!skip_likelihood) {
-    g_p = pass_if_towards(g_lik, bin_probability(g, abs_bits(v), s) >= p.likelihood_bound);
+    g_p = pass_if_towards(g_lik, bin_probability(g) >= p.likelihood_bound);
   }
   const BinSlopes<T> d = bin_slopes(g);
   const T dv = with_sign_of(d.d_av, v);
