@@ -45,17 +45,17 @@ void check_like(const at::Tensor& t, const at::Tensor& y, const char* name) {
 bool exact_tensor(PyObject* o) { return THPVariable_CheckExact(o); }
 
 // lic_quant._C.quantize_eager(y, scales, means, seed, temperature, mode, scale_bound,
-// likelihood_bound, zero_center): the eager forward of gaussian_quantize on the C++/CUDA kernels,
-// entered from Python once (the Python API calls it first). Host seeds and temperatures become
-// 0-dim tensors without a kernel (csrc/autograd.h). It returns NotImplemented for anything it
-// does not handle itself (tensor subclasses, sparse tensors, seed or temperature tensors of
-// another dtype, shape or device, devices other than CPU and CUDA, non-number scalars), which the
-// Python API then takes through its checked path; the rest is checked here, with the Python
-// API's messages, or by the ops.
+// likelihood_bound, zero_center, backend): the eager forward of gaussian_quantize on the C++/CUDA
+// kernels, entered from Python once (the Python API calls it first). Host seeds and temperatures
+// become 0-dim tensors without a kernel (csrc/autograd.h). It returns NotImplemented for anything
+// it does not handle itself (backends other than "auto" and the one of y's device, tensor
+// subclasses, sparse tensors, seed or temperature tensors of another dtype, shape or device,
+// devices other than CPU and CUDA, non-number scalars), which the Python API then takes through
+// its checked path; the rest is checked here, with the Python API's messages, or by the ops.
 PyObject* quantize_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  if (nargs != 9) {
-    PyErr_SetString(PyExc_TypeError, "quantize_eager takes 9 positional arguments");
+  if (nargs != 10) {
+    PyErr_SetString(PyExc_TypeError, "quantize_eager takes 10 positional arguments");
     return nullptr;
   }
   PyObject *y_o = args[0], *s_o = args[1], *m_o = args[2], *seed_o = args[3], *temp_o = args[4];
@@ -65,7 +65,8 @@ PyObject* quantize_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (!exact_tensor(y_o) || !exact_tensor(s_o) || (has_means && !exact_tensor(m_o)) ||
       !(seed_o == Py_None || PyLong_CheckExact(seed_o) || seed_is_tensor) ||
       !(plain_number(temp_o) || temp_is_tensor) || !PyUnicode_CheckExact(args[5]) ||
-      !plain_number(args[6]) || !plain_number(args[7]) || !PyBool_Check(args[8])) {
+      !plain_number(args[6]) || !plain_number(args[7]) || !PyBool_Check(args[8]) ||
+      !PyUnicode_CheckExact(args[9])) {
     Py_RETURN_NOTIMPLEMENTED;
   }
   const at::Tensor& y = THPVariable_Unpack(y_o);
@@ -75,6 +76,15 @@ PyObject* quantize_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
                      (!has_means || THPVariable_Unpack(m_o).layout() == at::kStrided);
   const bool device_ok = device.is_cpu() || (kWithCuda && device.is_cuda());
   if (!dense || !device_ok) Py_RETURN_NOTIMPLEMENTED;
+  // backend: "auto", or the name of y's device ("cpu", "cuda"); anything else (the reference,
+  // Triton, a mismatch or a typo) is the Python path's to run or to reject with its message.
+  Py_ssize_t backend_len = 0;
+  const char* backend_chars = PyUnicode_AsUTF8AndSize(args[9], &backend_len);
+  if (backend_chars == nullptr) return nullptr;
+  const c10::string_view backend(backend_chars, static_cast<size_t>(backend_len));
+  if (backend != "auto" && backend != (device.is_cuda() ? "cuda" : "cpu")) {
+    Py_RETURN_NOTIMPLEMENTED;
+  }
   // Tensors the ops take as they are: 0-dim, on y's device, of the schema's dtype.
   auto usable = [&](PyObject* o, at::ScalarType dtype) {
     const at::Tensor& t = THPVariable_Unpack(o);

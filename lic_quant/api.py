@@ -168,16 +168,14 @@ def gaussian_quantize(
     """
     # The eager path of the C++/CUDA kernels, entered once: plain tensors and Python values are
     # checked in C++ (with the messages below) and the seed and temperature tensors are made there
-    # without a kernel. Anything else (tensor seeds or temperatures, subclasses, torch.compile,
-    # torch function modes) returns NotImplemented there or skips it, and takes the path below.
-    if _EAGER is not None and (backend == "auto" or backend == "cpu" or backend == "cuda") \
-            and not _is_compiling() and not _torch_function_mode_enabled():
-        if backend == "auto" or (isinstance(y, torch.Tensor)
-                                 and backend == ("cuda" if y.is_cuda else "cpu")):
-            out = _EAGER(y, scales, means, seed, temperature, mode, scale_bound,
-                         likelihood_bound, zero_center)
-            if out is not NotImplemented:
-                return out
+    # without a kernel. Anything else (the reference and Triton backends, subclasses, seed or
+    # temperature tensors the ops cannot take as they are, torch.compile, torch function modes)
+    # returns NotImplemented there or skips it, and takes the path below.
+    if _EAGER is not None and not _is_compiling() and not _torch_function_mode_enabled():
+        out = _EAGER(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
+                     zero_center, backend)
+        if out is not NotImplemented:
+            return out
     _check_tensor("y", y)
     _check_tensor("scales", scales, y)
     if means is not None:

@@ -140,6 +140,88 @@ def test_autograd_saves_only_the_inputs_and_gives_requested_gradients():
 
 
 @needs_cpp
+def test_autograd_node_edges_and_saved_tensor_checks():
+    """The hand-written node (csrc/autograd.cpp): one node for both outputs with an edge per
+    differentiable input, buffers freed after a backward, and the version checks of saved tensors
+    (an in-place change of y or of the seed between forward and backward would give gradients of
+    other values or of other noise)."""
+    y, s, m = make_inputs((3, 4), torch.float32)
+    leaves = [t.clone().requires_grad_() for t in (y, s, m)]
+    y_hat, lik = lq.gaussian_quantize(*leaves, seed=1, backend="cpu")
+    fn = y_hat.grad_fn
+    assert lik.grad_fn is fn and fn.name() == "GaussianQuantizeBackward"
+    assert [f.variable for f, _ in fn.next_functions] == leaves
+    _, lik2 = lq.gaussian_quantize(leaves[0], s, seed=1, backend="cpu")  # sigma needs no grad
+    assert len(lik2.grad_fn.next_functions) == 2 and lik2.grad_fn.next_functions[1][0] is None
+
+    lik.sum().backward()
+    with pytest.raises(RuntimeError, match="second time"):
+        lik.sum().backward()
+
+    z = leaves[0] * 1
+    _, lik = lq.gaussian_quantize(z, leaves[1], seed=1, backend="cpu")
+    z.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        lik.sum().backward()
+    seed = torch.tensor(5)
+    _, lik = lq.gaussian_quantize(leaves[0], leaves[1], seed=seed, backend="cpu")
+    seed.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        lik.sum().backward()
+
+
+@needs_cpp
+def test_forward_mode_ad_raises():
+    """No forward-mode formula: a dual input raises instead of giving outputs without tangents
+    (what a torch::autograd::Function did silently)."""
+    import torch.autograd.forward_ad as fwAD
+
+    y, s, _ = make_inputs((2, 5), torch.float32)
+    with fwAD.dual_level():
+        for args in ((fwAD.make_dual(y, torch.ones_like(y)), s),
+                     (y, fwAD.make_dual(s, torch.ones_like(s)))):
+            with pytest.raises(NotImplementedError, match="forward-mode"):
+                lq.gaussian_quantize(*args, seed=1, backend="cpu")
+    with pytest.raises(NotImplementedError, match="forward-mode"):
+        torch.func.jvp(lambda t: lq.gaussian_quantize(t, s, seed=1, backend="cpu")[1], (y,),
+                       (torch.ones_like(y),))
+
+
+@needs_cpp
+def test_compiled_autograd_matches_eager():
+    """Compiled autograd traces the node through its compiled_args / apply_with_saved."""
+    from torch._dynamo import compiled_autograd
+
+    y, s, m = make_inputs((4, 6), torch.float32)
+    g_yhat, g_lik = make_upstream(y.shape, torch.float32, torch.float32)
+
+    def step():
+        leaves = [t.clone().requires_grad_() for t in (y, s, m)]
+        y_hat, lik = lq.gaussian_quantize(*leaves, mode="mixed", seed=9, backend="cpu")
+        torch.autograd.backward([y_hat, lik], [g_yhat, g_lik])
+        return [t.grad for t in leaves]
+
+    want = step()
+    torch._dynamo.reset()
+    with compiled_autograd._enable(torch.compile(backend="eager", fullgraph=True)):
+        got = step()
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+@needs_cpp
+def test_backend_names_the_eager_entry_leaves_to_python():
+    """The C entry runs backend "auto" and the backend of y's device only; the others reach the
+    Python checks and their messages."""
+    y, s, _ = make_inputs((2, 3), torch.float32)
+    with pytest.raises((RuntimeError, ValueError), match="backend='cuda'"):
+        lq.gaussian_quantize(y, s, backend="cuda")
+    ref = lq.gaussian_quantize(y, s, mode="noise", seed=4, backend="reference")
+    cpu = lq.gaussian_quantize(y, s, mode="noise", seed=4, backend="cpu")
+    assert torch.equal(ref[0], cpu[0])
+
+
+@needs_cpp
 def test_no_grad_and_inference_mode():
     y, s, m = (t.requires_grad_() for t in make_inputs((3, 4), torch.float32))
     want = lq.gaussian_quantize(y, s, m, seed=3, backend="cpu")
