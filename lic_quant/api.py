@@ -109,7 +109,7 @@ def _temperature_tensor(temperature, device: torch.device) -> torch.Tensor:
         # A CPU value is checked here (cheap); reading a CUDA one would synchronize, and a traced
         # one has no value yet: those are the caller's to keep in [0, 1].
         if temperature.device.type == "cpu" and not torch.compiler.is_compiling():
-            _check_scalar("temperature", float(temperature), 0.0, 1.0)
+            _check_scalar("temperature", float(temperature.detach()), 0.0, 1.0)
         return temperature.reshape(()).to(device=device, dtype=torch.float64, non_blocking=True)
     _check_scalar("temperature", temperature, 0.0, 1.0)
     return torch.full((), float(temperature), dtype=torch.float64, device=device)

@@ -172,7 +172,7 @@ def _check_temperature_value(temperature: Tensor) -> None:
     """The C++ ops' check of T in [0, 1], done where reading T costs no GPU synchronization: on
     CPU tensors (the interpreter), eagerly. CUDA tensor temperatures are not read (see above)."""
     if temperature.device.type == "cpu" and not torch.compiler.is_compiling():
-        t = float(temperature)
+        t = float(temperature.detach())
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"lic_quant: temperature must lie in [0, 1]; got {t}")
 
