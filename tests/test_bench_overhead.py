@@ -1,0 +1,37 @@
+"""Smoke tests of the host-overhead benchmarks (they are run by hand, so CI keeps them working):
+each runs to its end on a tiny budget and prints every row. No timing is asserted."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import lic_quant as lq
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(not lq.extension_available(), reason="C++ extension not built")
+
+
+def _run(script, *args, timeout):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args],
+                         capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_bench_overhead_prints_every_case_and_the_bar():
+    text = _run("bench_overhead.py", "--quick", timeout=300)
+    for case in ("torch.mul forward", "torch.mul + torch.add (2 outputs)",
+                 "gaussian_quantize fwd + autograd.grad", "likelihoods only", "with means",
+                 "backend='reference'"):
+        assert re.search(re.escape(case) + r".*\d+\.\d+x", text), case
+    assert re.search(r"bar \(issue 9\): .* = \d+\.\d+x", text)
+
+
+def test_bench_overhead_cpp_prints_every_row():
+    text = _run("bench_overhead_cpp.py", "--calls", "50", timeout=600)
+    rows = dict(re.findall(r"^(\S.*?)\s+(\d+\.\d+)$", text, flags=re.M))
+    assert len(rows) == 12 and all(float(v) > 0 for v in rows.values()), text
