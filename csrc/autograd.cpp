@@ -18,10 +18,10 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/randint.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/dynamo/compiled_autograd.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -49,7 +49,6 @@ namespace lic_quant {
 namespace {
 
 using at::Tensor;
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 using ForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
@@ -78,10 +77,6 @@ std::optional<Tensor> opt(const Tensor& t) {
   return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
 }
 
-std::optional<Tensor> defined_or_nullopt(const std::optional<Tensor>& t) {
-  return (t.has_value() && t->defined()) ? t : std::nullopt;
-}
-
 // The bounds of docs/spec.md section 4 that the kernels' own checks (>= 0) do not cover.
 void check_bounds(double scale_bound, double likelihood_bound) {
   TORCH_CHECK_VALUE(scale_bound >= 0.0 && std::isfinite(scale_bound),
@@ -91,58 +86,11 @@ void check_bounds(double scale_bound, double likelihood_bound) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// quantize_backward: once differentiable.
-
-constexpr const char* kSecondDerivative =
-    "lic_quant: the second derivative of gaussian_quantize is not implemented (docs/spec.md "
-    "section 4): a gradient computed with create_graph=True through lic_quant's backward cannot "
-    "be differentiated again";
-
-struct QuantizeBackwardFunction : torch::autograd::Function<QuantizeBackwardFunction> {
-  // Optional tensors go in as std::optional: an undefined at::Tensor cannot be an input.
-  static variable_list forward(AutogradContext* ctx, const std::optional<Tensor>& grad_y_hat,
-                               const Tensor& grad_lik, const Tensor& y, const Tensor& scales,
-                               const std::optional<Tensor>& means, const Tensor& seed,
-                               const Tensor& temperature,
-                               const std::string& mode, double scale_bound,
-                               double likelihood_bound, bool zero_center,
-                               std::array<bool, 3> output_mask) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [gy, gs, gm] = backward_op().call(grad_y_hat, grad_lik, y, scales, means, seed,
-                                           temperature, mode, scale_bound, likelihood_bound,
-                                           zero_center, output_mask);
-    return {gy, gs, gm};
-  }
-
-  static variable_list backward(AutogradContext*, variable_list) {
-    TORCH_CHECK(false, kSecondDerivative);
-    return {};
-  }
-};
-
-std::tuple<Tensor, Tensor, Tensor> quantize_backward_autograd(
-    const std::optional<Tensor>& grad_y_hat, const Tensor& grad_lik, const Tensor& y,
-    const Tensor& scales, const std::optional<Tensor>& means, const Tensor& seed,
-    const Tensor& temperature, c10::string_view mode, double scale_bound,
-    double likelihood_bound, bool zero_center, std::array<bool, 3> output_mask) {
-  // The ordinary backward pass runs with grad mode off: no node, no bookkeeping.
-  if (!at::GradMode::is_enabled()) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return backward_op().call(grad_y_hat, grad_lik, y, scales, means, seed, temperature, mode,
-                              scale_bound, likelihood_bound, zero_center, output_mask);
-  }
-  auto out = QuantizeBackwardFunction::apply(
-      defined_or_nullopt(grad_y_hat), grad_lik, y, scales, defined_or_nullopt(means), seed,
-      temperature, std::string(mode), scale_bound, likelihood_bound, zero_center, output_mask);
-  return {out[0], out[1], out[2]};
-}
-
-// ---------------------------------------------------------------------------------------------
-// quantize_forward: a hand-written autograd node, as PyTorch's code generator writes them for its
-// own ops. A torch::autograd::Function (CppNode) would do the same work through generic
-// machinery (per call: an argument walk over all nine inputs, a context with a string-keyed map,
-// VariableInfo records, output wrapping) that cost about 2 us forward and 3 us backward on a
-// 64-element call, more than the kernels.
+// Hand-written autograd nodes, as PyTorch's code generator writes them for its own ops. A
+// torch::autograd::Function (CppNode) would do the same work through generic machinery (per call:
+// an argument walk over all the op's arguments, a context with a string-keyed map, VariableInfo
+// records, output wrapping) that cost about 2 us forward and 3 us backward on a 64-element call,
+// more than the kernels; and functorch transforms (torch.func.grad, vjp) refuse it.
 
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
@@ -160,6 +108,74 @@ P make_node() {
     return c10::make_intrusive<N>();
   }
 }
+
+bool has_forward_grad(const Tensor& t) { return t.defined() && t._fw_grad(0).defined(); }
+
+constexpr const char* kNoForwardMode =
+    "lic_quant: gaussian_quantize has no forward-mode derivative (torch.autograd.forward_ad, "
+    "torch.func.jvp); use reverse mode (backward, torch.autograd.grad, torch.func.grad)";
+
+// ---------------------------------------------------------------------------------------------
+// quantize_backward: once differentiable.
+
+constexpr const char* kSecondDerivative =
+    "lic_quant: the second derivative of gaussian_quantize is not implemented (docs/spec.md "
+    "section 4): a gradient computed with create_graph=True through lic_quant's backward cannot "
+    "be differentiated again";
+
+// The node of the gradients computed with grad mode on (create_graph=True, torch.func.grad): the
+// gradients themselves are right; differentiating them again raises, like
+// torch.autograd.function.once_differentiable, instead of silently returning zero.
+struct GaussianQuantizeBackwardBackward : Node {
+  std::string name() const override { return "GaussianQuantizeBackwardBackward"; }
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&&) override {
+    TORCH_CHECK(false, kSecondDerivative);
+    return {};
+  }
+
+  void compiled_args(torch::autograd::CompiledNodeArgs&) const override {}
+
+  torch::autograd::variable_list apply_with_saved(const torch::autograd::variable_list& grads,
+                                                  torch::autograd::SwapSavedVariables&) override {
+    return apply(torch::autograd::variable_list(grads));
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> quantize_backward_autograd(
+    const std::optional<Tensor>& grad_y_hat, const Tensor& grad_lik, const Tensor& y,
+    const Tensor& scales, const std::optional<Tensor>& means, const Tensor& seed,
+    const Tensor& temperature, c10::string_view mode, double scale_bound,
+    double likelihood_bound, bool zero_center, std::array<bool, 3> output_mask) {
+  const Tensor g_yhat = grad_y_hat.has_value() ? *grad_y_hat : Tensor();
+  const Tensor m = means.has_value() ? *means : Tensor();
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      !(has_forward_grad(g_yhat) || has_forward_grad(grad_lik) || has_forward_grad(y) ||
+        has_forward_grad(scales) || has_forward_grad(m)),
+      kNoForwardMode);
+  std::tuple<Tensor, Tensor, Tensor> out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = backward_op().call(grad_y_hat, grad_lik, y, scales, means, seed, temperature, mode,
+                             scale_bound, likelihood_bound, zero_center, output_mask);
+  }
+  // The ordinary backward pass runs with grad mode off: no node, no bookkeeping.
+  auto requires_grad = [](const Tensor& t) { return t.defined() && t.requires_grad(); };
+  if (!at::GradMode::is_enabled() ||
+      !(requires_grad(g_yhat) || requires_grad(grad_lik) || requires_grad(y) ||
+        requires_grad(scales) || requires_grad(m))) {
+    return out;
+  }
+  NodePtr fn = make_node<GaussianQuantizeBackwardBackward>();
+  fn->set_next_edges(torch::autograd::collect_next_edges(g_yhat, grad_lik, y, scales, m));
+  torch::autograd::set_history(std::get<0>(out), fn);
+  torch::autograd::set_history(std::get<1>(out), fn);
+  torch::autograd::set_history(std::get<2>(out), fn);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// quantize_forward.
 
 struct GaussianQuantizeBackward : Node {
   // y, scales and means (when given) are this node's outputs 0, 1, 2 (its next edges).
@@ -196,8 +212,8 @@ struct GaussianQuantizeBackward : Node {
     if (!(mask[0] || mask[1] || mask[2])) return out;
     const Tensor means = has_means_ ? means_.unpack() : Tensor();
     // With create_graph=True (grad mode on), through the dispatcher's autograd: the result then
-    // carries the once-differentiable node of quantize_backward_autograd. Otherwise straight to
-    // the kernel.
+    // carries the node of quantize_backward_autograd that refuses a second derivative. Otherwise
+    // straight to the kernel.
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
     auto [gy, gs, gm] = backward_op().call(opt(g_yhat), g_lik, y_.unpack(), scales_.unpack(),
@@ -243,8 +259,6 @@ struct GaussianQuantizeBackward : Node {
   }
 };
 
-bool has_forward_grad(const Tensor& t) { return t.defined() && t._fw_grad(0).defined(); }
-
 std::tuple<Tensor, Tensor> quantize_forward_autograd(
     const Tensor& y, const Tensor& scales, const std::optional<Tensor>& means_in,
     const Tensor& seed, const Tensor& temperature, c10::string_view mode, double scale_bound,
@@ -255,8 +269,7 @@ std::tuple<Tensor, Tensor> quantize_forward_autograd(
   // silently without tangents.
   TORCH_CHECK_NOT_IMPLEMENTED(
       !(has_forward_grad(y) || has_forward_grad(scales) || has_forward_grad(means)),
-      "lic_quant: gaussian_quantize has no forward-mode derivative (torch.autograd.forward_ad, "
-      "torch.func.jvp); use reverse mode (backward, torch.autograd.grad)");
+      kNoForwardMode);
   const bool record = at::GradMode::is_enabled() &&
                       (y.requires_grad() || scales.requires_grad() ||
                        (means.defined() && means.requires_grad()));

@@ -188,6 +188,25 @@ def test_forward_mode_ad_raises():
 
 
 @needs_cpp
+def test_torch_func_grad_and_its_second_derivative():
+    """torch.func.grad runs the backward with grad mode on (create_graph): its gradients equal
+    the ordinary ones, and a gradient of that gradient raises the op's second-derivative error.
+    (A torch::autograd::Function refused functorch transforms altogether.)"""
+    y, s, m = make_inputs((3, 5), torch.float32)
+
+    def rate(y, s, m):
+        return lq.gaussian_quantize(y, s, m, mode="mixed", seed=2, backend="cpu")[1].log().sum()
+
+    got = torch.func.grad(rate, argnums=(0, 1, 2))(y, s, m)
+    leaves = [t.clone().requires_grad_() for t in (y, s, m)]
+    rate(*leaves).backward()
+    for a, b in zip(got, leaves):
+        assert torch.equal(a, b.grad)
+    with pytest.raises(RuntimeError, match="second derivative"):
+        torch.func.grad(lambda s: torch.func.grad(rate)(y, s, m).sum())(s)
+
+
+@needs_cpp
 def test_compiled_autograd_matches_eager():
     """Compiled autograd traces the node through its compiled_args / apply_with_saved."""
     from torch._dynamo import compiled_autograd
