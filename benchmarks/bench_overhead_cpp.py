@@ -19,26 +19,21 @@ import tempfile
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 import lic_quant as lq  # noqa: E402
 
 SOURCE = r"""
 #include <torch/extension.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <ATen/ScalarOps.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <chrono>
 
+#include "lic_quant/op_handles.h"
+
 using at::Tensor;
-using ForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
-                                             const std::optional<Tensor>&, const Tensor&,
-                                             const Tensor&, c10::string_view, double, double, bool);
-using BackwardFn = std::tuple<Tensor, Tensor, Tensor>(
-    const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
-    const std::optional<Tensor>&, const Tensor&, const Tensor&, c10::string_view, double, double,
-    bool, std::array<bool, 3>);
 
 // Best of 7 rounds of `calls` calls, in us per call: the least disturbed round of a shared VM.
 template <class F>
@@ -56,12 +51,8 @@ double per_call_us(F f, int calls) {
 
 std::vector<std::pair<std::string, double>> measure(Tensor y, Tensor s, int64_t calls) {
   pybind11::gil_scoped_release no_gil;  // the autograd engine refuses to run holding the GIL
-  static const auto fwd = c10::Dispatcher::singleton()
-                              .findSchemaOrThrow("lic_quant::quantize_forward", "")
-                              .typed<ForwardFn>();
-  static const auto bwd = c10::Dispatcher::singleton()
-                              .findSchemaOrThrow("lic_quant::quantize_backward", "")
-                              .typed<BackwardFn>();
+  const auto& fwd = lic_quant::forward_op();
+  const auto& bwd = lic_quant::backward_op();
   const int n = static_cast<int>(calls);
   const Tensor seed = at::detail::scalar_tensor_static(7, at::kLong, at::kCPU);
   const Tensor temp = at::detail::scalar_tensor_static(1.0, at::kDouble, at::kCPU);
@@ -125,7 +116,8 @@ def main(argv=None) -> int:
     build = os.path.join(tempfile.gettempdir(), "lic_quant_bench_overhead_cpp")
     os.makedirs(build, exist_ok=True)
     module = load_inline("lic_quant_bench_overhead_cpp", cpp_sources=SOURCE,
-                         functions=["measure"], extra_cflags=["-O2"], build_directory=build)
+                         functions=["measure"], extra_cflags=["-O2"], build_directory=build,
+                         extra_include_paths=[os.path.join(ROOT, "csrc")])
     g = torch.Generator().manual_seed(0)
     y = torch.randn(args.numel, generator=g).requires_grad_()
     s = (torch.rand(args.numel, generator=g) + 0.2).requires_grad_()

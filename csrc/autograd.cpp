@@ -39,6 +39,7 @@
 #include <type_traits>
 
 #include "autograd.h"
+#include "lic_quant/op_handles.h"
 
 #ifdef LIC_QUANT_WITH_CUDA
 #include <ATen/cuda/CUDAGeneratorImpl.h>
@@ -50,28 +51,6 @@ namespace {
 
 using at::Tensor;
 using torch::autograd::variable_list;
-
-using ForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
-                                             const std::optional<Tensor>&, const Tensor&,
-                                             const Tensor&, c10::string_view, double, double, bool);
-using BackwardFn = std::tuple<Tensor, Tensor, Tensor>(
-    const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
-    const std::optional<Tensor>&, const Tensor&, const Tensor&, c10::string_view, double, double,
-    bool, std::array<bool, 3>);
-
-const c10::TypedOperatorHandle<ForwardFn>& forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lic_quant::quantize_forward", "")
-                             .typed<ForwardFn>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<BackwardFn>& backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lic_quant::quantize_backward", "")
-                             .typed<BackwardFn>();
-  return op;
-}
 
 std::optional<Tensor> opt(const Tensor& t) {
   return t.defined() ? std::optional<Tensor>(t) : std::nullopt;

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "autograd.h"
+#include "lic_quant/op_handles.h"
 
 #include <cmath>
 #include <optional>
@@ -16,10 +17,6 @@
 
 namespace lic_quant {
 namespace {
-
-using ForwardFn = std::tuple<at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-    const at::Tensor&, c10::string_view, double, double, bool);
 
 #ifdef LIC_QUANT_WITH_CUDA
 constexpr bool kWithCuda = true;
@@ -150,11 +147,8 @@ PyObject* quantize_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     } else {
       std::tie(seed_t, temp_t) = scalar_tensors(device, seed, temperature);
     }
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("lic_quant::quantize_forward", "")
-                               .typed<ForwardFn>();
-    out = op.call(y, scales, means, seed_t, temp_t, mode, scale_bound, likelihood_bound,
-                  zero_center);
+    out = forward_op().call(y, scales, means, seed_t, temp_t, mode, scale_bound, likelihood_bound,
+                            zero_center);
   }
   PyObject* result = PyTuple_New(2);
   if (result == nullptr) return nullptr;
