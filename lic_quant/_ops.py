@@ -75,11 +75,17 @@ SECOND_DERIVATIVE_ERROR = (
 
 class _OnceDifferentiable(torch.autograd.Function):
     """Runs a backward op; differentiating its results raises SECOND_DERIVATIVE_ERROR. Its node
-    is linked to the backward's inputs, so any second derivative that reaches them raises."""
+    is linked to the backward's inputs, so any second derivative that reaches them raises.
+    forward without ctx plus setup_context: the form functorch transforms accept (torch.func.grad
+    runs the backward with grad mode on, so it comes through here)."""
 
     @staticmethod
-    def forward(ctx, op, *args):
+    def forward(op, *args):
         return op(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
 
     @staticmethod
     def backward(ctx, *grads):

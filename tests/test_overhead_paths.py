@@ -187,15 +187,29 @@ def test_forward_mode_ad_raises():
                        (torch.ones_like(y),))
 
 
-@needs_cpp
-def test_torch_func_grad_and_its_second_derivative():
+def _kernel_backends():
+    """(backend, device) of the kernel backends this machine runs, as in test_numerics.py."""
+    from lic_quant import triton_ops
+
+    gpu = torch.cuda.is_available()
+    out = [("cpu", "cpu")] if lq.extension_available() else []
+    if triton_ops.TRITON_ERROR is None and (triton_ops.interpreted() or gpu):
+        out.append(("triton", "cpu" if triton_ops.interpreted() else "cuda"))
+    if gpu and lq.cuda_kernels_built():
+        out.append(("cuda", "cuda"))
+    return out
+
+
+@pytest.mark.parametrize("backend,device", _kernel_backends())
+def test_torch_func_grad_and_its_second_derivative(backend, device):
     """torch.func.grad runs the backward with grad mode on (create_graph): its gradients equal
     the ordinary ones, and a gradient of that gradient raises the op's second-derivative error.
-    (A torch::autograd::Function refused functorch transforms altogether.)"""
-    y, s, m = make_inputs((3, 5), torch.float32)
+    (functorch refused the torch::autograd::Function the C++ autograd was, and the ctx-style
+    autograd.Function of the Python twin used by Triton.)"""
+    y, s, m = (t.to(device) for t in make_inputs((3, 5), torch.float32))
 
     def rate(y, s, m):
-        return lq.gaussian_quantize(y, s, m, mode="mixed", seed=2, backend="cpu")[1].log().sum()
+        return lq.gaussian_quantize(y, s, m, mode="mixed", seed=2, backend=backend)[1].log().sum()
 
     got = torch.func.grad(rate, argnums=(0, 1, 2))(y, s, m)
     leaves = [t.clone().requires_grad_() for t in (y, s, m)]
