@@ -108,16 +108,16 @@ constexpr const char* kSecondDerivative =
 struct GaussianQuantizeBackwardBackward : Node {
   std::string name() const override { return "GaussianQuantizeBackwardBackward"; }
 
-  torch::autograd::variable_list apply(torch::autograd::variable_list&&) override {
+  variable_list apply(variable_list&&) override {
     TORCH_CHECK(false, kSecondDerivative);
     return {};
   }
 
   void compiled_args(torch::autograd::CompiledNodeArgs&) const override {}
 
-  torch::autograd::variable_list apply_with_saved(const torch::autograd::variable_list& grads,
-                                                  torch::autograd::SwapSavedVariables&) override {
-    return apply(torch::autograd::variable_list(grads));
+  variable_list apply_with_saved(const variable_list& grads,
+                                 torch::autograd::SwapSavedVariables&) override {
+    return apply(variable_list(grads));
   }
 };
 
@@ -175,11 +175,11 @@ struct GaussianQuantizeBackward : Node {
     temperature_.reset_data();
   }
 
-  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+  variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
     const Tensor& g_yhat = grads[0];
     const Tensor& g_lik = grads[1];
-    torch::autograd::variable_list out(has_means_ ? 3 : 2);
+    variable_list out(has_means_ ? 3 : 2);
     const bool need_y = task_should_compute_output(0);
     if (!g_lik.defined()) {
       // Only y_hat was used: its gradient is the identity, and mu and sigma get none.
@@ -220,15 +220,14 @@ struct GaussianQuantizeBackward : Node {
     args.collect(has_means_);
   }
 
-  torch::autograd::variable_list apply_with_saved(
-      const torch::autograd::variable_list& grads,
-      torch::autograd::SwapSavedVariables& saved) override {
+  variable_list apply_with_saved(const variable_list& grads,
+                                 torch::autograd::SwapSavedVariables& saved) override {
     saved.before(y_);
     saved.before(scales_);
     saved.before(means_);
     saved.before(seed_);
     saved.before(temperature_);
-    auto out = apply(torch::autograd::variable_list(grads));
+    auto out = apply(variable_list(grads));
     saved.after(y_);
     saved.after(scales_);
     saved.after(means_);
