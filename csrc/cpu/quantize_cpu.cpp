@@ -24,8 +24,12 @@ constexpr int64_t kBlock = 256;
 // Elements per task of at::parallel_for: large enough to hide the scheduling cost.
 constexpr int64_t kGrain = 32768;
 
-#if defined(LQ_CPU_CLONES_AVX2)  // a build without the AVX-512 clone, to time the AVX2 one
+// Builds with fewer clones run another ISA's code on this machine: tests/test_cpu_isa_variants.py
+// checks that every clone gives the same bits, and the AVX2 one can be timed on an AVX-512 host.
+#if defined(LQ_CPU_CLONES_AVX2)  // no AVX-512 clone
 #define LQ_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(LQ_CPU_CLONES_BASELINE)  // baseline x86-64 (SSE2) code only
+#define LQ_CLONES
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define LQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
