@@ -195,9 +195,9 @@ def _broadcast(inputs: Tensor, scales: Tensor, means: Optional[Tensor]):
     broadcasts them (e.g. per-channel scales of shape (1, C, 1, 1)). The fused op wants equal
     shapes; `expand` is a view whose backward sums the gradient over the broadcast dimensions,
     so a per-channel scale gets the sum over its channel, as in CompressAI."""
+    if scales.shape == inputs.shape and (means is None or means.shape == inputs.shape):
+        return inputs, scales, means  # the usual case, checked first: this runs every step
     tensors = [t for t in (inputs, scales, means) if t is not None]
-    if all(t.shape == inputs.shape for t in tensors):
-        return inputs, scales, means
     try:
         shape = torch.broadcast_shapes(*(t.shape for t in tensors))
     except RuntimeError as exc:
@@ -332,7 +332,9 @@ class _FusedQuantizationMixin:
         zero gradient)."""
         if training is None:
             training = self.training
-        shared, self._shared_noise = self._shared_noise, None
+        shared = self._shared_noise
+        if shared is not None:  # (nn.Module's attribute assignment is slow: only when set)
+            self._shared_noise = None
         if not training:
             # Rounding needs no noise: a fixed seed leaves torch's generator untouched, as
             # CompressAI's eval does.
