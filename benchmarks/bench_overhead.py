@@ -71,6 +71,12 @@ def make_cases(n: int, dtype: torch.dtype):
         y_hat, lik = lq.gaussian_quantize(y, s, backend="cpu", seed=seed_t, temperature=temp_t)
         torch.autograd.grad((y_hat, lik), (y, s), (g_y, g_lik))
 
+    module = lq.nn.GaussianConditional(None, mode="sua", backend="cpu").train()
+
+    def module_step():  # the CompressAI drop-in, as a model calls it
+        y_hat, lik = module(y, s)
+        torch.autograd.grad((y_hat, lik), (y, s), (g_y, g_lik))
+
     def reference_step():
         y_hat, lik = lq.gaussian_quantize(y, s, backend="reference", seed=None)
         torch.autograd.grad((y_hat, lik), (y, s), (g_y, g_lik))
@@ -84,6 +90,7 @@ def make_cases(n: int, dtype: torch.dtype):
         "  likelihoods only (1 output)": fused_step_rate,
         "  with means (3 grads)": fused_step_means,
         "  seed and T as tensors": fused_step_tensors,
+        "  nn.GaussianConditional": module_step,
         "  backend='reference'": reference_step,
     }
 

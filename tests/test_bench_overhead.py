@@ -25,7 +25,7 @@ def _run(script, *args, timeout):
 def test_bench_overhead_prints_every_case_and_the_bar():
     text = _run("bench_overhead.py", "--quick", timeout=300)
     for case in ("torch.mul forward", "torch.mul + torch.add (2 outputs)",
-                 "gaussian_quantize fwd + autograd.grad", "likelihoods only", "with means",
+                 "gaussian_quantize fwd + autograd.grad", "likelihoods only", "with means", "nn.GaussianConditional",
                  "backend='reference'"):
         assert re.search(re.escape(case) + r".*\d+\.\d+x", text), case
     assert re.search(r"bar \(issue 9\): .* = \d+\.\d+x", text)
