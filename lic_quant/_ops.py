@@ -21,9 +21,11 @@ try:
     EXTENSION_ERROR: Exception | None = None
     # The eager forward entered once from Python (csrc/ops.cpp), used by lic_quant.api.
     EAGER_ENTRY = _C.quantize_eager
+    # Its checks and seed/temperature tensors alone, for the Triton backend's eager calls.
+    EAGER_ARGUMENTS = _C.eager_arguments
 except ImportError as exc:  # the package still works with backend="reference"
     EXTENSION_ERROR = exc
-    EAGER_ENTRY = None
+    EAGER_ENTRY = EAGER_ARGUMENTS = None
 
 BUILD_HINT = ("build it with `pip install --no-build-isolation .` (or, in a checkout, "
               "`python setup.py build_ext --inplace`)")

@@ -116,6 +116,7 @@ def _temperature_tensor(temperature, device: torch.device) -> torch.Tensor:
 
 
 _EAGER = _ops.EAGER_ENTRY
+_EAGER_ARGUMENTS = _ops.EAGER_ARGUMENTS
 _is_compiling = torch.compiler.is_compiling
 _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
 
@@ -172,10 +173,23 @@ def gaussian_quantize(
     # temperature tensors the ops cannot take as they are, torch.compile, torch function modes)
     # returns NotImplemented there or skips it, and takes the path below.
     if _EAGER is not None and not _is_compiling() and not _torch_function_mode_enabled():
-        out = _EAGER(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
-                     zero_center, backend)
-        if out is not NotImplemented:
-            return out
+        if backend != "triton":
+            out = _EAGER(y, scales, means, seed, temperature, mode, scale_bound,
+                         likelihood_bound, zero_center, backend)
+            if out is not NotImplemented:
+                return out
+        elif isinstance(y, torch.Tensor):
+            # Triton launches from Python: the same checks, seed and temperature in C, then the
+            # launch (availability first, so an unavailable backend draws no seed).
+            from . import triton_ops
+
+            triton_ops.check_available(y)
+            args = _EAGER_ARGUMENTS(y, scales, means, seed, temperature, mode, scale_bound,
+                                    likelihood_bound, zero_center)
+            if args is not NotImplemented:
+                return triton_ops.gaussian_quantize_triton(
+                    y, scales, means, args[0], args[1], mode, float(scale_bound),
+                    float(likelihood_bound), zero_center, checked=True)
     _check_tensor("y", y)
     _check_tensor("scales", scales, y)
     if means is not None:

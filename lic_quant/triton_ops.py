@@ -401,9 +401,11 @@ def gaussian_quantize_triton(y: Tensor, scales: Tensor, means: Optional[Tensor],
                              likelihood_bound: float, zero_center: bool,
                              checked: bool = False) -> tuple[Tensor, Tensor]:
     """(y_hat, likelihoods) through the Triton op; arguments as lic_quant::quantize_forward.
-    `checked`: lic_quant.gaussian_quantize has checked the arguments and made the seed and the
-    temperature tensors (then an eager call skips the op's own checks)."""
-    check_available(y)
+    `checked`: lic_quant.gaussian_quantize has checked the arguments and the backend's
+    availability and made the seed and the temperature tensors (then an eager call skips the op's
+    own checks)."""
+    if not checked:
+        check_available(y)
     if torch.compiler.is_compiling() or not checked:
         return torch.ops.lic_quant.triton_quantize_forward(
             y, scales, means, seed, temperature, mode, float(scale_bound),

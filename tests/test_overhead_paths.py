@@ -220,6 +220,33 @@ def test_torch_func_grad_and_its_second_derivative(backend, device):
         torch.func.grad(lambda s: torch.func.grad(rate)(y, s, m).sum())(s)
 
 
+@pytest.mark.parametrize("backend,device", [b for b in _kernel_backends() if b[0] == "triton"])
+def test_triton_eager_arguments_made_in_c(backend, device):
+    """Triton's eager calls take their checks, seed and temperature from the C entry
+    (_C.eager_arguments): host values give what tensor arguments give, seed=None follows
+    torch.manual_seed as make_seed does, and bad arguments get the API's messages."""
+    y, s, m = (t.to(device) for t in make_inputs((3, 37), torch.float32))
+    host = lq.gaussian_quantize(y, s, m, mode="sua", temperature=0.25, seed=11, backend=backend)
+    tensors = lq.gaussian_quantize(
+        y, s, m, mode="sua", temperature=torch.tensor(0.25, dtype=torch.float64, device=device),
+        seed=torch.tensor(11, device=device), backend=backend)
+    assert torch.equal(host[0], tensors[0]) and torch.equal(host[1], tensors[1])
+    torch.manual_seed(3)
+    drawn = lq.gaussian_quantize(y, s, m, mode="noise", backend=backend)
+    torch.manual_seed(3)
+    seed = lq.make_seed(None, y.device)
+    again = lq.gaussian_quantize(y, s, m, mode="noise", seed=seed, backend=backend)
+    assert torch.equal(drawn[0], again[0]) and torch.equal(drawn[1], again[1])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        lq.gaussian_quantize(y, s, mode="round", backend=backend)
+    with pytest.raises(ValueError, match="scales must have the shape of y"):
+        lq.gaussian_quantize(y, s[:, :3], backend=backend)
+    with pytest.raises(ValueError, match="temperature"):
+        lq.gaussian_quantize(y, s, temperature=1.5, backend=backend)
+    with pytest.raises(ValueError, match="likelihood_bound"):
+        lq.gaussian_quantize(y, s, likelihood_bound=1.0, backend=backend)
+
+
 @needs_cpp
 def test_compiled_autograd_matches_eager():
     """Compiled autograd traces the node through its compiled_args / apply_with_saved."""
