@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "autograd.h"
+#include "lic_quant/op_args.h"
 #include "lic_quant/op_handles.h"
 
 #include <cmath>
@@ -29,16 +30,6 @@ constexpr int64_t kReleaseGilFrom = 1 << 16;
 
 // A Python int or float (not bool, not a subclass: those take the checked Python path).
 bool plain_number(PyObject* o) { return PyFloat_CheckExact(o) || PyLong_CheckExact(o); }
-
-// The same messages as lic_quant/api.py's checks.
-void check_like(const at::Tensor& t, const at::Tensor& y, const char* name) {
-  TORCH_CHECK_VALUE(t.sizes() == y.sizes(), "lic_quant: ", name, " must have the shape of y ",
-                    y.sizes(), "; got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == y.scalar_type(), "lic_quant: ", name,
-                   " must have the dtype of y (", y.scalar_type(), "); got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == y.device(), "lic_quant: ", name, " must be on the device of y (",
-                    y.device(), "); got ", t.device());
-}
 
 bool exact_tensor(PyObject* o) { return THPVariable_CheckExact(o); }
 
@@ -114,10 +105,7 @@ Parsed parse_eager(PyObject* const* args, EagerCall& call) {
     call.means = THPVariable_Unpack(m_o);
     check_like(*call.means, y, "means");
   }
-  const c10::string_view m = call.mode;
-  TORCH_CHECK_VALUE(m == "noise" || m == "ste" || m == "mixed" || m == "sua",
-                    "lic_quant: mode must be one of ('noise', 'ste', 'mixed', 'sua'); got '",
-                    std::string(m), "'");
+  parse_mode(call.mode);  // checked here too: the Triton backend never reaches the C++ ops
   if (!temp_is_tensor) {
     TORCH_CHECK_VALUE(temperature >= 0.0 && temperature <= 1.0,
                       "lic_quant: temperature must be [0.0, 1.0]; got ", temperature);

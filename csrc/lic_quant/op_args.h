@@ -21,17 +21,18 @@ inline int32_t parse_mode(c10::string_view mode) {
   if (mode == "ste") return kSte;
   if (mode == "mixed") return kMixed;
   if (mode == "sua") return kSua;
-  TORCH_CHECK_VALUE(false, "lic_quant: mode must be one of 'noise', 'ste', 'mixed', 'sua'; got '",
+  TORCH_CHECK_VALUE(false, "lic_quant: mode must be one of ('noise', 'ste', 'mixed', 'sua'); got '",
                     std::string(mode), "'");
 }
 
+// The messages (and exception types) of lic_quant/api.py's checks.
 inline void check_like(const at::Tensor& t, const at::Tensor& y, const char* name) {
   TORCH_CHECK_VALUE(t.sizes() == y.sizes(), "lic_quant: ", name, " must have the shape of y ",
                     y.sizes(), "; got ", t.sizes());
   TORCH_CHECK_TYPE(t.scalar_type() == y.scalar_type(), "lic_quant: ", name,
                    " must have the dtype of y (", y.scalar_type(), "); got ", t.scalar_type());
-  TORCH_CHECK(t.device() == y.device(), "lic_quant: ", name, " must be on the device of y (",
-              y.device(), "); got ", t.device());
+  TORCH_CHECK_VALUE(t.device() == y.device(), "lic_quant: ", name, " must be on the device of y (",
+                    y.device(), "); got ", t.device());
 }
 
 // Checks shared by forward and backward; y's dtype must be a supported floating type.
