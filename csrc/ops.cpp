@@ -1,6 +1,7 @@
-// Schemas of the lic_quant ops and the Python module lic_quant._C. Implementations:
-// cpu/quantize_cpu.cpp (CPU key), cuda/quantize_cuda.cu (CUDA key), autograd.cpp (Autograd key,
-// draw_seed, scalar_tensors); fake kernels: lic_quant/_ops.py.
+// Schemas of the lic_quant ops and the Python module lic_quant._C: the C++ route's eager entry
+// (quantize_eager) and the lists of csrc/lic_quant/checks.h. Implementations: cpu/quantize_cpu.cpp
+// (CPU key), cuda/quantize_cuda.cu (CUDA key), autograd.cpp (Autograd key), host_scalars.cpp
+// (draw_seed, scalar_tensors); fake kernels: lic_quant/_ops.py.
 #include <Python.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/Exceptions.h>
@@ -8,8 +9,8 @@
 #include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
-#include "autograd.h"
-#include "lic_quant/op_args.h"
+#include "host_scalars.h"
+#include "lic_quant/checks.h"
 #include "lic_quant/op_handles.h"
 
 #include <cmath>
@@ -38,19 +39,27 @@ struct EagerCall {
   at::Tensor y, scales;
   std::optional<at::Tensor> means;
   at::Tensor seed, temperature;
-  c10::string_view mode;
+  c10::string_view mode, family;
   double scale_bound = 0.0, likelihood_bound = 0.0;
   bool zero_center = true;
 };
 
 enum class Parsed { kOk, kNotHandled, kError };
 
-// Checks the nine arguments of gaussian_quantize (y, scales, means, seed, temperature, mode,
-// scale_bound, likelihood_bound, zero_center) with the Python API's messages and makes the seed
-// and temperature tensors (csrc/autograd.h: no kernel). kNotHandled for anything the Python path
-// must see (tensor subclasses, sparse tensors, seed or temperature tensors of another dtype,
-// shape or device, devices other than CPU and CUDA, non-number scalars, seeds >= 2^63); kError
-// with a Python exception set.
+bool utf8(PyObject* o, c10::string_view& out) {
+  Py_ssize_t len = 0;
+  const char* chars = PyUnicode_AsUTF8AndSize(o, &len);
+  if (chars == nullptr) return false;
+  out = c10::string_view(chars, static_cast<size_t>(len));
+  return true;
+}
+
+// Checks the arguments of lic_quant.quantize (y, scales, means, seed, temperature, mode,
+// scale_bound, likelihood_bound, zero_center, family) with checks.h and makes the seed and
+// temperature tensors (host_scalars.h: no kernel). kNotHandled for anything the Python path must
+// see (tensor subclasses, sparse tensors, seed or temperature tensors of another dtype, shape or
+// device, devices other than CPU and CUDA, non-number scalars, seeds >= 2^63); kError with a
+// Python exception set.
 Parsed parse_eager(PyObject* const* args, EagerCall& call) {
   PyObject *y_o = args[0], *s_o = args[1], *m_o = args[2], *seed_o = args[3], *temp_o = args[4];
   const bool has_means = m_o != Py_None;
@@ -59,7 +68,8 @@ Parsed parse_eager(PyObject* const* args, EagerCall& call) {
   if (!exact_tensor(y_o) || !exact_tensor(s_o) || (has_means && !exact_tensor(m_o)) ||
       !(seed_o == Py_None || PyLong_CheckExact(seed_o) || seed_is_tensor) ||
       !(plain_number(temp_o) || temp_is_tensor) || !PyUnicode_CheckExact(args[5]) ||
-      !plain_number(args[6]) || !plain_number(args[7]) || !PyBool_Check(args[8])) {
+      !plain_number(args[6]) || !plain_number(args[7]) || !PyBool_Check(args[8]) ||
+      !PyUnicode_CheckExact(args[9])) {
     return Parsed::kNotHandled;
   }
   const at::Tensor& y = THPVariable_Unpack(y_o);
@@ -91,31 +101,15 @@ Parsed parse_eager(PyObject* const* args, EagerCall& call) {
   call.scale_bound = PyFloat_AsDouble(args[6]);
   call.likelihood_bound = PyFloat_AsDouble(args[7]);
   if (PyErr_Occurred()) return Parsed::kError;  // an int too large for a double
-  Py_ssize_t mode_len = 0;
-  const char* mode_chars = PyUnicode_AsUTF8AndSize(args[5], &mode_len);
-  if (mode_chars == nullptr) return Parsed::kError;
-  call.mode = c10::string_view(mode_chars, static_cast<size_t>(mode_len));
+  if (!utf8(args[5], call.mode) || !utf8(args[9], call.family)) return Parsed::kError;
   call.zero_center = args[8] == Py_True;
-
-  TORCH_CHECK_TYPE(y.is_floating_point(),
-                   "lic_quant: y must be float16, bfloat16, float32 or float64; got ",
-                   y.scalar_type());
-  check_like(scales, y, "scales");
-  if (has_means) {
-    call.means = THPVariable_Unpack(m_o);
-    check_like(*call.means, y, "means");
-  }
-  parse_mode(call.mode);  // checked here too: the Triton backend never reaches the C++ ops
-  if (!temp_is_tensor) {
-    TORCH_CHECK_VALUE(temperature >= 0.0 && temperature <= 1.0,
-                      "lic_quant: temperature must be [0.0, 1.0]; got ", temperature);
-  }
-  // Also checked by the Autograd kernel, which inference mode skips.
-  TORCH_CHECK_VALUE(call.scale_bound >= 0.0 && std::isfinite(call.scale_bound),
-                    "lic_quant: scale_bound must be finite and >= 0; got ", call.scale_bound);
-  TORCH_CHECK_VALUE(call.likelihood_bound >= 0.0 && call.likelihood_bound < 1.0,
-                    "lic_quant: likelihood_bound must lie in [0, 1); got ",
-                    call.likelihood_bound);
+  if (has_means) call.means = THPVariable_Unpack(m_o);
+  // The kernels check all of this again (any caller of the ops may reach them); checking first
+  // here keeps a bad call from drawing a seed.
+  check_call(y, scales, call.means, call.family, call.mode, call.scale_bound,
+             call.likelihood_bound);
+  // A float temperature is checked here: the CUDA kernels cannot read theirs without a sync.
+  if (!temp_is_tensor) check_unit_interval("temperature", temperature);
   call.y = y;
   call.scales = scales;
   if (seed_is_tensor && temp_is_tensor) {
@@ -142,22 +136,20 @@ PyObject* pair(at::Tensor a, at::Tensor b) {
 }
 
 // lic_quant._C.quantize_eager(y, scales, means, seed, temperature, mode, scale_bound,
-// likelihood_bound, zero_center, backend) -> (y_hat, likelihoods): the eager forward of
-// gaussian_quantize on the C++/CUDA kernels, entered from Python once (the Python API calls it
+// likelihood_bound, zero_center, family, backend) -> (y_hat, likelihoods): the eager forward of
+// lic_quant.quantize on the C++/CUDA kernels, entered from Python once (the Python API calls it
 // first). NotImplemented for backends other than "auto" and the one of y's device (the
 // reference, Triton, a mismatch or a typo: the Python path's to run or to reject with its
 // message) and for what parse_eager does not handle.
 PyObject* quantize_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  if (nargs != 10) {
-    PyErr_SetString(PyExc_TypeError, "quantize_eager takes 10 positional arguments");
+  if (nargs != 11) {
+    PyErr_SetString(PyExc_TypeError, "quantize_eager takes 11 positional arguments");
     return nullptr;
   }
-  if (!PyUnicode_CheckExact(args[9]) || !exact_tensor(args[0])) Py_RETURN_NOTIMPLEMENTED;
-  Py_ssize_t backend_len = 0;
-  const char* backend_chars = PyUnicode_AsUTF8AndSize(args[9], &backend_len);
-  if (backend_chars == nullptr) return nullptr;
-  const c10::string_view backend(backend_chars, static_cast<size_t>(backend_len));
+  if (!PyUnicode_CheckExact(args[10]) || !exact_tensor(args[0])) Py_RETURN_NOTIMPLEMENTED;
+  c10::string_view backend;
+  if (!utf8(args[10], backend)) return nullptr;
   const bool on_cuda = THPVariable_Unpack(args[0]).device().is_cuda();
   if (backend != "auto" && backend != (on_cuda ? "cuda" : "cpu")) Py_RETURN_NOTIMPLEMENTED;
   EagerCall c;
@@ -173,38 +165,24 @@ PyObject* quantize_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     std::optional<pybind11::gil_scoped_release> no_gil;
     if (c.y.numel() >= kReleaseGilFrom) no_gil.emplace();
     out = forward_op().call(c.y, c.scales, c.means, c.seed, c.temperature, c.mode, c.scale_bound,
-                            c.likelihood_bound, c.zero_center);
+                            c.likelihood_bound, c.zero_center, c.family);
   }
   return pair(std::move(std::get<0>(out)), std::move(std::get<1>(out)));
   END_HANDLE_TH_ERRORS
 }
 
-// lic_quant._C.eager_arguments(y, scales, means, seed, temperature, mode, scale_bound,
-// likelihood_bound, zero_center) -> (seed tensor, temperature tensor): the same checks and the
-// same seed and temperature as quantize_eager, for backends that launch their kernels from
-// Python (Triton); NotImplemented where quantize_eager would return it.
-PyObject* eager_arguments(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  if (nargs != 9) {
-    PyErr_SetString(PyExc_TypeError, "eager_arguments takes 9 positional arguments");
-    return nullptr;
+template <size_t N>
+PyObject* names_tuple(const std::array<const char*, N>& names) {
+  PyObject* t = PyTuple_New(N);
+  for (size_t i = 0; t != nullptr && i < N; ++i) {
+    PyTuple_SET_ITEM(t, i, PyUnicode_FromString(names[i]));
   }
-  EagerCall c;
-  switch (parse_eager(args, c)) {
-    case Parsed::kNotHandled: Py_RETURN_NOTIMPLEMENTED;
-    case Parsed::kError: return nullptr;
-    case Parsed::kOk: break;
-  }
-  return pair(std::move(c.seed), std::move(c.temperature));
-  END_HANDLE_TH_ERRORS
+  return t;
 }
 
 PyMethodDef methods[] = {
     {"quantize_eager", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(quantize_eager)),
-     METH_FASTCALL, "The eager forward of lic_quant.gaussian_quantize (see lic_quant/api.py)."},
-    {"eager_arguments",
-     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(eager_arguments)), METH_FASTCALL,
-     "Checked arguments, seed and temperature tensors of an eager call (Triton backend)."},
+     METH_FASTCALL, "The eager forward of lic_quant.quantize (see lic_quant/api.py)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
@@ -215,17 +193,28 @@ extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
                                           lic_quant::methods};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  // checks.h's lists, compared with lic_quant/_checks.py's by the tests.
+  if (PyModule_AddObject(module, "MODES", lic_quant::names_tuple(lic_quant::kModeNames)) != 0 ||
+      PyModule_AddObject(module, "FAMILIES", lic_quant::names_tuple(lic_quant::kFamilyNames)) !=
+          0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 
 TORCH_LIBRARY(lic_quant, m) {
   m.def(
       "quantize_forward(Tensor y, Tensor scales, Tensor? means, Tensor seed, Tensor temperature, "
-      "str mode, float scale_bound, float likelihood_bound, bool zero_center) -> (Tensor, Tensor)");
+      "str mode, float scale_bound, float likelihood_bound, bool zero_center, "
+      "str family=\"gaussian\") -> (Tensor, Tensor)");
   m.def(
       "quantize_backward(Tensor? grad_y_hat, Tensor grad_likelihoods, Tensor y, Tensor scales, "
       "Tensor? means, Tensor seed, Tensor temperature, str mode, float scale_bound, "
-      "float likelihood_bound, bool zero_center, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+      "float likelihood_bound, bool zero_center, bool[3] output_mask, str family=\"gaussian\") "
+      "-> (Tensor, Tensor, Tensor)");
   m.def("uniform_noise(Tensor seed, SymInt[] size) -> Tensor");
 }

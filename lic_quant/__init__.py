@@ -1,14 +1,17 @@
-"""lic_quant: fused quantization surrogates and discretized-Gaussian likelihoods for learned
-image compression (docs/spec.md). ``gaussian_quantize`` is the op; ``reference`` its readable
-pure-PyTorch definition."""
+"""lic_quant: fused quantization surrogates and discretized likelihoods for learned image
+compression (docs/spec.md). ``quantize`` (and ``gaussian_quantize``) is the op; ``reference`` its
+readable pure-PyTorch definition."""
 import importlib
 
 from . import reference, schedules
+from ._checks import BACKENDS, FAMILIES, MODES
 from ._ops import cuda_kernels_built, extension_available
-from .api import gaussian_quantize, make_seed, uniform_noise
-from .reference import MODES, gaussian_quantize_reference
+from .api import gaussian_quantize, make_seed, quantize, uniform_noise
+from .reference import gaussian_quantize_reference, quantize_reference
 
 __all__ = [
+    "BACKENDS",
+    "FAMILIES",
     "MODES",
     "cuda_kernels_built",
     "extension_available",
@@ -16,6 +19,8 @@ __all__ = [
     "gaussian_quantize_reference",
     "make_seed",
     "nn",
+    "quantize",
+    "quantize_reference",
     "reference",
     "schedules",
     "uniform_noise",

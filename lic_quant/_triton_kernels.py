@@ -1,9 +1,9 @@
 """Triton kernels of lic_quant (docs/spec.md sections 1-3): one fused pass forward, one fused pass
 backward.
 
-Imported lazily by lic_quant/triton_ops.py on the first Triton launch, because ``triton.jit``
-reads TRITON_INTERPRET when a kernel is decorated: set it before the first ``backend="triton"``
-call to run these kernels on CPU tensors in Triton's interpreter.
+Imported by lic_quant/triton_ops.py, itself imported on the first ``backend="triton"`` call;
+``triton.jit`` reads TRITON_INTERPRET when a kernel is decorated: set it before then to run these
+kernels on CPU tensors in Triton's interpreter.
 
 Every per-element function below is a line-by-line port of csrc/lic_quant/{philox,normal_dist,
 quantize_math}.h, float32 only, written with IEEE operations, explicit fused multiply-adds, bit
@@ -38,11 +38,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# The mode values of lic_quant.reference.MODES (and of the C++ Mode enum).
-MODE_NOISE = tl.constexpr(0)
-MODE_STE = tl.constexpr(1)
-MODE_MIXED = tl.constexpr(2)
-MODE_SUA = tl.constexpr(3)
+from ._checks import MODES
+
+# The kernels' mode numbers: indices into lic_quant._checks.MODES (the C++ Mode enum's values).
+MODE_NOISE = tl.constexpr(MODES.index("noise"))
+MODE_STE = tl.constexpr(MODES.index("ste"))
+MODE_MIXED = tl.constexpr(MODES.index("mixed"))
+MODE_SUA = tl.constexpr(MODES.index("sua"))
 
 # ---------------------------------------------------------------------------------------------
 # Exactly rounded float32 primitives (see the module docstring).
@@ -506,11 +508,6 @@ def normal_sf_kernel(x_ptr, out_ptr, n_elements, ON_GPU: tl.constexpr, BLOCK: tl
     mask = offs < n_elements
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     tl.store(out_ptr + offs, _normal_sf(x, ON_GPU), mask=mask)
-
-
-# The kernels convert scale_bound and likelihood_bound to float32 themselves, so they take the fp64
-# scalars torch.compile's Inductor passes (lic_quant/triton_ops.py lets Inductor trace into them).
-SCALAR_BOUNDS_ANY_FLOAT = True
 
 # On GPU: autotuned over block size and warps. Under the interpreter triton.autotune with several
 # configs needs a driver, so triton_ops launches the plain kernels with one large block instead.

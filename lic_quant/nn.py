@@ -27,8 +27,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .api import BACKENDS, gaussian_quantize, make_seed
-from .reference import MODES
+from ._checks import (BACKENDS, MODES, check_bool, check_choice, check_host_tensor,
+                      check_unit_interval)
+from .api import gaussian_quantize, make_seed
 
 try:  # CompressAI is optional: it prints deprecation warnings of torch.jit on import
     with warnings.catch_warnings():
@@ -227,10 +228,8 @@ class _FusedQuantizationMixin:
     ):
         super().__init__(scale_table, *args, scale_bound=scale_bound, tail_mass=tail_mass,
                          likelihood_bound=likelihood_bound, **kwargs)
-        if mode not in MODES:
-            raise ValueError(f"lic_quant.nn: mode must be one of {MODES}; got {mode!r}")
-        if not isinstance(zero_center, bool):
-            raise TypeError("lic_quant.nn: zero_center must be a bool")
+        check_choice("mode", mode, MODES)
+        check_bool("zero_center", zero_center)
         self.mode = mode
         self.zero_center = zero_center
         self.backend = backend  # checked by the setter: an unknown name fails here, not later
@@ -269,8 +268,7 @@ class _FusedQuantizationMixin:
 
     @backend.setter
     def backend(self, value: str) -> None:
-        if value not in BACKENDS:
-            raise ValueError(f"lic_quant.nn: backend must be one of {BACKENDS}; got {value!r}")
+        check_choice("backend", value, BACKENDS)
         self._backend = value
 
     @property
@@ -281,17 +279,14 @@ class _FusedQuantizationMixin:
     @temperature.setter
     def temperature(self, value) -> None:
         if isinstance(value, Tensor):
-            if value.numel() != 1:
-                raise ValueError("lic_quant.nn: temperature must be a single value")
+            check_host_tensor("temperature", value, value.device, torch.float64,
+                              "a float or a one-element float tensor")
             with torch.no_grad():
                 self._temperature.copy_(value.detach().reshape(()))
             return
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"lic_quant.nn: temperature must be a float; got {type(value)}")
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"lic_quant.nn: temperature must be in [0, 1]; got {value}")
+        value = check_unit_interval("temperature", value)
         with torch.no_grad():
-            self._temperature.fill_(float(value))
+            self._temperature.fill_(value)
 
     def _apply(self, fn, *args, **kwargs):
         # model.half()/.to(bfloat16) cast floating buffers; the temperature keeps float64 (and

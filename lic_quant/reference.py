@@ -12,7 +12,7 @@ import math
 
 import torch
 
-MODES = ("noise", "ste", "mixed", "sua")
+from ._checks import FAMILIES, MODES, check_choice, likelihood_dtype
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -80,15 +80,14 @@ def surrogate(mode: str, r: torch.Tensor, u: torch.Tensor | None, temperature):
         else:
             annealed = n + temperature * ((r - n) + u)
         return annealed, annealed
-    raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    check_choice("mode", mode, MODES)
 
 
 def standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.special.erfc(x * -(1.0 / math.sqrt(2.0)))
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+compute_dtype = likelihood_dtype  # float32 compute for reduced precision, float64 for float64
 
 
 def gaussian_quantize_reference(
@@ -105,10 +104,9 @@ def gaussian_quantize_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y_hat, likelihoods) of docs/spec.md section 1 for explicit noise u (needed unless
     mode='ste')."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    check_choice("mode", mode, MODES)
     if mode != "ste" and noise is None:
-        raise ValueError(f"noise is required for mode={mode!r}")
+        raise ValueError(f"lic_quant: noise is required for mode={mode!r}")
     cdt = compute_dtype(y.dtype)
     yc = y.to(cdt)
     s = lower_bound(scales.to(cdt), scale_bound)
@@ -127,3 +125,11 @@ def gaussian_quantize_reference(
     p = standard_normal_cdf((0.5 - av) / s) - standard_normal_cdf((-0.5 - av) / s)
     likelihoods = lower_bound(p, likelihood_bound)
     return y_hat.to(y.dtype), likelihoods
+
+
+def quantize_reference(y, scales, means=None, noise=None, *, family: str = "gaussian",
+                       **settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y_hat, likelihoods) of docs/spec.md section 6 for a likelihood `family`; settings as
+    gaussian_quantize_reference."""
+    check_choice("family", family, FAMILIES)
+    return gaussian_quantize_reference(y, scales, means, noise, **settings)

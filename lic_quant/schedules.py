@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from ._checks import check_unit_interval
+
 __all__ = [
     "ConstantSchedule",
     "CosineSchedule",
@@ -28,15 +30,6 @@ __all__ = [
     "LinearSchedule",
     "TemperatureSchedule",
 ]
-
-
-def _check_temperature(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float; got {type(value).__name__}")
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1]; got {value}")
-    return value
 
 
 def _check_count(name: str, value, minimum: int) -> int:
@@ -52,8 +45,8 @@ class TemperatureSchedule:
     at ``fraction`` = (k - delay) / steps in [0, 1], with shape(0) = 1 and shape(1) = 0."""
 
     def __init__(self, t0: float = 1.0, t_min: float = 0.0, steps: int = 1, *, delay: int = 0):
-        self.t0 = _check_temperature("t0", t0)
-        self.t_min = _check_temperature("t_min", t_min)
+        self.t0 = check_unit_interval("t0", t0)
+        self.t_min = check_unit_interval("t_min", t_min)
         self.steps = _check_count("steps", steps, 1)
         self.delay = _check_count("delay", delay, 0)
         self.last_step = 0

@@ -1,26 +1,27 @@
-"""backend="triton": the fused kernels of lic_quant/_triton_kernels.py as torch ops.
+"""backend="triton": the fused kernels of lic_quant/_triton_kernels.py as one pair of torch ops.
 
-``torch.ops.lic_quant.triton_quantize_forward`` / ``triton_quantize_backward`` are registered with
-``torch.library.triton_op`` (so torch.compile sees the kernels and needs no graph break; the
-implementation doubles as the fake kernel) and autograd with ``register_autograd``: the forward
-saves only y, scales, means, the seed and the temperature, and the backward recomputes u.
-Schemas are the C++ ops' (csrc/ops.cpp).
+``torch.ops.lic_quant.triton_quantize_forward`` / ``triton_quantize_backward`` have the C++ ops'
+schemas (csrc/ops.cpp) and one launch helper, ``_launch``. On the GPU they are
+``torch.library.triton_op``s: torch.compile traces into the kernels (no graph break), and eager
+calls launch them directly. Under Triton's interpreter the kernels are plain Python that a graph
+cannot capture, so the same functions are registered as opaque ``torch.library.custom_op``s with a
+fake kernel. Autograd (``register_autograd``): the forward saves only y, scales, means, the seed
+and the temperature, the backward recomputes u (docs/spec.md section 2) and is once
+differentiable.
 
 Devices. CUDA tensors run the compiled kernels, autotuned over BLOCK x num_warps in (512, 4),
 (1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8) (4096 x 4 spills registers);
 LIC_QUANT_TRITON_AUTOTUNE=0 picks the single config (1024, 8) instead. CPU tensors run in
-Triton's interpreter when TRITON_INTERPRET=1 was set before the first Triton launch of the
-process (triton.jit reads it when the kernels are decorated); there the kernels take one large
+Triton's interpreter when TRITON_INTERPRET=1 is set before this module is imported (triton.jit
+reads it when the kernels are decorated, which happens here); there the kernels take one large
 block per program instance, as the interpreter pays a fixed cost per instance.
 
 dtypes. float32, float16 and bfloat16, computed in float32 with the C++ kernels' per-element math,
-so values and gradients match the C++ kernels bit for bit. float64 is not supported by this
-backend (it would need a float64 erfc written in Triton); it raises a TypeError naming the dtype:
-use backend="cpu", "cuda" or "reference" for float64.
+so values and gradients match the C++ kernels bit for bit. float64 would need a float64 erfc
+written in Triton; it raises a TypeError naming the dtype.
 
-Not checked on CUDA, unlike the C++ ops: the value of a temperature given as a CUDA tensor
-(reading it would synchronize the GPU; float temperatures are checked by
-lic_quant.gaussian_quantize, and CPU tensors under the interpreter are checked here).
+The value of a temperature given as a CUDA tensor is not checked (reading it would synchronize the
+GPU); float temperatures are checked by the API, and CPU tensors under the interpreter here.
 """
 from __future__ import annotations
 
@@ -30,24 +31,31 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ._ops import autograd_for
-from .reference import MODES
+from ._checks import (MODES, SECOND_DERIVATIVE_ERROR, check_call, check_input, check_op_tensor,
+                      check_unit_interval, likelihood_dtype)
 
 try:
-    import triton  # noqa: F401
+    import triton
 
     TRITON_ERROR: Exception | None = None
 except ImportError as exc:  # pragma: no cover - depends on the environment
     TRITON_ERROR = exc
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Under the interpreter: one config, one program instance per up to this many elements (each
-# instance costs a fixed ~0.5 ms; numpy work grows with the block: small inputs get smaller ones).
+# Under the interpreter: one program instance per up to this many elements (each instance costs a
+# fixed ~0.5 ms; numpy work grows with the block: small inputs get smaller ones).
 INTERPRETER_BLOCK = 1 << 16
-_kernels = None
 # GPU: autotune over block size x warps (default), or one fixed config when
 # LIC_QUANT_TRITON_AUTOTUNE=0 (test suites: no six-fold compilation of every variant).
 AUTOTUNE = os.environ.get("LIC_QUANT_TRITON_AUTOTUNE", "1") != "0"
+
+if TRITON_ERROR is None:
+    from . import _triton_kernels as _k
+
+    INTERPRETED = _k.INTERPRETED
+else:
+    _k = None
+    INTERPRETED = False
 
 
 def _interpret_requested() -> bool:
@@ -59,23 +67,9 @@ def _interpret_requested() -> bool:
         return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _get_kernels():
-    """Imports (and thereby decorates) the kernels on first use; see the module docstring."""
-    global _kernels
-    if _kernels is None:
-        from . import _triton_kernels
-
-        _kernels = _triton_kernels
-    return _kernels
-
-
 def interpreted() -> bool:
-    """True when the kernels run in Triton's interpreter (decided when they are first loaded)."""
-    if TRITON_ERROR is not None:
-        return False
-    if _kernels is None:
-        return _interpret_requested()
-    return _kernels.INTERPRETED
+    """True when the kernels run in Triton's interpreter (decided when this module loads)."""
+    return INTERPRETED
 
 
 _DRIVER_ERRORS: dict = {}
@@ -112,10 +106,11 @@ def check_available(y: Tensor) -> None:
         return  # the device probes below are eager-only; a compiled graph fails at launch instead
     if y.device.type == "cpu":
         if not interpreted():
-            if _kernels is not None and _interpret_requested():
+            if _interpret_requested():
                 raise RuntimeError(
                     "lic_quant: backend='triton' got CPU tensors, but the Triton kernels were "
-                    "compiled for the GPU: TRITON_INTERPRET=1 was set after their first use")
+                    "compiled for the GPU: TRITON_INTERPRET=1 was set after lic_quant.triton_ops "
+                    "was imported")
             raise RuntimeError(
                 "lic_quant: backend='triton' needs CUDA tensors, or CPU tensors with "
                 "TRITON_INTERPRET=1 set (before the first Triton call) to run Triton's "
@@ -131,54 +126,15 @@ def check_available(y: Tensor) -> None:
                            f"TRITON_INTERPRET=1); y is on {y.device}")
 
 
-def _mode_index(mode: str) -> int:
-    if mode not in MODES:
-        raise ValueError(f"lic_quant: mode must be one of {MODES}; got {mode!r}")
-    return MODES.index(mode)
-
-
-def _check_args(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
-                temperature: Tensor, scale_bound: float, likelihood_bound: float) -> None:
+def _check_op(y, scales, means, seed, temperature, family, mode, scale_bound, likelihood_bound,
+              zero_center) -> None:
+    """The op-level checks of the C++ ops (csrc/lic_quant/op_args.h check_inputs)."""
+    check_call(y, scales, means, family, mode, scale_bound, likelihood_bound, zero_center)
     if y.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"lic_quant: the Triton kernels support float32, float16 and bfloat16; "
-                        f"y is {y.dtype}")
-    for name, t in (("scales", scales), ("means", means)):
-        if t is None:
-            continue
-        if t.shape != y.shape:
-            raise ValueError(f"lic_quant: {name} must have the shape of y {tuple(y.shape)}; "
-                             f"got {tuple(t.shape)}")
-        if t.dtype != y.dtype:
-            raise TypeError(f"lic_quant: {name} must have the dtype of y ({y.dtype}); "
-                            f"got {t.dtype}")
-        if t.device != y.device:
-            raise ValueError(f"lic_quant: {name} must be on the device of y ({y.device}); "
-                             f"got {t.device}")
-    if seed.dtype != torch.int64 or seed.dim() != 0 or seed.device != y.device:
-        raise TypeError(f"lic_quant: seed must be a 0-dim int64 tensor on {y.device}; got "
-                        f"{seed.dtype} with shape {tuple(seed.shape)} on {seed.device}")
-    if temperature.dtype != torch.float64 or temperature.dim() != 0 or \
-            temperature.device != y.device:
-        raise TypeError(f"lic_quant: temperature must be a 0-dim float64 tensor on {y.device}; "
-                        f"got {temperature.dtype} with shape {tuple(temperature.shape)} on "
-                        f"{temperature.device}")
-    if not scale_bound >= 0.0:
-        raise ValueError(f"lic_quant: scale_bound must be >= 0; got {scale_bound}")
-    if not likelihood_bound >= 0.0:
-        raise ValueError(f"lic_quant: likelihood_bound must be >= 0; got {likelihood_bound}")
-
-
-def _check_temperature_value(temperature: Tensor) -> None:
-    """The C++ ops' check of T in [0, 1], done where reading T costs no GPU synchronization: on
-    CPU tensors (the interpreter), eagerly. CUDA tensor temperatures are not read (see above)."""
-    if temperature.device.type == "cpu" and not torch.compiler.is_compiling():
-        t = float(temperature.detach())
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"lic_quant: temperature must lie in [0, 1]; got {t}")
-
-
-def _likelihood_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+        raise TypeError(f"lic_quant: backend='triton' supports float32, float16 and bfloat16; "
+                        f"y is {y.dtype} (use backend='cpu', 'cuda' or 'reference' for float64)")
+    check_op_tensor("seed", seed, y, torch.int64, "a 0-dim int64 tensor")
+    check_op_tensor("temperature", temperature, y, torch.float64, "a 0-dim float64 tensor")
 
 
 def _raw(t: Tensor) -> Tensor:
@@ -186,68 +142,31 @@ def _raw(t: Tensor) -> Tensor:
     return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
 
 
-def _interpreter_block(n: int) -> int:
-    return min(INTERPRETER_BLOCK, max(16, triton.next_power_of_2(n)))
-
-
-def _launch(name: str, n: int, args: tuple, consts: dict, eager: bool = False,
-            dtype: Optional[torch.dtype] = None) -> None:
+def _launch(name: str, n: int, args: tuple, consts: dict, temperature: Tensor) -> None:
     """Launches kernel `name` over n elements: the plain kernel with one large block under the
-    interpreter; on GPU autotuned through wrap_triton (so torch.compile captures it), or, for an
-    eager call, through the cached launch of _launch_eager_gpu."""
-    k = _get_kernels()
-    if k.INTERPRETED:
-        block = _interpreter_block(n)
-        getattr(k, f"{name}_kernel")[(triton.cdiv(n, block),)](*args, **consts, ON_GPU=False,
-                                                                BLOCK=block)
+    interpreter (after the temperature check the CPU kernels do too); on the GPU the autotuned
+    kernel through wrap_triton, which torch.compile captures and eager calls launch directly."""
+    if INTERPRETED:
+        check_unit_interval("temperature", float(temperature))
+        block = min(INTERPRETER_BLOCK, max(16, triton.next_power_of_2(n)))
+        getattr(_k, f"{name}_kernel")[(triton.cdiv(n, block),)](*args, **consts, ON_GPU=False,
+                                                                 BLOCK=block)
         return
-    if eager:
-        _launch_eager_gpu(k, name, n, dtype, args, consts)
-        return
-
-    def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK"]),)
-
-    kernel = getattr(k, f"{name}_autotuned" if AUTOTUNE else f"{name}_fixed")
-    torch.library.wrap_triton(kernel)[grid](*args, **consts, ON_GPU=True)
+    kernel = getattr(_k, f"{name}_autotuned" if AUTOTUNE else f"{name}_fixed")
+    torch.library.wrap_triton(kernel)[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](
+        *args, **consts, ON_GPU=True)
 
 
-# (kernel name, AUTOTUNE, n, y's dtype) -> (jit kernel, grid, config kwargs). The autotuner keys
-# its choice on n_elements and the tensor dtypes (all fixed by y's dtype here), so after its first
-# run for a key the chosen config is fixed: later eager calls launch the jit kernel with it
-# directly, skipping the autotuner's per-call argument dicts and key building (host time).
-_EAGER_LAUNCHES: dict = {}
-
-
-def _launch_eager_gpu(k, name: str, n: int, dtype: torch.dtype, args: tuple,
-                      consts: dict) -> None:
-    key = (name, AUTOTUNE, n, dtype)
-    hit = _EAGER_LAUNCHES.get(key)
-    if hit is not None:
-        kernel, grid, config = hit
-        kernel[grid](*args, **consts, ON_GPU=True, **config)
-        return
-    tuner = getattr(k, f"{name}_autotuned" if AUTOTUNE else f"{name}_fixed")
-    tuner[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](*args, **consts, ON_GPU=True)
-    config = tuner.best_config.all_kwargs()
-    _EAGER_LAUNCHES[key] = (getattr(k, f"{name}_kernel"),
-                            (triton.cdiv(n, config["BLOCK"]),), config)
-
-
-def _forward_body(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
-                  temperature: Tensor, mode: str, scale_bound: float, likelihood_bound: float,
-                  zero_center: bool, launch: bool = True, eager: bool = False
-                  ) -> tuple[Tensor, Tensor]:
-    """`eager`: called by _EagerQuantize after lic_quant.gaussian_quantize checked the arguments
-    (the op's own checks are skipped), launching through _launch_eager_gpu."""
-    if not eager:
-        _check_args(y, scales, means, seed, temperature, scale_bound, likelihood_bound)
-    mode_i = _mode_index(mode)
+def _forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
+             temperature: Tensor, mode: str, scale_bound: float, likelihood_bound: float,
+             zero_center: bool, family: str = "gaussian", launch: bool = True
+             ) -> tuple[Tensor, Tensor]:
+    _check_op(y, scales, means, seed, temperature, family, mode, scale_bound, likelihood_bound,
+              zero_center)
     y_hat = torch.empty(y.shape, dtype=y.dtype, device=y.device)
-    lik = torch.empty(y.shape, dtype=_likelihood_dtype(y.dtype), device=y.device)
+    lik = torch.empty(y.shape, dtype=likelihood_dtype(y.dtype), device=y.device)
     n = y.numel()
     if n > 0 and launch:
-        _check_temperature_value(temperature)
         # The noise index is the logical row-major index: strided inputs are made contiguous.
         y_c = y.contiguous()
         m_c = means.contiguous() if means is not None else None
@@ -255,27 +174,25 @@ def _forward_body(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tens
                 (_raw(y_c), _raw(m_c if m_c is not None else y_c), _raw(scales.contiguous()),
                  seed, temperature, _raw(y_hat), lik, n, 0, float(scale_bound),
                  float(likelihood_bound)),
-                dict(MODE=mode_i, ZERO_CENTER=bool(zero_center), HAS_MEANS=m_c is not None,
-                     IS_BF16=y.dtype == torch.bfloat16), eager, y.dtype)
+                dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center),
+                     HAS_MEANS=m_c is not None, IS_BF16=y.dtype == torch.bfloat16), temperature)
     return y_hat, lik
 
 
-def _backward_body(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
-                   scales: Tensor, means: Optional[Tensor], seed: Tensor, temperature: Tensor,
-                   mode: str, scale_bound: float, likelihood_bound: float, zero_center: bool,
-                   output_mask: Sequence[bool], launch: bool = True, eager: bool = False
-                   ) -> tuple[Tensor, Tensor, Tensor]:
-    if not eager:
-        _check_args(y, scales, means, seed, temperature, scale_bound, likelihood_bound)
-    mode_i = _mode_index(mode)
-    lik_dtype = _likelihood_dtype(y.dtype)
+def _backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor, scales: Tensor,
+              means: Optional[Tensor], seed: Tensor, temperature: Tensor, mode: str,
+              scale_bound: float, likelihood_bound: float, zero_center: bool,
+              output_mask: Sequence[bool], family: str = "gaussian", launch: bool = True
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    _check_op(y, scales, means, seed, temperature, family, mode, scale_bound, likelihood_bound,
+              zero_center)
+    lik_dtype = likelihood_dtype(y.dtype)
     if grad_likelihoods.shape != y.shape or grad_likelihoods.dtype != lik_dtype or \
             grad_likelihoods.device != y.device:
         raise ValueError(f"lic_quant: grad_likelihoods must be {lik_dtype} with the shape and "
                          f"device of y")
-    if grad_y_hat is not None and (grad_y_hat.shape != y.shape or grad_y_hat.dtype != y.dtype
-                                   or grad_y_hat.device != y.device):
-        raise ValueError("lic_quant: grad_y_hat must have the shape, dtype and device of y")
+    if grad_y_hat is not None:
+        check_input("grad_y_hat", grad_y_hat, y)
     need_y, need_s, need_m = (bool(b) for b in output_mask)
     if need_m and means is None:
         raise ValueError("lic_quant: grad of means requested without means")
@@ -286,7 +203,6 @@ def _backward_body(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Te
     gy, gs, gm = grad(need_y), grad(need_s), grad(need_m)
     n = y.numel()
     if n > 0 and launch and (need_y or need_s or need_m):
-        _check_temperature_value(temperature)
         y_c = y.contiguous()
         m_c = means.contiguous() if means is not None else None
         gyh = grad_y_hat.contiguous() if grad_y_hat is not None else None
@@ -295,174 +211,91 @@ def _backward_body(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Te
                  _raw(y_c), _raw(m_c if m_c is not None else y_c), _raw(scales.contiguous()),
                  seed, temperature, _raw(gy if need_y else y_c), _raw(gm if need_m else y_c),
                  _raw(gs if need_s else y_c), n, 0, float(scale_bound), float(likelihood_bound)),
-                dict(MODE=mode_i, ZERO_CENTER=bool(zero_center), HAS_MEANS=m_c is not None,
-                     HAS_GYHAT=gyh is not None, NEED_GY=need_y, NEED_GMU=need_m, NEED_GS=need_s,
-                     IS_BF16=y.dtype == torch.bfloat16), eager, y.dtype)
+                dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center),
+                     HAS_MEANS=m_c is not None, HAS_GYHAT=gyh is not None, NEED_GY=need_y,
+                     NEED_GMU=need_m, NEED_GS=need_s, IS_BF16=y.dtype == torch.bfloat16),
+                temperature)
     return gy, gs, gm
 
 
+class _OnceDifferentiable(torch.autograd.Function):
+    """Runs the backward op; differentiating its results raises SECOND_DERIVATIVE_ERROR, as the C++
+    route's node does. forward without ctx plus setup_context: the form functorch transforms
+    accept (torch.func.grad runs the backward with grad mode on, so it comes through here)."""
+
+    @staticmethod
+    def forward(op, *args):
+        return op(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(SECOND_DERIVATIVE_ERROR)
+
+
+def _setup_context(ctx, inputs, output):
+    y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center, \
+        family = inputs
+    # Only the inputs, the seed and the temperature: the backward recomputes the noise.
+    ctx.save_for_backward(y, scales, means, seed, temperature)
+    ctx.has_means = means is not None
+    ctx.args = (mode, scale_bound, likelihood_bound, zero_center)
+    ctx.family = family
+    ctx.set_materialize_grads(False)
+
+
+def _autograd_backward(ctx, grad_y_hat, grad_likelihoods):
+    y, scales, means, seed, temperature = ctx.saved_tensors
+    need_y, need_scales = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_means = ctx.has_means and ctx.needs_input_grad[2]
+    none = (None,) * 7  # seed, temperature and the non-tensor arguments
+    if grad_likelihoods is None:
+        # Only y_hat was used: its gradient is the identity, and mu and sigma get none.
+        return (grad_y_hat if need_y else None), None, None, *none
+    op = torch.ops.lic_quant.triton_quantize_backward
+    args = (grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, *ctx.args,
+            [need_y, need_scales, need_means], ctx.family)
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad
+            for t in (grad_y_hat, grad_likelihoods, y, scales, means)):
+        gy, gs, gm = _OnceDifferentiable.apply(op, *args)
+    else:
+        gy, gs, gm = op(*args)
+    return (gy if need_y else None), (gs if need_scales else None), \
+        (gm if need_means else None), *none
+
+
 if TRITON_ERROR is None:
-    # Opaque custom ops that graphs and fake tensors see as one node with a fake kernel; the
-    # triton ops below call them (so torch.compile does not trace into the kernels)
-    # - under the interpreter: there the kernels cannot be captured into a graph (wrap_triton
-    #   hands back the raw interpreted kernel);
-    # - on GPU while the kernels take their scalar bounds only as float32 (see
-    #   _inductor_traces_kernels).
+    _register = torch.library.custom_op if INTERPRETED else torch.library.triton_op
 
-    @torch.library.custom_op("lic_quant::triton_interpret_forward", mutates_args=())
-    def _interpret_forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
-                           temperature: Tensor, mode: str, scale_bound: float,
-                           likelihood_bound: float, zero_center: bool) -> tuple[Tensor, Tensor]:
-        return _forward_body(y, scales, means, seed, temperature, mode, scale_bound,
-                             likelihood_bound, zero_center)
-
-    @_interpret_forward.register_fake
-    def _(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center):
-        return _forward_body(y, scales, means, seed, temperature, mode, scale_bound,
-                             likelihood_bound, zero_center, launch=False)
-
-    @torch.library.custom_op("lic_quant::triton_interpret_backward", mutates_args=())
-    def _interpret_backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
-                            scales: Tensor, means: Optional[Tensor], seed: Tensor,
-                            temperature: Tensor, mode: str, scale_bound: float,
-                            likelihood_bound: float, zero_center: bool,
-                            output_mask: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
-        return _backward_body(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature,
-                              mode, scale_bound, likelihood_bound, zero_center, output_mask)
-
-    @_interpret_backward.register_fake
-    def _(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, mode, scale_bound,
-          likelihood_bound, zero_center, output_mask):
-        return _backward_body(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature,
-                              mode, scale_bound, likelihood_bound, zero_center, output_mask,
-                              launch=False)
-
-    @torch.library.triton_op("lic_quant::triton_quantize_forward", mutates_args=())
+    @_register("lic_quant::triton_quantize_forward", mutates_args=())
     def triton_quantize_forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
                                 temperature: Tensor, mode: str, scale_bound: float,
-                                likelihood_bound: float, zero_center: bool
-                                ) -> tuple[Tensor, Tensor]:
-        if interpreted() or not _inductor_traces_kernels():
-            return torch.ops.lic_quant.triton_interpret_forward(
-                y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
-                zero_center)
-        return _forward_body(y, scales, means, seed, temperature, mode, scale_bound,
-                             likelihood_bound, zero_center)
+                                likelihood_bound: float, zero_center: bool,
+                                family: str = "gaussian") -> tuple[Tensor, Tensor]:
+        return _forward(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
+                        zero_center, family)
 
-    @torch.library.triton_op("lic_quant::triton_quantize_backward", mutates_args=())
+    @_register("lic_quant::triton_quantize_backward", mutates_args=())
     def triton_quantize_backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
                                  scales: Tensor, means: Optional[Tensor], seed: Tensor,
                                  temperature: Tensor, mode: str, scale_bound: float,
                                  likelihood_bound: float, zero_center: bool,
-                                 output_mask: Sequence[bool]) -> tuple[Tensor, Tensor, Tensor]:
-        if interpreted() or not _inductor_traces_kernels():
-            return torch.ops.lic_quant.triton_interpret_backward(
-                grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, mode,
-                scale_bound, likelihood_bound, zero_center, output_mask)
-        return _backward_body(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature,
-                              mode, scale_bound, likelihood_bound, zero_center, output_mask)
+                                 output_mask: Sequence[bool], family: str = "gaussian"
+                                 ) -> tuple[Tensor, Tensor, Tensor]:
+        return _backward(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, mode,
+                         scale_bound, likelihood_bound, zero_center, output_mask, family)
 
-    _backward, _setup_context = autograd_for(lambda: torch.ops.lic_quant.triton_quantize_backward)
-    triton_quantize_forward.register_autograd(_backward, setup_context=_setup_context)
+    if INTERPRETED:  # a triton_op's fake kernel is its own body; an opaque op needs one
+        @triton_quantize_forward.register_fake
+        def _(*args):
+            return _forward(*args, launch=False)
 
-    def _eager_backward_body(*args):
-        return _backward_body(*args, eager=True)
+        @triton_quantize_backward.register_fake
+        def _(*args):
+            return _backward(*args, launch=False)
 
-    _eager_backward, _eager_setup_context = autograd_for(lambda: _eager_backward_body)
-
-    class _EagerQuantize(torch.autograd.Function):
-        """The eager twin of triton_quantize_forward + its autograd: the same bodies and the same
-        saved tensors, without the custom-op dispatch (Python dispatcher, schema checks, the
-        register_autograd wrapper), which costs far more host time than a launch."""
-
-        @staticmethod
-        def forward(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
-                    zero_center):
-            return _forward_body(y, scales, means, seed, temperature, mode, scale_bound,
-                                 likelihood_bound, zero_center, eager=True)
-
-        setup_context = staticmethod(_eager_setup_context)
-        backward = staticmethod(_eager_backward)
-
-
-def _inductor_traces_kernels() -> bool:
-    """Whether torch.compile may trace into the kernels (wrap_triton) on GPU. Inductor passes
-    Python float arguments of user kernels as fp64 (torch._inductor.codegen.triton_utils
-    .signature_of, config._use_fp64_for_unbacked_floats), and the kernels' scale_bound and
-    likelihood_bound must be fp32 there (`Expected dtype ['fp32'] but got fp64` in div_rn).
-    Kernels that convert them (`.to(tl.float32)`: the same rounding as Triton's host-side
-    float32 packing, so the same bits) say so with SCALAR_BOUNDS_ANY_FLOAT = True; until then
-    compiled graphs call the opaque ops, which launch the kernels eagerly."""
-    return bool(getattr(_get_kernels(), "SCALAR_BOUNDS_ANY_FLOAT", False))
-
-
-def gaussian_quantize_triton(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
-                             temperature: Tensor, mode: str, scale_bound: float,
-                             likelihood_bound: float, zero_center: bool,
-                             checked: bool = False) -> tuple[Tensor, Tensor]:
-    """(y_hat, likelihoods) through the Triton op; arguments as lic_quant::quantize_forward.
-    `checked`: lic_quant.gaussian_quantize has checked the arguments and the backend's
-    availability and made the seed and the temperature tensors (then an eager call skips the op's
-    own checks)."""
-    if not checked:
-        check_available(y)
-    if torch.compiler.is_compiling() or not checked:
-        return torch.ops.lic_quant.triton_quantize_forward(
-            y, scales, means, seed, temperature, mode, float(scale_bound),
-            float(likelihood_bound), bool(zero_center))
-    if temperature.device.type == "cpu" and y.device.type == "cpu":
-        _check_temperature_value(temperature)  # the interpreter: as the op does
-    return _EagerQuantize.apply(y, scales, means, seed, temperature, mode, float(scale_bound),
-                                float(likelihood_bound), bool(zero_center))
-
-
-# ---------------------------------------------------------------------------------------------
-# Test and diagnostic entry points (not part of the public API).
-
-def _launch_simple(name: str, x_like: Tensor, n: int, args: tuple) -> None:
-    k = _get_kernels()
-    on_gpu = not interpreted()
-    block = _interpreter_block(n) if not on_gpu else 1024
-    getattr(k, f"{name}_kernel")[(triton.cdiv(n, block),)](*args, ON_GPU=on_gpu, BLOCK=block)
-
-
-def uniform_noise_triton(numel: int, seed: Tensor, *, start: int = 0) -> Tensor:
-    """u for logical indices start .. start + numel - 1 (float32), drawn by the Triton kernels'
-    noise function; `start` reaches indices >= 2^32 without allocating them. It must be a
-    multiple of 4: the kernels draw whole Philox blocks (noise stream v2)."""
-    if start % 4:
-        raise ValueError(f"lic_quant: start must be a multiple of 4; got {start}")
-    out = torch.empty(numel, dtype=torch.float32, device=seed.device)
-    if numel:
-        _launch_simple("uniform_noise", out, numel, (seed, out, numel, start))
-    return out
-
-
-def normal_sf_triton(x: Tensor) -> Tensor:
-    """Q(x) = P(X > x) for a float32 tensor, by the kernels' float32 normal tail."""
-    x = x.contiguous()
-    out = torch.empty_like(x)
-    if x.numel():
-        _launch_simple("normal_sf", x, x.numel(), (x, out, x.numel()))
-    return out
-
-
-def _quantize_forward_at(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
-                         temperature: Tensor, mode: str, scale_bound: float,
-                         likelihood_bound: float, zero_center: bool, index_base: int):
-    """The forward kernel with logical indices shifted by index_base (tests of indices >= 2^32), a
-    multiple of 4 (whole Philox blocks)."""
-    if index_base % 4:
-        raise ValueError(f"lic_quant: index_base must be a multiple of 4; got {index_base}")
-    k = _get_kernels()
-    on_gpu = not interpreted()
-    y_hat = torch.empty_like(y)
-    lik = torch.empty(y.shape, dtype=torch.float32, device=y.device)
-    n = y.numel()
-    block = _interpreter_block(n) if not on_gpu else 1024
-    k.quantize_forward_kernel[(triton.cdiv(n, block),)](
-        _raw(y), _raw(means if means is not None else y), _raw(scales), seed, temperature,
-        _raw(y_hat), lik, n, index_base, float(scale_bound), float(likelihood_bound),
-        MODE=_mode_index(mode), ZERO_CENTER=zero_center, HAS_MEANS=means is not None,
-        IS_BF16=y.dtype == torch.bfloat16, ON_GPU=on_gpu, BLOCK=block)
-    return y_hat, lik
+    triton_quantize_forward.register_autograd(_autograd_backward, setup_context=_setup_context)

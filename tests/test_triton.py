@@ -30,6 +30,8 @@ from lic_quant import reference as ref  # noqa: E402
 from lic_quant import triton_ops  # noqa: E402
 from lic_quant.noise import philox_uniform  # noqa: E402
 
+import triton_hooks  # noqa: E402
+
 from helpers import (  # noqa: E402
     EPS,
     compute_eps,
@@ -109,7 +111,7 @@ def test_normal_sf_accuracy():
     special = pytest.importorskip("scipy.special")
     a = torch.from_numpy(np.linspace(0.0, 14.0, 1_000_001).astype(np.float32))
     a = torch.cat([a, -a[:200_001]])
-    q = triton_ops.normal_sf_triton(a.to(DEVICE)).cpu().double().numpy()
+    q = triton_hooks.normal_sf(a.to(DEVICE)).cpu().double().numpy()
     truth = special.ndtr(-a.double().numpy())
     ok = truth > 1e-37
     rel = np.abs(q[ok] - truth[ok]) / truth[ok]
@@ -117,7 +119,7 @@ def test_normal_sf_accuracy():
     assert rel.max() <= 1e-6, f"max relative error {rel.max():.3e} at a={worst}"
     assert rel.max() <= 4e-7  # what the method achieves; a regression shows up here first
     edge = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 40.0, -40.0])
-    out = triton_ops.normal_sf_triton(edge.to(DEVICE)).cpu()
+    out = triton_hooks.normal_sf(edge.to(DEVICE)).cpu()
     assert out[0].isnan()
     assert out[[1, 2, 5, 6]].tolist() == [0.0, 1.0, 0.0, 1.0]
     # Q(0) = 1/2 comes out of the one tail formula like every other value: within its accuracy
@@ -131,7 +133,7 @@ def test_normal_sf_accuracy():
 @pytest.mark.parametrize("seed", [0, 1, -1, 2**40 + 7, -(2**63), 2**63 - 1, 0xDEADBEEFCAFEF00D])
 def test_noise_bit_identical_to_cpp(seed):
     seed_t = lq.make_seed(seed, torch.device(DEVICE))
-    u = triton_ops.uniform_noise_triton(3001, seed_t).cpu()
+    u = triton_hooks.uniform_noise(3001, seed_t).cpu()
     expected = lq.uniform_noise((3001,), lq.make_seed(seed, torch.device("cpu")))  # C++ if built
     assert same_bits(u, expected)
     assert same_bits(u, philox_uniform((3001,), seed))
@@ -143,11 +145,11 @@ def test_noise_high_indices(start):
     """64-bit logical indices: hi32(i // 4) enters the counter (checked without 2^32 elements).
     The kernels' index shift must be a multiple of 4 (whole Philox blocks)."""
     seed_t = lq.make_seed(987654321, torch.device(DEVICE))
-    u = triton_ops.uniform_noise_triton(1500, seed_t, start=start).cpu()
+    u = triton_hooks.uniform_noise(1500, seed_t, start=start).cpu()
     assert same_bits(u, philox_uniform((1500,), 987654321, start=start))
     # the quantize kernel's own noise at those indices: y = 0, no means, mode noise -> y_hat = u
     y = torch.zeros(1500, device=DEVICE)
-    y_hat, _ = triton_ops._quantize_forward_at(
+    y_hat, _ = triton_hooks.quantize_forward_at(
         y, torch.ones_like(y), None, seed_t, torch.tensor(1.0, dtype=torch.float64, device=DEVICE),
         "noise", SCALE_BOUND, LIK_BOUND, True, start)
     assert same_bits(y_hat.cpu(), u)
@@ -187,7 +189,7 @@ def test_noise_equals_tl_rand4x(seed, start):
     if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 4):
         pytest.skip("older Triton may run a 64-bit Philox for int64 offsets")
     seed_t = lq.make_seed(seed, torch.device(DEVICE))
-    u = triton_ops.uniform_noise_triton(1203, seed_t, start=start).cpu()
+    u = triton_hooks.uniform_noise(1203, seed_t, start=start).cpu()
     assert same_bits(u, _tl_rand4x_reference(seed, start, 1203))
 
 
@@ -330,7 +332,7 @@ def test_bit_identical_to_cpp_many_blocks(monkeypatch):
     tri = run(quantize("triton", "sua", False, 23), y, s, m, g_yhat, g_lik)
     for a, b in zip([cpp[0], cpp[1], *cpp[2]], [tri[0], tri[1], *tri[2]]):
         assert same_bits(a, b)
-    u = triton_ops.uniform_noise_triton(1000, torch.tensor(5), start=2**32 - 300)
+    u = triton_hooks.uniform_noise(1000, torch.tensor(5), start=2**32 - 300)
     assert same_bits(u, philox_uniform((1000,), 5, start=2**32 - 300))
 
 

@@ -307,16 +307,16 @@ struct HostScalars {
 // (item() goes through the dispatcher, microseconds per call on small tensors).
 HostScalars read_scalars(const at::Tensor& seed, const at::Tensor& temperature) {
   const double t = *temperature.const_data_ptr<double>();
-  check_temperature_value(t);
+  check_unit_interval("temperature", t);
   return {static_cast<uint64_t>(*seed.const_data_ptr<int64_t>()), t};
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_forward_cpu(
     const at::Tensor& y_in, const at::Tensor& scales_in, const c10::optional<at::Tensor>& means_in,
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode_name,
-    double scale_bound, double likelihood_bound, bool zero_center) {
+    double scale_bound, double likelihood_bound, bool zero_center, c10::string_view family) {
   check_cpu(y_in);
-  ForwardCall c = prepare_forward(y_in, scales_in, means_in, seed, temperature, mode_name,
+  ForwardCall c = prepare_forward(y_in, scales_in, means_in, seed, temperature, family, mode_name,
                                   scale_bound, likelihood_bound);
   const HostScalars h = read_scalars(seed, temperature);
   const int64_t numel = c.y.numel();
@@ -345,11 +345,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cpu(
     const at::Tensor& y_in, const at::Tensor& scales_in, const c10::optional<at::Tensor>& means_in,
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode_name,
     double scale_bound, double likelihood_bound, bool zero_center,
-    std::array<bool, 3> output_mask) {
+    std::array<bool, 3> output_mask, c10::string_view family) {
   check_cpu(y_in);
   BackwardCall c = prepare_backward(grad_y_hat_in, grad_lik_in, y_in, scales_in, means_in, seed,
-                                    temperature, mode_name, scale_bound, likelihood_bound,
-                                    output_mask);
+                                    temperature, family, mode_name, scale_bound,
+                                    likelihood_bound, output_mask);
   const HostScalars h = read_scalars(seed, temperature);
   const int64_t numel = c.y.numel();
   if (numel == 0) return {c.grad_y, c.grad_scales, c.grad_means};

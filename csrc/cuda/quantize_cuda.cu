@@ -475,11 +475,11 @@ void dispatch_dtype(at::ScalarType dt, F&& f) {
 std::tuple<at::Tensor, at::Tensor> quantize_forward_cuda(
     const at::Tensor& y_in, const at::Tensor& scales_in, const c10::optional<at::Tensor>& means_in,
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode_name,
-    double scale_bound, double likelihood_bound, bool zero_center) {
+    double scale_bound, double likelihood_bound, bool zero_center, c10::string_view family) {
   check_cuda(y_in);
   // The temperature's range is checked by the Python API; reading it here would synchronize.
   const c10::cuda::CUDAGuard guard(y_in.device());
-  ForwardCall c = prepare_forward(y_in, scales_in, means_in, seed, temperature, mode_name,
+  ForwardCall c = prepare_forward(y_in, scales_in, means_in, seed, temperature, family, mode_name,
                                   scale_bound, likelihood_bound);
   if (c.y.numel() == 0) return {c.y_hat, c.likelihoods};
   dispatch_dtype(c.y.scalar_type(), [&](auto tag) {
@@ -495,12 +495,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cuda(
     const at::Tensor& y_in, const at::Tensor& scales_in, const c10::optional<at::Tensor>& means_in,
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode_name,
     double scale_bound, double likelihood_bound, bool zero_center,
-    std::array<bool, 3> output_mask) {
+    std::array<bool, 3> output_mask, c10::string_view family) {
   check_cuda(y_in);
   const c10::cuda::CUDAGuard guard(y_in.device());
   BackwardCall c = prepare_backward(grad_y_hat_in, grad_lik_in, y_in, scales_in, means_in, seed,
-                                    temperature, mode_name, scale_bound, likelihood_bound,
-                                    output_mask);
+                                    temperature, family, mode_name, scale_bound,
+                                    likelihood_bound, output_mask);
   if (c.y.numel() == 0 || !(output_mask[0] || output_mask[1] || output_mask[2])) {
     return {c.grad_y, c.grad_scales, c.grad_means};
   }

@@ -1,5 +1,5 @@
-// Host-side argument handling shared by the CPU (.cpp) and CUDA (.cu) op implementations: the
-// checks that name the offending argument, and the translation of schema arguments to QuantParams.
+// Host-side preparation of one op call shared by the CPU (.cpp) and CUDA (.cu) implementations:
+// the checks of checks.h, contiguous inputs, the outputs, and the kernels' QuantParams.
 #pragma once
 
 #include <ATen/EmptyTensor.h>
@@ -12,57 +12,21 @@
 #include <array>
 #include <string>
 
+#include "checks.h"
 #include "quantize_math.h"
 
 namespace lic_quant {
 
-inline int32_t parse_mode(c10::string_view mode) {
-  if (mode == "noise") return kNoise;
-  if (mode == "ste") return kSte;
-  if (mode == "mixed") return kMixed;
-  if (mode == "sua") return kSua;
-  TORCH_CHECK_VALUE(false, "lic_quant: mode must be one of ('noise', 'ste', 'mixed', 'sua'); got '",
-                    std::string(mode), "'");
-}
-
-// The messages (and exception types) of lic_quant/api.py's checks.
-inline void check_like(const at::Tensor& t, const at::Tensor& y, const char* name) {
-  TORCH_CHECK_VALUE(t.sizes() == y.sizes(), "lic_quant: ", name, " must have the shape of y ",
-                    y.sizes(), "; got ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == y.scalar_type(), "lic_quant: ", name,
-                   " must have the dtype of y (", y.scalar_type(), "); got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == y.device(), "lic_quant: ", name, " must be on the device of y (",
-                    y.device(), "); got ", t.device());
-}
-
-// Checks shared by forward and backward; y's dtype must be a supported floating type.
-inline void check_inputs(const at::Tensor& y, const at::Tensor& scales,
-                         const c10::optional<at::Tensor>& means, const at::Tensor& seed,
-                         const at::Tensor& temperature, double scale_bound,
-                         double likelihood_bound) {
-  const auto dt = y.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-                   "lic_quant: y must be float16, bfloat16, float32 or float64; got ", dt);
-  check_like(scales, y, "scales");
-  if (means.has_value() && means->defined()) check_like(*means, y, "means");
-  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong && seed.dim() == 0,
-                   "lic_quant: seed must be a 0-dim int64 tensor; got ", seed.scalar_type(),
-                   " with shape ", seed.sizes());
-  TORCH_CHECK(seed.device() == y.device(), "lic_quant: seed must be on the device of y (",
-              y.device(), "); got ", seed.device());
-  TORCH_CHECK_TYPE(temperature.scalar_type() == at::kDouble && temperature.dim() == 0,
-                   "lic_quant: temperature must be a 0-dim float64 tensor; got ",
-                   temperature.scalar_type(), " with shape ", temperature.sizes());
-  TORCH_CHECK(temperature.device() == y.device(),
-              "lic_quant: temperature must be on the device of y (", y.device(), "); got ",
-              temperature.device());
-  TORCH_CHECK_VALUE(scale_bound >= 0.0, "lic_quant: scale_bound must be >= 0; got ", scale_bound);
-  TORCH_CHECK_VALUE(likelihood_bound >= 0.0, "lic_quant: likelihood_bound must be >= 0; got ",
-                    likelihood_bound);
-}
-
-inline void check_temperature_value(double t) {
-  TORCH_CHECK_VALUE(t >= 0.0 && t <= 1.0, "lic_quant: temperature must lie in [0, 1]; got ", t);
+// Op-level checks of both ops: the call's arguments, then the seed and temperature tensors.
+inline Choices check_inputs(const at::Tensor& y, const at::Tensor& scales,
+                            const c10::optional<at::Tensor>& means, const at::Tensor& seed,
+                            const at::Tensor& temperature, c10::string_view family,
+                            c10::string_view mode, double scale_bound, double likelihood_bound) {
+  const Choices choices =
+      check_call(y, scales, means, family, mode, scale_bound, likelihood_bound);
+  check_scalar_tensor(seed, y, "seed", at::kLong, "a 0-dim int64 tensor");
+  check_scalar_tensor(temperature, y, "temperature", at::kDouble, "a 0-dim float64 tensor");
+  return choices;
 }
 
 template <typename T>
@@ -77,11 +41,6 @@ QuantParams<T> make_params(int32_t mode, double temperature, double scale_bound,
   p.scale_min = ScaleRange<T>::kMin;
   p.scale_max = ScaleRange<T>::kMax;
   return p;
-}
-
-// float32 likelihoods for reduced and single precision inputs, float64 for float64.
-inline at::ScalarType likelihood_dtype(at::ScalarType input) {
-  return input == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 inline at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {
@@ -100,18 +59,21 @@ inline at::Tensor new_tensor(at::IntArrayRef sizes, const at::TensorOptions& opt
 // inputs are made contiguous; outputs are allocated contiguous. Device checks and guards are the
 // caller's (before this, so the outputs land on the right device).
 struct ForwardCall {
-  int32_t mode;
+  int32_t mode, family;
   at::Tensor y, scales, means;  // means undefined when absent
   at::Tensor y_hat, likelihoods;
 };
 
 inline ForwardCall prepare_forward(const at::Tensor& y, const at::Tensor& scales,
                                    const c10::optional<at::Tensor>& means, const at::Tensor& seed,
-                                   const at::Tensor& temperature, c10::string_view mode,
-                                   double scale_bound, double likelihood_bound) {
-  check_inputs(y, scales, means, seed, temperature, scale_bound, likelihood_bound);
+                                   const at::Tensor& temperature, c10::string_view family,
+                                   c10::string_view mode, double scale_bound,
+                                   double likelihood_bound) {
+  const Choices choices = check_inputs(y, scales, means, seed, temperature, family, mode,
+                                       scale_bound, likelihood_bound);
   ForwardCall c;
-  c.mode = parse_mode(mode);
+  c.mode = choices.mode;
+  c.family = choices.family;
   c.y = y.contiguous();
   c.scales = scales.contiguous();
   c.means = contiguous_or_undefined(means);
@@ -124,7 +86,7 @@ inline ForwardCall prepare_forward(const at::Tensor& y, const at::Tensor& scales
 // for); out_* are the same tensors where asked for and undefined elsewhere, so kernels get null
 // pointers for the gradients they must not write.
 struct BackwardCall {
-  int32_t mode;
+  int32_t mode, family;
   at::Tensor g_yhat, g_lik, y, scales, means;  // g_yhat and means undefined when absent
   at::Tensor grad_y, grad_scales, grad_means;
   at::Tensor out_y, out_scales, out_means;
@@ -134,10 +96,11 @@ inline BackwardCall prepare_backward(const c10::optional<at::Tensor>& grad_y_hat
                                      const at::Tensor& grad_lik, const at::Tensor& y,
                                      const at::Tensor& scales,
                                      const c10::optional<at::Tensor>& means, const at::Tensor& seed,
-                                     const at::Tensor& temperature, c10::string_view mode,
-                                     double scale_bound, double likelihood_bound,
-                                     std::array<bool, 3> output_mask) {
-  check_inputs(y, scales, means, seed, temperature, scale_bound, likelihood_bound);
+                                     const at::Tensor& temperature, c10::string_view family,
+                                     c10::string_view mode, double scale_bound,
+                                     double likelihood_bound, std::array<bool, 3> output_mask) {
+  const Choices choices = check_inputs(y, scales, means, seed, temperature, family, mode,
+                                       scale_bound, likelihood_bound);
   const auto lik_dtype = likelihood_dtype(y.scalar_type());
   TORCH_CHECK_VALUE(grad_lik.sizes() == y.sizes() && grad_lik.scalar_type() == lik_dtype &&
                         grad_lik.device() == y.device(),
@@ -148,7 +111,8 @@ inline BackwardCall prepare_backward(const c10::optional<at::Tensor>& grad_y_hat
   TORCH_CHECK_VALUE(!output_mask[2] || has_means,
                     "lic_quant: grad of means requested without means");
   BackwardCall c;
-  c.mode = parse_mode(mode);
+  c.mode = choices.mode;
+  c.family = choices.family;
   c.y = y.contiguous();
   c.scales = scales.contiguous();
   c.means = contiguous_or_undefined(means);

@@ -14,17 +14,18 @@
 namespace lic_quant {
 
 // quantize_forward(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
-// zero_center) -> (y_hat, likelihoods)
+// zero_center, family) -> (y_hat, likelihoods)
 using ForwardFn = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-    const at::Tensor&, c10::string_view, double, double, bool);
+    const at::Tensor&, c10::string_view, double, double, bool, c10::string_view);
 
 // quantize_backward(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, mode,
-// scale_bound, likelihood_bound, zero_center, output_mask) -> (grad_y, grad_scales, grad_means)
+// scale_bound, likelihood_bound, zero_center, output_mask, family)
+// -> (grad_y, grad_scales, grad_means)
 using BackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, c10::string_view,
-    double, double, bool, std::array<bool, 3>);
+    double, double, bool, std::array<bool, 3>, c10::string_view);
 
 inline const c10::TypedOperatorHandle<ForwardFn>& forward_op() {
   static const auto op = c10::Dispatcher::singleton()

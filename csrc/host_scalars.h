@@ -1,4 +1,4 @@
-// Host-side helpers of csrc/autograd.cpp shared with the Python entry point in csrc/ops.cpp.
+// The seed and temperature tensors of a call, made on the host (csrc/host_scalars.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,0 +1,116 @@
+// The argument rules of docs/spec.md section 4, once for C++: the lists of modes and families, the
+// dtype rules and every check with its message. lic_quant/_checks.py holds the same rules for
+// Python with the same messages; lic_quant._C exports the lists so a test can compare them.
+// Every C++ route checks here: the op's kernels (prepare_forward/prepare_backward, so inference
+// mode and every dispatch key see the same checks) and the eager entry (csrc/ops.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <sstream>
+#include <string>
+
+#include "quantize_math.h"
+
+namespace lic_quant {
+
+// Indexed by the kernels' numbering (enum Mode and enum Family of quantize_math.h).
+constexpr std::array<const char*, 4> kModeNames{"noise", "ste", "mixed", "sua"};
+constexpr std::array<const char*, 1> kFamilyNames{"gaussian"};
+
+// Python's repr of a tuple of strings, for the messages: ('noise', 'ste', ...).
+template <size_t N>
+std::string names_repr(const std::array<const char*, N>& names) {
+  std::ostringstream s;
+  s << '(';
+  for (size_t i = 0; i < N; ++i) s << (i ? ", '" : "'") << names[i] << '\'';
+  s << (N == 1 ? ",)" : ")");
+  return s.str();
+}
+
+// The index of `value` in `names`, or a ValueError naming the argument.
+template <size_t N>
+int32_t parse_choice(const char* name, c10::string_view value,
+                     const std::array<const char*, N>& names) {
+  for (size_t i = 0; i < N; ++i) {
+    if (value == names[i]) return static_cast<int32_t>(i);
+  }
+  TORCH_CHECK_VALUE(false, "lic_quant: ", name, " must be one of ", names_repr(names), "; got '",
+                    std::string(value), "'");
+}
+
+inline int32_t parse_mode(c10::string_view mode) { return parse_choice("mode", mode, kModeNames); }
+
+inline int32_t parse_family(c10::string_view family) {
+  return parse_choice("family", family, kFamilyNames);
+}
+
+inline void check_floating(const at::Tensor& y) {
+  const auto dt = y.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+                   "lic_quant: y must be float16, bfloat16, float32 or float64; got ", dt);
+}
+
+// An input beside y: y's shape, dtype and device.
+inline void check_like(const at::Tensor& t, const at::Tensor& y, const char* name) {
+  TORCH_CHECK_VALUE(t.sizes() == y.sizes(), "lic_quant: ", name, " must have the shape of y ",
+                    y.sizes(), "; got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == y.scalar_type(), "lic_quant: ", name,
+                   " must have the dtype of y (", y.scalar_type(), "); got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == y.device(), "lic_quant: ", name, " must be on the device of y (",
+                    y.device(), "); got ", t.device());
+}
+
+inline void check_unit_interval(const char* name, double value) {
+  TORCH_CHECK_VALUE(value >= 0.0 && value <= 1.0, "lic_quant: ", name, " must lie in [0, 1]; got ",
+                    value);
+}
+
+// A finite scale bound >= 0; a likelihood bound in [0, 1) (1 or more would give zero or negative
+// bits).
+inline void check_bounds(double scale_bound, double likelihood_bound) {
+  TORCH_CHECK_VALUE(scale_bound >= 0.0 && std::isfinite(scale_bound),
+                    "lic_quant: scale_bound must be finite and >= 0; got ", scale_bound);
+  TORCH_CHECK_VALUE(likelihood_bound >= 0.0 && likelihood_bound < 1.0,
+                    "lic_quant: likelihood_bound must lie in [0, 1); got ", likelihood_bound);
+}
+
+// The op's tensors for the seed and the temperature: 0-dim, of the schema's dtype, on y's device.
+inline void check_scalar_tensor(const at::Tensor& t, const at::Tensor& y, const char* name,
+                                at::ScalarType dtype, const char* kind) {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype && t.dim() == 0, "lic_quant: ", name, " must be ",
+                   kind, "; got ", t.scalar_type(), " with shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == y.device(), "lic_quant: ", name, " must be on the device of y (",
+                    y.device(), "); got ", t.device());
+}
+
+// float32 likelihoods for reduced and single precision inputs, float64 for float64.
+inline at::ScalarType likelihood_dtype(at::ScalarType input) {
+  return input == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The checks of one op call that do not need the seed and temperature tensors (the eager entry
+// makes those after these pass); returns the mode and family indices.
+struct Choices {
+  int32_t mode, family;
+};
+
+inline Choices check_call(const at::Tensor& y, const at::Tensor& scales,
+                          const std::optional<at::Tensor>& means, c10::string_view family,
+                          c10::string_view mode, double scale_bound, double likelihood_bound) {
+  check_floating(y);
+  check_like(scales, y, "scales");
+  if (means.has_value() && means->defined()) check_like(*means, y, "means");
+  const int32_t family_index = parse_family(family);
+  const int32_t mode_index = parse_mode(mode);
+  check_bounds(scale_bound, likelihood_bound);
+  return {mode_index, family_index};
+}
+
+}  // namespace lic_quant

@@ -1,0 +1,138 @@
+"""The argument rules of docs/spec.md section 4, once for Python: the lists of modes, families and
+backends, the dtype rules, and every check with its message. The API, the Triton backend, the
+modules and the schedules use these; csrc/lic_quant/checks.h holds the same rules for C++, with the
+same messages, and tests/contract/test_errors.py checks that both lists agree.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+# The order is the kernels' numbering (csrc/lic_quant/quantize_math.h, _triton_kernels.py).
+MODES = ("noise", "ste", "mixed", "sua")
+FAMILIES = ("gaussian",)
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+SECOND_DERIVATIVE_ERROR = (
+    "lic_quant: the second derivative of the quantize ops is not implemented (docs/spec.md "
+    "section 4): a gradient computed with create_graph=True through lic_quant's backward cannot "
+    "be differentiated again")
+
+
+def likelihood_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 likelihoods for reduced and single precision (1e-9 does not exist in float16),
+    float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"lic_quant: {name} must be one of {choices}; got {value!r}")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"lic_quant: {name} must be a bool; got {type(value).__name__}")
+
+
+def check_real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"lic_quant: {name} must be a real number; got {type(value).__name__}")
+    return float(value)
+
+
+def check_unit_interval(name: str, value) -> float:
+    """A real number in [0, 1] (temperatures)."""
+    value = check_real(name, value)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError(f"lic_quant: {name} must lie in [0, 1]; got {value}")
+    return value
+
+
+def check_bounds(scale_bound, likelihood_bound) -> None:
+    """A finite scale bound >= 0; a likelihood bound in [0, 1) (a bound of 1 or more would give
+    likelihoods of 1 or more: zero or negative bits)."""
+    if not 0.0 <= check_real("scale_bound", scale_bound) < math.inf:
+        raise ValueError(f"lic_quant: scale_bound must be finite and >= 0; got {scale_bound}")
+    if not 0.0 <= check_real("likelihood_bound", likelihood_bound) < 1.0:
+        raise ValueError(f"lic_quant: likelihood_bound must lie in [0, 1); got {likelihood_bound}")
+
+
+def check_dense(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"lic_quant: {name} must be a torch.Tensor; got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"lic_quant: {name} must be a dense (strided) tensor; got {t.layout}")
+
+
+def check_input(name: str, t, y: torch.Tensor | None = None) -> None:
+    """y itself (y=None): a dense floating tensor of a supported dtype. Any other input: a dense
+    tensor with y's shape, dtype and device."""
+    check_dense(name, t)
+    if y is None:
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"lic_quant: {name} must be float16, bfloat16, float32 or float64; got {t.dtype}")
+        return
+    if t.shape != y.shape:
+        raise ValueError(
+            f"lic_quant: {name} must have the shape of y {tuple(y.shape)}; got {tuple(t.shape)}")
+    if t.dtype != y.dtype:
+        raise TypeError(f"lic_quant: {name} must have the dtype of y ({y.dtype}); got {t.dtype}")
+    if t.device != y.device:
+        raise ValueError(f"lic_quant: {name} must be on the device of y ({y.device}); got {t.device}")
+
+
+def _kind_error(name: str, t: torch.Tensor, kind: str) -> TypeError:
+    return TypeError(f"lic_quant: {name} must be {kind}; got {t.dtype} with shape {tuple(t.shape)}")
+
+
+def check_host_tensor(name: str, t, device: torch.device, dtype: torch.dtype, kind: str) -> None:
+    """A seed (int64, 0-dim) or temperature (floating, one element) tensor given to the API: on
+    y's device or on the CPU (then copied over)."""
+    check_dense(name, t)
+    if t.device != device and t.device.type != "cpu":
+        raise ValueError(f"lic_quant: {name} must be on the device of y ({device}) or on the "
+                         f"CPU; got {t.device}")
+    if dtype == torch.int64:
+        if t.dim() != 0 or t.dtype != torch.int64:
+            raise _kind_error(name, t, kind)
+    elif t.numel() != 1 or not t.dtype.is_floating_point:
+        raise _kind_error(name, t, kind)
+
+
+def check_op_tensor(name: str, t, y: torch.Tensor, dtype: torch.dtype, kind: str) -> None:
+    """The ops' seed and temperature: 0-dim, of the schema's dtype, on y's device."""
+    if t.dtype != dtype or t.dim() != 0:
+        raise _kind_error(name, t, kind)
+    if t.device != y.device:
+        raise ValueError(f"lic_quant: {name} must be on the device of y ({y.device}); got {t.device}")
+
+
+def check_seed(seed) -> int | None:
+    """None, or an int seed as a signed 64-bit int (the same 64 bits)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"lic_quant: seed must be None, an int or a 0-dim int64 tensor; "
+                        f"got {type(seed).__name__}")
+    if not INT64_MIN <= seed < 2**64:
+        raise ValueError(f"lic_quant: seed must fit in 64 bits; got {seed}")
+    return seed - 2**64 if seed > INT64_MAX else seed
+
+
+def check_call(y, scales, means, family: str, mode: str, scale_bound, likelihood_bound,
+               zero_center) -> None:
+    """Everything of one call that does not depend on the backend, in the order of the
+    arguments."""
+    check_input("y", y)
+    check_input("scales", scales, y)
+    if means is not None:
+        check_input("means", means, y)
+    check_choice("family", family, FAMILIES)
+    check_choice("mode", mode, MODES)
+    check_bounds(scale_bound, likelihood_bound)
+    check_bool("zero_center", zero_center)
