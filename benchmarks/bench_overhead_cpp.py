@@ -9,6 +9,7 @@ and whole steps; torch.mul and torch.mul + torch.add alongside. It compiles a sm
 with torch.utils.cpp_extension (about 30 s; needs the compiler the extension was built with).
 
     python benchmarks/bench_overhead_cpp.py [--numel 64] [--calls 20000]
+        [--csv benchmarks/results/overhead_cpp.csv] [--label TEXT]
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import lic_quant as lq  # noqa: E402
+import results_csv  # noqa: E402
 
 SOURCE = r"""
 #include <torch/extension.h>
@@ -107,6 +110,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--numel", type=int, default=64)
     parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--csv", help="append the rows to this CSV, e.g. "
+                        "benchmarks/results/overhead_cpp.csv (date, commit and machine added)")
+    parser.add_argument("--label", default="", help="what the commit does not say")
     args = parser.parse_args(argv)
     if not lq.extension_available():
         print(f"lic_quant: {lq._ops.missing_extension_message()}", file=sys.stderr)
@@ -127,6 +133,11 @@ def main(argv=None) -> int:
     width = max(len(name) for name, _ in rows)
     for name, us in rows:
         print(f"{name:{width}s} {us:8.3f}")
+    if args.csv:
+        results_csv.append(args.csv, [{"numel": args.numel, "rounds": 7, "calls": args.calls,
+                                       "case": name, "us_per_call": round(us, 4)}
+                                      for name, us in rows], label=args.label)
+        print(f"appended {len(rows)} rows to {args.csv}")
     return 0
 
 
