@@ -11,6 +11,9 @@
 //   phi(m) = phi(a) exp(h^2/8 - x/2).
 // The gradients use the same two exponentials: phi(b) = phi(a) e^{-x}, so phi(a) - phi(b) is
 // phi(a) (1 - e^{-x}) with an expm1 and never cancels.
+// The Laplace and logistic families (docs/spec.md section 6) share BinArgs and everything around
+// the mass; their masses and slopes are laplace_dist.h and logistic_dist.h, chosen at compile
+// time by the kFamily template constant of forward_element / backward_element.
 #pragma once
 
 #include "host_device.h"
