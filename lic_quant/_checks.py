@@ -11,7 +11,7 @@ import torch
 
 # The order is the kernels' numbering (csrc/lic_quant/quantize_math.h, _triton_kernels.py).
 MODES = ("noise", "ste", "mixed", "sua")
-FAMILIES = ("gaussian",)
+FAMILIES = ("gaussian", "laplace", "logistic")
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

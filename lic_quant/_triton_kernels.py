@@ -38,13 +38,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._checks import MODES
+from ._checks import FAMILIES, MODES
 
 # The kernels' mode numbers: indices into lic_quant._checks.MODES (the C++ Mode enum's values).
 MODE_NOISE = tl.constexpr(MODES.index("noise"))
 MODE_STE = tl.constexpr(MODES.index("ste"))
 MODE_MIXED = tl.constexpr(MODES.index("mixed"))
 MODE_SUA = tl.constexpr(MODES.index("sua"))
+# The family numbers: indices into lic_quant._checks.FAMILIES (the C++ Family enum's values).
+FAMILY_GAUSSIAN = tl.constexpr(FAMILIES.index("gaussian"))
+FAMILY_LAPLACE = tl.constexpr(FAMILIES.index("laplace"))
+FAMILY_LOGISTIC = tl.constexpr(FAMILIES.index("logistic"))
 
 # ---------------------------------------------------------------------------------------------
 # Exactly rounded float32 primitives (see the module docstring).
@@ -266,6 +270,75 @@ def _normal_sf(x, ON_GPU: tl.constexpr):
 
 
 # ---------------------------------------------------------------------------------------------
+# neg_exp.h, laplace_dist.h, logistic_dist.h
+
+
+@triton.jit
+def _neg_exp(x, ON_GPU: tl.constexpr):
+    """(e^{-x}, e^{-x} - 1) for x >= 0 (neg_exp.h): the exponential gradually underflows to 0
+    beyond x = 128; the expm1 is relative-accurate at small x."""
+    k, r = _reduce_ln2(_neg(_upper_bound(x, 128.0)), ON_GPU)
+    g = _expm1_over_r(r, ON_GPU)
+    ex = _mul(_scale_by_exp2(_fma(g, r, 1.0, ON_GPU), k + 64.0), 5.42101086e-20, ON_GPU)
+    s = _scale_by_exp2(tl.full(x.shape, 1.0, tl.float32), _lower_bound(k, -30.0))
+    return ex, _fma(s, _mul(g, r, ON_GPU), s - 1.0, ON_GPU)
+
+
+@triton.jit
+def _second_exponent(h, a, m, ON_GPU: tl.constexpr):
+    """b - |a|: h where a >= 0, 2m where a < 0 (laplace_dist.h)."""
+    return tl.where(a < 0.0, _mul(2.0, m, ON_GPU), h)
+
+
+@triton.jit
+def _laplace_bin_probability(h, a, m, ON_GPU: tl.constexpr):
+    e_a, em1_a = _neg_exp(_abs(a), ON_GPU)
+    e_y, em1_y = _neg_exp(_second_exponent(h, a, m, ON_GPU), ON_GPU)
+    return _fma(_mul(-0.5, e_a, ON_GPU), em1_y, tl.where(a < 0.0, _neg(em1_a), 0.0), ON_GPU)
+
+
+@triton.jit
+def _laplace_bin_slopes(h, a, m, ON_GPU: tl.constexpr):
+    e_a, em1_a = _neg_exp(_abs(a), ON_GPU)
+    e_y, em1_y = _neg_exp(_second_exponent(h, a, m, ON_GPU), ON_GPU)
+    ac = _upper_bound(_lower_bound(a, -128.0), 128.0)
+    slope = _fma(ac, _neg(em1_y), _neg(_mul(h, e_y, ON_GPU)), ON_GPU)
+    half_h = _mul(0.5, h, ON_GPU)
+    return (_mul(_mul(e_a, em1_y, ON_GPU), half_h, ON_GPU),
+            _mul(_mul(e_a, slope, ON_GPU), half_h, ON_GPU))
+
+
+@triton.jit
+def _logistic_terms(h, a, m, ON_GPU: tl.constexpr):
+    """(E, e^{-y}, beta, M, 1/D) of logistic_dist.h's LogisticTerms."""
+    e_a, em1_a = _neg_exp(_abs(a), ON_GPU)
+    e_y, em1_y = _neg_exp(_second_exponent(h, a, m, ON_GPU), ON_GPU)
+    beta = _neg(em1_y)
+    one_plus_e = 1.0 + e_a
+    m1 = _fma(_neg(em1_a), one_plus_e, _mul(_mul(e_a, e_a, ON_GPU), beta, ON_GPU), ON_GPU)
+    rd = _reciprocal_1_128(_mul(one_plus_e, 1.0 + _mul(e_a, e_y, ON_GPU), ON_GPU), ON_GPU)
+    return e_a, e_y, beta, m1, rd
+
+
+@triton.jit
+def _logistic_bin_probability(h, a, m, ON_GPU: tl.constexpr):
+    e, ey, beta, m1, rd = _logistic_terms(h, a, m, ON_GPU)
+    return _mul(tl.where(a < 0.0, m1, _mul(e, beta, ON_GPU)), rd, ON_GPU)
+
+
+@triton.jit
+def _logistic_bin_slopes(h, a, m, ON_GPU: tl.constexpr):
+    e, ey, beta, m1, rd = _logistic_terms(h, a, m, ON_GPU)
+    ac = _upper_bound(_lower_bound(a, -128.0), 128.0)
+    one_plus_e = 1.0 + e
+    s = _fma(ac, _mul(beta, m1, ON_GPU),
+             _mul(_neg(_mul(h, ey, ON_GPU)), _mul(one_plus_e, one_plus_e, ON_GPU), ON_GPU), ON_GPU)
+    w = _mul(_mul(e, rd, ON_GPU), rd, ON_GPU)
+    return (_mul(_neg(_mul(w, _mul(beta, m1, ON_GPU), ON_GPU)), h, ON_GPU),
+            _mul(_mul(w, s, ON_GPU), h, ON_GPU))
+
+
+# ---------------------------------------------------------------------------------------------
 # quantize_math.h
 
 
@@ -352,6 +425,27 @@ def _bin_slopes(h, a, b, x, ON_GPU: tl.constexpr):
 
 
 @triton.jit
+def _family_bin_probability(av, h, a, b, x, FAMILY: tl.constexpr, ON_GPU: tl.constexpr):
+    """quantize_math.h's family_bin_probability: the family's mass from the shared BinArgs."""
+    if FAMILY == FAMILY_LAPLACE:
+        return _laplace_bin_probability(h, a, _mul(av, h, ON_GPU), ON_GPU)
+    elif FAMILY == FAMILY_LOGISTIC:
+        return _logistic_bin_probability(h, a, _mul(av, h, ON_GPU), ON_GPU)
+    else:
+        return _bin_probability(h, a, b, x, ON_GPU)
+
+
+@triton.jit
+def _family_bin_slopes(av, h, a, b, x, FAMILY: tl.constexpr, ON_GPU: tl.constexpr):
+    if FAMILY == FAMILY_LAPLACE:
+        return _laplace_bin_slopes(h, a, _mul(av, h, ON_GPU), ON_GPU)
+    elif FAMILY == FAMILY_LOGISTIC:
+        return _logistic_bin_slopes(h, a, _mul(av, h, ON_GPU), ON_GPU)
+    else:
+        return _bin_slopes(h, a, b, x, ON_GPU)
+
+
+@triton.jit
 def _load_f32(ptr, offs, mask, IS_BF16: tl.constexpr):
     if IS_BF16:  # raw 16 bits through an int16 view: widening is exact
         h = tl.load(ptr + offs, mask=mask, other=0).to(tl.uint16, bitcast=True)
@@ -428,6 +522,7 @@ def quantize_forward_kernel(
     n_elements, index_base, scale_bound, likelihood_bound,
     MODE: tl.constexpr, ZERO_CENTER: tl.constexpr, HAS_MEANS: tl.constexpr,
     IS_BF16: tl.constexpr, ON_GPU: tl.constexpr, BLOCK: tl.constexpr,
+    FAMILY: tl.constexpr = 0,
 ):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # 64-bit offsets
@@ -438,8 +533,9 @@ def quantize_forward_kernel(
     c, v, dist, sigma, s = _load_residual(
         y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, pid * BLOCK + index_base,
         scale_bound, MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU, BLOCK)
-    h, a, b, x = _bin_args(_abs(v), s, ON_GPU)
-    lik = _lower_bound(_bin_probability(h, a, b, x, ON_GPU), likelihood_bound)
+    av = _abs(v)
+    h, a, b, x = _bin_args(av, s, ON_GPU)
+    lik = _lower_bound(_family_bin_probability(av, h, a, b, x, FAMILY, ON_GPU), likelihood_bound)
     _store_from_f32(y_hat_ptr, offs, c + dist, mask, IS_BF16)
     tl.store(lik_ptr + offs, _canonical_nan(lik), mask=mask)
 
@@ -452,6 +548,7 @@ def quantize_backward_kernel(
     MODE: tl.constexpr, ZERO_CENTER: tl.constexpr, HAS_MEANS: tl.constexpr,
     HAS_GYHAT: tl.constexpr, NEED_GY: tl.constexpr, NEED_GMU: tl.constexpr,
     NEED_GS: tl.constexpr, IS_BF16: tl.constexpr, ON_GPU: tl.constexpr, BLOCK: tl.constexpr,
+    FAMILY: tl.constexpr = 0,
 ):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
@@ -463,7 +560,8 @@ def quantize_backward_kernel(
     c, v, dist, sigma, s = _load_residual(
         y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, pid * BLOCK + index_base,
         scale_bound, MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU, BLOCK)
-    h, a, b, x = _bin_args(_abs(v), s, ON_GPU)
+    av = _abs(v)
+    h, a, b, x = _bin_args(av, s, ON_GPU)
     # Likelihood bound (CompressAI's LowerBound): g_P passes where p >= b_p or g_P < 0. Where the
     # whole block has g_P < 0 (loss = -log P) p is not recomputed; masked lanes count as negative.
     upward = g_lik < 0.0
@@ -471,9 +569,9 @@ def quantize_backward_kernel(
     if n_upward == BLOCK:
         g_p = g_lik
     else:
-        p = _bin_probability(h, a, b, x, ON_GPU)
+        p = _family_bin_probability(av, h, a, b, x, FAMILY, ON_GPU)
         g_p = tl.where((p >= likelihood_bound) | upward, g_lik, _mul(g_lik, 0.0, ON_GPU))
-    d_av, d_s = _bin_slopes(h, a, b, x, ON_GPU)
+    d_av, d_s = _family_bin_slopes(av, h, a, b, x, FAMILY, ON_GPU)
     dv = _float(_bits(d_av) ^ (_bits(v) & 0x80000000))  # d|v|/dv = sign(v)
     g_v = _mul(g_p, dv, ON_GPU)
     g_s = _mul(g_p, d_s, ON_GPU)

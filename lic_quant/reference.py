@@ -1,5 +1,5 @@
-"""The readable pure-PyTorch implementation of docs/spec.md sections 1-2: the yardstick of every
-test.
+"""The readable pure-PyTorch implementation of docs/spec.md sections 1-2 and 6: the yardstick of
+every test.
 
 It takes the noise explicitly (``lic_quant.uniform_noise`` gives the exact u the kernels draw) and
 gets its gradients from autograd, with the two straight-through pieces written as small autograd
@@ -87,6 +87,73 @@ def standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * torch.special.erfc(x * -(1.0 / math.sqrt(2.0)))
 
 
+def gaussian_bin_mass(av: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Phi((1/2 - |v|)/s) - Phi((-1/2 - |v|)/s): both arguments <= 1/(2s), the reflected form."""
+    return standard_normal_cdf((0.5 - av) / s) - standard_normal_cdf((-0.5 - av) / s)
+
+
+# The Laplace and logistic masses below are written as products and sums of non-negative terms,
+# with a = (|v| - 1/2)/s, b = (|v| + 1/2)/s and h = 1/s (= b - a), so neither the tails nor large s
+# cancel. Each branch of a where() sees its own side of a (a >= 0 or a < 0, else 0), so the
+# branch not taken stays finite and contributes a zero gradient; at a = 0 the branch taken
+# (a >= 0) has the one-sided slope, equal on both sides for these continuous densities. (where()
+# rather than clamp: clamp's gradient is 0 at the bound itself.)
+
+
+class _Expm1(torch.autograd.Function):
+    """torch.expm1 with the derivative e^x computed as exp(x): torch's own backward forms
+    expm1(x) + 1, which loses every digit where e^x is small (x = -20: 2e-9 +- 1e-16)."""
+
+    @staticmethod
+    def forward(x):
+        return torch.expm1(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x)
+
+
+def _expm1(x: torch.Tensor) -> torch.Tensor:
+    return _Expm1.apply(x)
+
+
+def _split(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a where a >= 0 else 0, a where a < 0 else 0), each with gradient 1 where it is a."""
+    zero = torch.zeros_like(a)
+    return torch.where(a >= 0, a, zero), torch.where(a < 0, a, zero)
+
+def laplace_bin_mass(av: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """S(a) - S(b) with S(x) = 1/2 e^-x (x >= 0), 1 - 1/2 e^x (x < 0)."""
+    a, b, h = (av - 0.5) / s, (av + 0.5) / s, 1.0 / s
+    a_pos, a_neg = _split(a)
+    tail = -0.5 * torch.exp(-a_pos) * _expm1(-h)  # 1/2 (e^-a - e^-b)
+    core = -0.5 * (_expm1(a_neg) + _expm1(-b))  # 1 - 1/2 e^a - 1/2 e^-b
+    return torch.where(a >= 0, tail, core)
+
+
+def logistic_bin_mass(av: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """S(a) - S(b) with S(x) = 1/(1 + e^x): (e^-a - e^-b) / ((1 + e^-a)(1 + e^-b)) for a >= 0,
+    (1 - e^a e^-b) / ((1 + e^a)(1 + e^-b)) for a < 0; both numerators are -expm1(-h) times
+    e^-a or 1."""
+    a, b, h = (av - 0.5) / s, (av + 0.5) / s, 1.0 / s
+    a_pos, a_neg = _split(a)
+    e_b = torch.exp(-b)
+    e_pos = torch.exp(-a_pos)
+    e_neg = torch.exp(a_neg)
+    tail = -e_pos * _expm1(-h) / ((1.0 + e_pos) * (1.0 + e_b))
+    core = -_expm1(-h) / ((1.0 + e_neg) * (1.0 + e_b))
+    return torch.where(a >= 0, tail, core)
+
+
+BIN_MASSES = {"gaussian": gaussian_bin_mass, "laplace": laplace_bin_mass,
+              "logistic": logistic_bin_mass}
+
+
 compute_dtype = likelihood_dtype  # float32 compute for reduced precision, float64 for float64
 
 
@@ -104,6 +171,13 @@ def gaussian_quantize_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y_hat, likelihoods) of docs/spec.md section 1 for explicit noise u (needed unless
     mode='ste')."""
+    return _quantize_reference(y, scales, means, noise, gaussian_bin_mass, mode=mode,
+                               temperature=temperature, scale_bound=scale_bound,
+                               likelihood_bound=likelihood_bound, zero_center=zero_center)
+
+
+def _quantize_reference(y, scales, means, noise, bin_mass, *, mode, temperature, scale_bound,
+                        likelihood_bound, zero_center):
     check_choice("mode", mode, MODES)
     if mode != "ste" and noise is None:
         raise ValueError(f"lic_quant: noise is required for mode={mode!r}")
@@ -121,15 +195,16 @@ def gaussian_quantize_reference(
 
     y_hat = c + dist if c is not None else dist
     v = rate - mu if (not zero_center and mu is not None) else rate
-    av = v.abs()
-    p = standard_normal_cdf((0.5 - av) / s) - standard_normal_cdf((-0.5 - av) / s)
+    p = bin_mass(v.abs(), s)
     likelihoods = lower_bound(p, likelihood_bound)
     return y_hat.to(y.dtype), likelihoods
 
 
 def quantize_reference(y, scales, means=None, noise=None, *, family: str = "gaussian",
                        **settings) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y_hat, likelihoods) of docs/spec.md section 6 for a likelihood `family`; settings as
-    gaussian_quantize_reference."""
+    """(y_hat, likelihoods) of docs/spec.md section 6 for a likelihood `family`; settings (mode,
+    temperature, scale_bound, likelihood_bound, zero_center) as gaussian_quantize_reference."""
     check_choice("family", family, FAMILIES)
-    return gaussian_quantize_reference(y, scales, means, noise, **settings)
+    settings = {"mode": "sua", "temperature": 1.0, "scale_bound": 0.11, "likelihood_bound": 1e-9,
+                "zero_center": True, **settings}
+    return _quantize_reference(y, scales, means, noise, BIN_MASSES[family], **settings)

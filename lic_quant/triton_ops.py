@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import (MODES, SECOND_DERIVATIVE_ERROR, check_call, check_input, check_op_tensor,
+from ._checks import (FAMILIES, MODES, SECOND_DERIVATIVE_ERROR, check_call, check_input, check_op_tensor,
                       check_unit_interval, likelihood_dtype)
 
 try:
@@ -176,7 +176,8 @@ def _forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
                  seed, temperature, _raw(y_hat), lik, n, 0, float(scale_bound),
                  float(likelihood_bound)),
                 dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center),
-                     HAS_MEANS=m_c is not None, IS_BF16=y.dtype == torch.bfloat16), temperature)
+                     HAS_MEANS=m_c is not None, IS_BF16=y.dtype == torch.bfloat16,
+                     FAMILY=FAMILIES.index(family)), temperature)
     return y_hat, lik
 
 
@@ -214,7 +215,8 @@ def _backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
                  _raw(gs if need_s else y_c), n, 0, float(scale_bound), float(likelihood_bound)),
                 dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center),
                      HAS_MEANS=m_c is not None, HAS_GYHAT=gyh is not None, NEED_GY=need_y,
-                     NEED_GMU=need_m, NEED_GS=need_s, IS_BF16=y.dtype == torch.bfloat16),
+                     NEED_GMU=need_m, NEED_GS=need_s, IS_BF16=y.dtype == torch.bfloat16,
+                     FAMILY=FAMILIES.index(family)),
                 temperature)
     return gy, gs, gm
 

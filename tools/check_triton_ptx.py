@@ -49,25 +49,42 @@ def main() -> int:
                "temp_ptr": "*fp64", "y_hat_ptr": "*fp32", "lik_ptr": "*fp32", "n_elements": "i32",
                "index_base": "i64", "scale_bound": "fp32", "likelihood_bound": "fp32",
                "MODE": "constexpr", "ZERO_CENTER": "constexpr", "HAS_MEANS": "constexpr",
-               "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr"}
+               "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr",
+               "FAMILY": "constexpr"}
     bwd_sig = {"g_yhat_ptr": "*i16", "g_lik_ptr": "*fp32", "y_ptr": "*i16", "mu_ptr": "*i16",
                "sigma_ptr": "*i16", "seed_ptr": "*i64", "temp_ptr": "*fp64", "gy_ptr": "*i16",
                "gmu_ptr": "*i16", "gs_ptr": "*i16", "n_elements": "i64", "index_base": "i64",
                "scale_bound": "fp32", "likelihood_bound": "fp32", "MODE": "constexpr",
                "ZERO_CENTER": "constexpr", "HAS_MEANS": "constexpr", "HAS_GYHAT": "constexpr",
                "NEED_GY": "constexpr", "NEED_GMU": "constexpr", "NEED_GS": "constexpr",
-               "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr"}
+               "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr",
+               "FAMILY": "constexpr"}
     noise_sig = {"seed_ptr": "*i64", "out_ptr": "*fp32", "n_elements": "i32",
                  "index_base": "i64", "ON_GPU": "constexpr", "BLOCK": "constexpr"}
     fwd16_sig = dict(fwd_sig, y_ptr="*fp16", mu_ptr="*fp16", sigma_ptr="*fp16", y_hat_ptr="*fp16")
     variants = [
         ("forward mixed fp16", K.quantize_forward_kernel, fwd16_sig,
-         dict(MODE=2, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024), 4),
+         dict(MODE=2, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024,
+              FAMILY=0), 4),
         ("forward sua fp32", K.quantize_forward_kernel, fwd_sig,
-         dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024), 4),
+         dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024,
+              FAMILY=0), 4),
         ("backward noise bf16", K.quantize_backward_kernel, bwd_sig,
          dict(MODE=0, ZERO_CENTER=False, HAS_MEANS=True, HAS_GYHAT=True, NEED_GY=True,
-              NEED_GMU=True, NEED_GS=True, IS_BF16=True, ON_GPU=True, BLOCK=4096), 8),
+              NEED_GMU=True, NEED_GS=True, IS_BF16=True, ON_GPU=True, BLOCK=4096, FAMILY=0), 8),
+        # The other likelihood families (lic_quant._checks.FAMILIES: 1 laplace, 2 logistic).
+        ("forward sua fp32 laplace", K.quantize_forward_kernel, fwd_sig,
+         dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024,
+              FAMILY=1), 4),
+        ("forward sua fp32 logistic", K.quantize_forward_kernel, fwd_sig,
+         dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024,
+              FAMILY=2), 4),
+        ("backward noise bf16 laplace", K.quantize_backward_kernel, bwd_sig,
+         dict(MODE=0, ZERO_CENTER=False, HAS_MEANS=True, HAS_GYHAT=True, NEED_GY=True,
+              NEED_GMU=True, NEED_GS=True, IS_BF16=True, ON_GPU=True, BLOCK=4096, FAMILY=1), 8),
+        ("backward noise bf16 logistic", K.quantize_backward_kernel, bwd_sig,
+         dict(MODE=0, ZERO_CENTER=False, HAS_MEANS=True, HAS_GYHAT=True, NEED_GY=True,
+              NEED_GMU=True, NEED_GS=True, IS_BF16=True, ON_GPU=True, BLOCK=4096, FAMILY=2), 8),
         ("noise", K.uniform_noise_kernel, noise_sig, dict(ON_GPU=True, BLOCK=1024), 4),
     ]
     failed = False

@@ -38,8 +38,12 @@ def short_name(mangled: str) -> str:
     ints = re.findall(r"Li(n?\d+)E", t)
     ints = [i.replace("n", "-") for i in ints]
     modes = {"-1": "runtime", "0": "noise", "1": "ste", "2": "mixed", "3": "sua"}
-    if len(ints) == 2:
-        return f"{name}<{dtype}, N={ints[0]}, mode={modes.get(ints[1], ints[1])}>"
+    # The third template constant is the likelihood family (lic_quant._checks.FAMILIES order);
+    # the Gaussian's rows keep the names they had before families existed.
+    families = {"0": "", "1": ", family=laplace", "2": ", family=logistic"}
+    if len(ints) in (2, 3):
+        family = families.get(ints[2], f", family={ints[2]}") if len(ints) == 3 else ""
+        return f"{name}<{dtype}, N={ints[0]}, mode={modes.get(ints[1], ints[1])}{family}>"
     return name
 
 
@@ -88,10 +92,10 @@ def main(argv=None) -> int:
         per = len(body) / int(n.group(1)) if n else None
         reg, stack = regs.get(mangled, (None, None))
         rows.append((short_name(mangled), reg, stack, len(ins), len(body), per))
-    print(f"{'kernel (' + args.arch + ')':52s} {'REG':>4s} {'STACK':>5s} {'SASS':>6s} {'loop':>6s} {'loop/elem':>9s}")
+    print(f"{'kernel (' + args.arch + ')':68s} {'REG':>4s} {'STACK':>5s} {'SASS':>6s} {'loop':>6s} {'loop/elem':>9s}")
     for r in sorted(rows):
         per = "" if r[5] is None else f"{r[5]:.0f}"
-        print(f"{r[0]:52s} {r[1]!s:>4s} {r[2]!s:>5s} {r[3]:6d} {r[4]:6d} {per:>9s}")
+        print(f"{r[0]:68s} {r[1]!s:>4s} {r[2]!s:>5s} {r[3]:6d} {r[4]:6d} {per:>9s}")
     print("loop = the longest backward branch's span: every path of the main loop (the backward "
           "holds both the p-skipping and the full path; a thread runs one), not the tail.")
     if args.csv:

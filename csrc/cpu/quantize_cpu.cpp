@@ -61,9 +61,9 @@ LQ_CLONES void fill_noise_f32(float* __restrict u, int64_t n, const PhiloxKeys& 
   }
 }
 
-// Mode and centring are template constants so the per-element switch folds away and the loop
-// body is straight-line code the vectorizer accepts.
-template <int32_t kMode, bool kZeroCenter>
+// Mode, centring and family are template constants so the per-element switch folds away and the
+// loop body is straight-line code the vectorizer accepts.
+template <int32_t kMode, bool kZeroCenter, int kFamily>
 LQ_CLONES void forward_block_f32(const float* __restrict y, const float* __restrict mu,
                                  const float* __restrict sigma, const float* __restrict u,
                                  float* __restrict y_hat, float* __restrict lik, int64_t n,
@@ -71,13 +71,13 @@ LQ_CLONES void forward_block_f32(const float* __restrict y, const float* __restr
   p.mode = kMode;
   p.zero_center = kZeroCenter;
   for (int64_t j = 0; j < n; ++j) {
-    const ForwardOut<float> o = forward_element<float>(y[j], mu[j], sigma[j], u[j], p);
+    const ForwardOut<float> o = forward_element<float, kFamily>(y[j], mu[j], sigma[j], u[j], p);
     y_hat[j] = o.y_hat;
     lik[j] = o.likelihood;
   }
 }
 
-template <int32_t kMode, bool kZeroCenter, bool kSkipLikelihood>
+template <int32_t kMode, bool kZeroCenter, bool kSkipLikelihood, int kFamily>
 LQ_CLONES void backward_block_f32(const float* __restrict g_yhat, const float* __restrict g_lik,
                                   const float* __restrict y, const float* __restrict mu,
                                   const float* __restrict sigma, const float* __restrict u,
@@ -86,8 +86,8 @@ LQ_CLONES void backward_block_f32(const float* __restrict g_yhat, const float* _
   p.mode = kMode;
   p.zero_center = kZeroCenter;
   for (int64_t j = 0; j < n; ++j) {
-    const BackwardOut<float> o =
-        backward_element<float>(g_yhat[j], g_lik[j], y[j], mu[j], sigma[j], u[j], p, kSkipLikelihood);
+    const BackwardOut<float> o = backward_element<float, kFamily>(g_yhat[j], g_lik[j], y[j], mu[j],
+                                                                  sigma[j], u[j], p, kSkipLikelihood);
     gy[j] = o.grad_y;
     gmu[j] = o.grad_mu;
     gs[j] = o.grad_sigma;
@@ -109,6 +109,16 @@ void dispatch_mode(int32_t mode, bool zero_center, Fn&& fn) {
     case kSte: return with_center(std::integral_constant<int32_t, kSte>{});
     case kMixed: return with_center(std::integral_constant<int32_t, kMixed>{});
     default: return with_center(std::integral_constant<int32_t, kSua>{});
+  }
+}
+
+// Calls fn(std::integral_constant<int, kFamily>): the family as a compile-time constant.
+template <typename Fn>
+void dispatch_family(int32_t family, Fn&& fn) {
+  switch (family) {
+    case kLaplace: return fn(std::integral_constant<int, kLaplace>{});
+    case kLogistic: return fn(std::integral_constant<int, kLogistic>{});
+    default: return fn(std::integral_constant<int, kGaussian>{});
   }
 }
 
@@ -164,7 +174,8 @@ void for_each_block(int64_t numel, Fn&& fn) {
 
 template <typename scalar_t>
 void forward_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma, scalar_t* y_hat,
-                     float* lik, int64_t numel, uint64_t seed, const QuantParams<float>& p) {
+                     float* lik, int64_t numel, uint64_t seed, const QuantParams<float>& p,
+                     int32_t family) {
   const PhiloxKeys keys = philox_keys(seed);
   const int64_t nblocks = (numel + kBlock - 1) / kBlock;
   at::parallel_for(0, nblocks, kGrain / kBlock, [&](int64_t b_begin, int64_t b_end) {
@@ -179,8 +190,11 @@ void forward_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t* sigm
       const float* fs = as_float(sigma + i, bs.a, n);
       if (mode_uses_noise(p.mode)) fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i));
       float* out = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(y_hat + i) : byh.a;
-      dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
-        forward_block_f32<decltype(m)::value, decltype(zc)::value>(fy, fm, fs, bu.a, out, lik + i, n, p);
+      dispatch_family(family, [&](auto fam) {
+        dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
+          forward_block_f32<decltype(m)::value, decltype(zc)::value, decltype(fam)::value>(
+              fy, fm, fs, bu.a, out, lik + i, n, p);
+        });
       });
       if constexpr (!std::is_same_v<scalar_t, float>) store(byh.a, y_hat + i, n);
     }
@@ -190,7 +204,8 @@ void forward_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t* sigm
 template <typename scalar_t>
 void backward_reduced(const scalar_t* g_yhat, const float* g_lik, const scalar_t* y,
                       const scalar_t* mu, const scalar_t* sigma, scalar_t* gy, scalar_t* gmu,
-                      scalar_t* gs, int64_t numel, uint64_t seed, const QuantParams<float>& p) {
+                      scalar_t* gs, int64_t numel, uint64_t seed, const QuantParams<float>& p,
+                      int32_t family) {
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const PhiloxKeys keys = philox_keys(seed);
   const int64_t nblocks = (numel + kBlock - 1) / kBlock;
@@ -212,14 +227,17 @@ void backward_reduced(const scalar_t* g_yhat, const float* g_lik, const scalar_t
       float* pm = (kFloat && gmu) ? reinterpret_cast<float*>(gmu + i) : om.a;
       float* ps = (kFloat && gs) ? reinterpret_cast<float*>(gs + i) : os.a;
       const bool skip = all_negative(g_lik + i, n);
-      dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
-        constexpr int32_t kM = decltype(m)::value;
-        constexpr bool kZ = decltype(zc)::value;
-        if (skip) {
-          backward_block_f32<kM, kZ, true>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
-        } else {
-          backward_block_f32<kM, kZ, false>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
-        }
+      dispatch_family(family, [&](auto fam) {
+        dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
+          constexpr int32_t kM = decltype(m)::value;
+          constexpr bool kZ = decltype(zc)::value;
+          constexpr int kF = decltype(fam)::value;
+          if (skip) {
+            backward_block_f32<kM, kZ, true, kF>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
+          } else {
+            backward_block_f32<kM, kZ, false, kF>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
+          }
+        });
       });
       if constexpr (!kFloat) {
         if (gy) store(oy.a, gy + i, n);
@@ -251,26 +269,29 @@ void for_each_noise_block(int64_t numel, int32_t mode, uint64_t seed, Fn&& fn) {
   });
 }
 
+template <int kFamily>
 void forward_double(const double* y, const double* mu, const double* sigma, double* y_hat,
                     double* lik, int64_t numel, uint64_t seed, const QuantParams<double>& p) {
   for_each_noise_block(numel, p.mode, seed, [&](int64_t i0, int64_t n, const float* u) {
     for (int64_t j = 0; j < n; ++j) {
       const int64_t i = i0 + j;
       const ForwardOut<double> o =
-          forward_element<double>(y[i], mu ? mu[i] : 0.0, sigma[i], static_cast<double>(u[j]), p);
+          forward_element<double, kFamily>(y[i], mu ? mu[i] : 0.0, sigma[i],
+                                           static_cast<double>(u[j]), p);
       y_hat[i] = o.y_hat;
       lik[i] = o.likelihood;
     }
   });
 }
 
+template <int kFamily>
 void backward_double(const double* g_yhat, const double* g_lik, const double* y, const double* mu,
                      const double* sigma, double* gy, double* gmu, double* gs, int64_t numel,
                      uint64_t seed, const QuantParams<double>& p) {
   for_each_noise_block(numel, p.mode, seed, [&](int64_t i0, int64_t n, const float* u) {
     for (int64_t j = 0; j < n; ++j) {
       const int64_t i = i0 + j;
-      const BackwardOut<double> o = backward_element<double>(
+      const BackwardOut<double> o = backward_element<double, kFamily>(
           g_yhat ? g_yhat[i] : 0.0, g_lik[i], y[i], mu ? mu[i] : 0.0, sigma[i],
           static_cast<double>(u[j]), p, g_lik[i] < 0.0);
       if (gy) gy[i] = o.grad_y;
@@ -322,11 +343,13 @@ std::tuple<at::Tensor, at::Tensor> quantize_forward_cpu(
   const int64_t numel = c.y.numel();
   if (numel == 0) return {c.y_hat, c.likelihoods};
   if (c.y.scalar_type() == at::kDouble) {
-    forward_double(c.y.const_data_ptr<double>(), data_or_null<double>(c.means),
-                   c.scales.const_data_ptr<double>(), c.y_hat.mutable_data_ptr<double>(),
-                   c.likelihoods.mutable_data_ptr<double>(), numel, h.seed,
-                   make_params<double>(c.mode, h.temperature, scale_bound, likelihood_bound,
-                                       zero_center));
+    dispatch_family(c.family, [&](auto fam) {
+      forward_double<decltype(fam)::value>(
+          c.y.const_data_ptr<double>(), data_or_null<double>(c.means),
+          c.scales.const_data_ptr<double>(), c.y_hat.mutable_data_ptr<double>(),
+          c.likelihoods.mutable_data_ptr<double>(), numel, h.seed,
+          make_params<double>(c.mode, h.temperature, scale_bound, likelihood_bound, zero_center));
+    });
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.y.scalar_type(), "lic_quant_fwd", [&] {
       forward_reduced<scalar_t>(c.y.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(c.means),
@@ -334,7 +357,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_forward_cpu(
                                 c.y_hat.mutable_data_ptr<scalar_t>(),
                                 c.likelihoods.mutable_data_ptr<float>(), numel, h.seed,
                                 make_params<float>(c.mode, h.temperature, scale_bound,
-                                                   likelihood_bound, zero_center));
+                                                   likelihood_bound, zero_center),
+                                c.family);
     });
   }
   return {c.y_hat, c.likelihoods};
@@ -354,13 +378,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cpu(
   const int64_t numel = c.y.numel();
   if (numel == 0) return {c.grad_y, c.grad_scales, c.grad_means};
   if (c.y.scalar_type() == at::kDouble) {
-    backward_double(data_or_null<double>(c.g_yhat), c.g_lik.const_data_ptr<double>(),
-                    c.y.const_data_ptr<double>(), data_or_null<double>(c.means),
-                    c.scales.const_data_ptr<double>(), mutable_or_null<double>(c.out_y),
-                    mutable_or_null<double>(c.out_means), mutable_or_null<double>(c.out_scales),
-                    numel, h.seed,
-                    make_params<double>(c.mode, h.temperature, scale_bound, likelihood_bound,
-                                        zero_center));
+    dispatch_family(c.family, [&](auto fam) {
+      backward_double<decltype(fam)::value>(
+          data_or_null<double>(c.g_yhat), c.g_lik.const_data_ptr<double>(),
+          c.y.const_data_ptr<double>(), data_or_null<double>(c.means),
+          c.scales.const_data_ptr<double>(), mutable_or_null<double>(c.out_y),
+          mutable_or_null<double>(c.out_means), mutable_or_null<double>(c.out_scales), numel,
+          h.seed,
+          make_params<double>(c.mode, h.temperature, scale_bound, likelihood_bound, zero_center));
+    });
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.y.scalar_type(), "lic_quant_bwd", [&] {
       backward_reduced<scalar_t>(
@@ -368,8 +394,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cpu(
           c.y.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(c.means),
           c.scales.const_data_ptr<scalar_t>(), mutable_or_null<scalar_t>(c.out_y),
           mutable_or_null<scalar_t>(c.out_means), mutable_or_null<scalar_t>(c.out_scales), numel,
-          h.seed, make_params<float>(c.mode, h.temperature, scale_bound, likelihood_bound,
-                                     zero_center));
+          h.seed,
+          make_params<float>(c.mode, h.temperature, scale_bound, likelihood_bound, zero_center),
+          c.family);
     });
   }
   return {c.grad_y, c.grad_scales, c.grad_means};

@@ -141,7 +141,7 @@ __device__ __forceinline__ QuantParams<acc_t> with_temperature(QuantParams<acc_t
 // Forward. N = elements per thread step: 16 / sizeof(scalar_t) on the aligned path, 1 otherwise.
 // Elements [0, numel / N * N) go through packs; the few left over are handled one per thread.
 
-template <typename scalar_t, typename lik_t, int N, int kMode>
+template <typename scalar_t, typename lik_t, int N, int kMode, int kFamily>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ y, const scalar_t* __restrict__ mu,
                    const scalar_t* __restrict__ sigma, scalar_t* __restrict__ y_hat,
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const acc_t m = mu != nullptr ? static_cast<acc_t>(pm.v[j]) : acc_t(0);
-      const ForwardOut<acc_t> o = forward_element<acc_t>(
+      const ForwardOut<acc_t> o = forward_element<acc_t, kFamily>(
           static_cast<acc_t>(py.v[j]), m, static_cast<acc_t>(ps.v[j]), static_cast<acc_t>(u[j]), p);
       out_y.v[j] = to_storage<scalar_t>(o.y_hat);
       out_p.v[j] = static_cast<lik_t>(o.likelihood);
@@ -181,8 +181,8 @@ __global__ void __launch_bounds__(kThreads)
     if (i < numel) {
       const acc_t m = mu != nullptr ? static_cast<acc_t>(mu[i]) : acc_t(0);
       const ForwardOut<acc_t> o =
-          forward_element<acc_t>(static_cast<acc_t>(y[i]), m, static_cast<acc_t>(sigma[i]),
-                                 noise_at<acc_t>(noisy, keys, i), p);
+          forward_element<acc_t, kFamily>(static_cast<acc_t>(y[i]), m, static_cast<acc_t>(sigma[i]),
+                                          noise_at<acc_t>(noisy, keys, i), p);
       y_hat[i] = to_storage<scalar_t>(o.y_hat);
       lik[i] = static_cast<lik_t>(o.likelihood);
     }
@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(kThreads)
 // whatever p is, so p is not recomputed; the vote keeps the warp on one path, and both paths give
 // the same bits for a negative g_P.
 
-template <typename acc_t, typename scalar_t, typename lik_t, int N>
+template <int kFamily, typename acc_t, typename scalar_t, typename lik_t, int N>
 __device__ __forceinline__ void backward_pack(const Pack<scalar_t, N>& pg, const Pack<lik_t, N>& pl,
                                               const Pack<scalar_t, N>& py,
                                               const Pack<scalar_t, N>& pm,
@@ -208,7 +208,7 @@ __device__ __forceinline__ void backward_pack(const Pack<scalar_t, N>& pg, const
   for (int j = 0; j < N; ++j) {
     const acc_t g = has_gyh ? static_cast<acc_t>(pg.v[j]) : acc_t(0);
     const acc_t m = has_mu ? static_cast<acc_t>(pm.v[j]) : acc_t(0);
-    const BackwardOut<acc_t> o = backward_element<acc_t>(
+    const BackwardOut<acc_t> o = backward_element<acc_t, kFamily>(
         g, static_cast<acc_t>(pl.v[j]), static_cast<acc_t>(py.v[j]), m,
         static_cast<acc_t>(ps.v[j]), static_cast<acc_t>(u[j]), p, skip_likelihood);
     gy.v[j] = to_storage<scalar_t>(o.grad_y);
@@ -217,7 +217,7 @@ __device__ __forceinline__ void backward_pack(const Pack<scalar_t, N>& pg, const
   }
 }
 
-template <typename scalar_t, typename lik_t, int N, int kMode>
+template <typename scalar_t, typename lik_t, int N, int kMode, int kFamily>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ g_yhat, const lik_t* __restrict__ g_lik,
                     const scalar_t* __restrict__ y, const scalar_t* __restrict__ mu,
@@ -252,7 +252,7 @@ __global__ void __launch_bounds__(kThreads)
     Pack<scalar_t, N> gy, gm, gs;
     // Warp-uniform: the lanes take the p-recomputing code together or skip it together.
     const bool skip = __all_sync(__activemask(), all_negative);
-    backward_pack<acc_t>(pg, pl, py, pm, ps, has_gyh, has_mu, u, p, skip, gy, gm, gs);
+    backward_pack<kFamily, acc_t>(pg, pl, py, pm, ps, has_gyh, has_mu, u, p, skip, gy, gm, gs);
     if (grad_y != nullptr) store_pack<scalar_t, N>(grad_y + i0, gy);
     if (grad_mu != nullptr) store_pack<scalar_t, N>(grad_mu + i0, gm);
     if (grad_sigma != nullptr) store_pack<scalar_t, N>(grad_sigma + i0, gs);
@@ -266,7 +266,8 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t yy = static_cast<acc_t>(y[i]);
       const acc_t ss = static_cast<acc_t>(sigma[i]);
       const acc_t u = noise_at<acc_t>(noisy, keys, i);
-      const BackwardOut<acc_t> o = backward_element<acc_t>(g, gl, yy, m, ss, u, p, gl < acc_t(0));
+      const BackwardOut<acc_t> o =
+          backward_element<acc_t, kFamily>(g, gl, yy, m, ss, u, p, gl < acc_t(0));
       if (grad_y != nullptr) grad_y[i] = to_storage<scalar_t>(o.grad_y);
       if (grad_mu != nullptr) grad_mu[i] = to_storage<scalar_t>(o.grad_mu);
       if (grad_sigma != nullptr) grad_sigma[i] = to_storage<scalar_t>(o.grad_sigma);
@@ -337,11 +338,11 @@ scalar_t* mutable_or_null(at::Tensor& t) {
   return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
 }
 
-template <typename scalar_t, typename lik_t, int N, int kMode>
+template <typename scalar_t, typename lik_t, int N, int kMode, int kFamily>
 void launch_forward_mode(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma, scalar_t* y_hat,
                     lik_t* lik, int64_t numel, const int64_t* seed, const double* temperature,
                     const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream) {
-  constexpr auto kernel = forward_kernel<scalar_t, lik_t, N, kMode>;
+  constexpr auto kernel = forward_kernel<scalar_t, lik_t, N, kMode, kFamily>;
   // numel / N pack steps plus at most N - 1 tail elements, one per thread.
   const int64_t work = std::max<int64_t>(numel / N, numel % N);
   kernel<<<grid_size<kernel>(work), kThreads, 0, stream>>>(y, mu, sigma, y_hat, lik, numel, seed,
@@ -349,12 +350,12 @@ void launch_forward_mode(const scalar_t* y, const scalar_t* mu, const scalar_t* 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, typename lik_t, int N, int kMode>
+template <typename scalar_t, typename lik_t, int N, int kMode, int kFamily>
 void launch_backward_mode(const scalar_t* g_yhat, const lik_t* g_lik, const scalar_t* y,
                      const scalar_t* mu, const scalar_t* sigma, scalar_t* gy, scalar_t* gm,
                      scalar_t* gs, int64_t numel, const int64_t* seed, const double* temperature,
                      const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream) {
-  constexpr auto kernel = backward_kernel<scalar_t, lik_t, N, kMode>;
+  constexpr auto kernel = backward_kernel<scalar_t, lik_t, N, kMode, kFamily>;
   const int64_t work = std::max<int64_t>(numel / N, numel % N);
   kernel<<<grid_size<kernel>(work), kThreads, 0, stream>>>(g_yhat, g_lik, y, mu, sigma, gy, gm, gs,
                                                             numel, seed, temperature, p);
@@ -377,23 +378,23 @@ void dispatch_mode(int32_t mode, Fn&& fn) {
   }
 }
 
-template <typename scalar_t, typename lik_t, int N>
+template <typename scalar_t, typename lik_t, int N, int kFamily>
 void launch_forward(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma, scalar_t* y_hat,
                     lik_t* lik, int64_t numel, const int64_t* seed, const double* temperature,
                     const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream) {
   dispatch_mode<scalar_t, N>(p.mode, [&](auto mode_c) {
-    launch_forward_mode<scalar_t, lik_t, N, decltype(mode_c)::value>(
+    launch_forward_mode<scalar_t, lik_t, N, decltype(mode_c)::value, kFamily>(
         y, mu, sigma, y_hat, lik, numel, seed, temperature, p, stream);
   });
 }
 
-template <typename scalar_t, typename lik_t, int N>
+template <typename scalar_t, typename lik_t, int N, int kFamily>
 void launch_backward(const scalar_t* g_yhat, const lik_t* g_lik, const scalar_t* y,
                      const scalar_t* mu, const scalar_t* sigma, scalar_t* gy, scalar_t* gm,
                      scalar_t* gs, int64_t numel, const int64_t* seed, const double* temperature,
                      const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream) {
   dispatch_mode<scalar_t, N>(p.mode, [&](auto mode_c) {
-    launch_backward_mode<scalar_t, lik_t, N, decltype(mode_c)::value>(
+    launch_backward_mode<scalar_t, lik_t, N, decltype(mode_c)::value, kFamily>(
         g_yhat, g_lik, y, mu, sigma, gy, gm, gs, numel, seed, temperature, p, stream);
   });
 }
@@ -405,7 +406,7 @@ void check_cuda(const at::Tensor& y) {
   TORCH_CHECK(y.device().is_cuda(), "lic_quant: the CUDA kernels got y on ", y.device());
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int kFamily>
 void forward_typed(const at::Tensor& y, const at::Tensor& scales, const at::Tensor& means,
                    const at::Tensor& seed, const at::Tensor& temperature, at::Tensor& y_hat,
                    at::Tensor& lik, int32_t mode, double scale_bound, double likelihood_bound,
@@ -425,13 +426,13 @@ void forward_typed(const at::Tensor& y, const at::Tensor& scales, const at::Tens
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t numel = y.numel();
   if (aligned16(py) && aligned16(pm) && aligned16(ps) && aligned16(pyh) && aligned16(pl)) {
-    launch_forward<scalar_t, lik_t, kVec>(py, pm, ps, pyh, pl, numel, sd, tp, p, stream);
+    launch_forward<scalar_t, lik_t, kVec, kFamily>(py, pm, ps, pyh, pl, numel, sd, tp, p, stream);
   } else {
-    launch_forward<scalar_t, lik_t, 1>(py, pm, ps, pyh, pl, numel, sd, tp, p, stream);
+    launch_forward<scalar_t, lik_t, 1, kFamily>(py, pm, ps, pyh, pl, numel, sd, tp, p, stream);
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int kFamily>
 void backward_typed(const at::Tensor& g_yhat, const at::Tensor& g_lik, const at::Tensor& y,
                     const at::Tensor& scales, const at::Tensor& means, const at::Tensor& seed,
                     const at::Tensor& temperature, at::Tensor& gy, at::Tensor& gm, at::Tensor& gs,
@@ -455,9 +456,22 @@ void backward_typed(const at::Tensor& g_yhat, const at::Tensor& g_lik, const at:
   const int64_t numel = y.numel();
   if (aligned16(pg) && aligned16(pl) && aligned16(py) && aligned16(pm) && aligned16(ps) &&
       aligned16(oy) && aligned16(om) && aligned16(os)) {
-    launch_backward<scalar_t, lik_t, kVec>(pg, pl, py, pm, ps, oy, om, os, numel, sd, tp, p, stream);
+    launch_backward<scalar_t, lik_t, kVec, kFamily>(pg, pl, py, pm, ps, oy, om, os, numel, sd, tp,
+                                                    p, stream);
   } else {
-    launch_backward<scalar_t, lik_t, 1>(pg, pl, py, pm, ps, oy, om, os, numel, sd, tp, p, stream);
+    launch_backward<scalar_t, lik_t, 1, kFamily>(pg, pl, py, pm, ps, oy, om, os, numel, sd, tp, p,
+                                                 stream);
+  }
+}
+
+// Calls f(std::integral_constant<int, kFamily>): the family as a template constant, one set of
+// kernels per family.
+template <typename F>
+void dispatch_family(int32_t family, F&& f) {
+  switch (family) {
+    case kLaplace: return f(std::integral_constant<int, kLaplace>{});
+    case kLogistic: return f(std::integral_constant<int, kLogistic>{});
+    default: return f(std::integral_constant<int, kGaussian>{});
   }
 }
 
@@ -484,8 +498,11 @@ std::tuple<at::Tensor, at::Tensor> quantize_forward_cuda(
   if (c.y.numel() == 0) return {c.y_hat, c.likelihoods};
   dispatch_dtype(c.y.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    forward_typed<scalar_t>(c.y, c.scales, c.means, seed, temperature, c.y_hat, c.likelihoods,
-                            c.mode, scale_bound, likelihood_bound, zero_center);
+    dispatch_family(c.family, [&](auto fam) {
+      forward_typed<scalar_t, decltype(fam)::value>(c.y, c.scales, c.means, seed, temperature,
+                                                    c.y_hat, c.likelihoods, c.mode, scale_bound,
+                                                    likelihood_bound, zero_center);
+    });
   });
   return {c.y_hat, c.likelihoods};
 }
@@ -506,9 +523,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cuda(
   }
   dispatch_dtype(c.y.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
-    backward_typed<scalar_t>(c.g_yhat, c.g_lik, c.y, c.scales, c.means, seed, temperature,
-                             c.out_y, c.out_means, c.out_scales, c.mode, scale_bound,
-                             likelihood_bound, zero_center);
+    dispatch_family(c.family, [&](auto fam) {
+      backward_typed<scalar_t, decltype(fam)::value>(c.g_yhat, c.g_lik, c.y, c.scales, c.means,
+                                                     seed, temperature, c.out_y, c.out_means,
+                                                     c.out_scales, c.mode, scale_bound,
+                                                     likelihood_bound, zero_center);
+    });
   });
   return {c.grad_y, c.grad_scales, c.grad_means};
 }

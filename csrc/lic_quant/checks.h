@@ -22,7 +22,7 @@ namespace lic_quant {
 
 // Indexed by the kernels' numbering (enum Mode and enum Family of quantize_math.h).
 constexpr std::array<const char*, 4> kModeNames{"noise", "ste", "mixed", "sua"};
-constexpr std::array<const char*, 1> kFamilyNames{"gaussian"};
+constexpr std::array<const char*, 3> kFamilyNames{"gaussian", "laplace", "logistic"};
 
 // Python's repr of a tuple of strings, for the messages: ('noise', 'ste', ...).
 template <size_t N>

@@ -11,9 +11,14 @@
 //   phi(m) = phi(a) exp(h^2/8 - x/2).
 // The gradients use the same two exponentials: phi(b) = phi(a) e^{-x}, so phi(a) - phi(b) is
 // phi(a) (1 - e^{-x}) with an expm1 and never cancels.
+// The Laplace and logistic families (docs/spec.md section 6) share BinArgs and everything around
+// the mass; their masses and slopes are laplace_dist.h and logistic_dist.h, chosen at compile
+// time by the kFamily template constant of forward_element / backward_element.
 #pragma once
 
 #include "host_device.h"
+#include "laplace_dist.h"
+#include "logistic_dist.h"
 #include "normal_dist.h"
 #include "philox.h"
 
@@ -23,6 +28,11 @@ namespace lic_quant {
 enum Mode : int32_t { kNoise = 0, kSte = 1, kMixed = 2, kSua = 3 };
 
 LQ_HD bool mode_uses_noise(int32_t mode) { return mode != kSte; }
+
+// Values match the family order of lic_quant/_checks.py (FAMILIES) and checks.h (kFamilyNames).
+// The kernels take the family as a template constant: each family is its own instantiation, and
+// the Gaussian's is the code it was before families existed.
+enum Family : int32_t { kGaussian = 0, kLaplace = 1, kLogistic = 2 };
 
 template <typename T>
 struct QuantParams {
@@ -242,6 +252,33 @@ LQ_HD BinSlopes<double> bin_slopes(const BinArgs<double>& g) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The bin mass and its slopes of each family (laplace_dist.h, logistic_dist.h).
+
+template <int kFamily, typename T>
+LQ_HD T family_bin_probability(const BinArgs<T>& g) {
+  if constexpr (kFamily == kLaplace) {
+    return laplace_bin_probability(g.h, g.a, g.m);
+  } else if constexpr (kFamily == kLogistic) {
+    return logistic_bin_probability(g.h, g.a, g.m);
+  } else {
+    return bin_probability(g);
+  }
+}
+
+template <int kFamily, typename T>
+LQ_HD BinSlopes<T> family_bin_slopes(const BinArgs<T>& g) {
+  if constexpr (kFamily == kLaplace) {
+    const FamilySlopes<T> d = laplace_bin_slopes(g.h, g.a, g.m);
+    return {d.d_av, d.d_s};
+  } else if constexpr (kFamily == kLogistic) {
+    const FamilySlopes<T> d = logistic_bin_slopes(g.h, g.a, g.m);
+    return {d.d_av, d.d_s};
+  } else {
+    return bin_slopes(g);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // One element forward and backward.
 
 // s = max(sigma, b_sigma), NaN-preserving, held in [p.scale_min, p.scale_max] (ScaleRange).
@@ -261,14 +298,14 @@ struct ForwardOut {
   T likelihood;
 };
 
-template <typename T>
+template <typename T, int kFamily = kGaussian>
 LQ_HD ForwardOut<T> forward_element(T y, T mu, T sigma, T u, const QuantParams<T>& p) {
   const T c = p.zero_center ? mu : T(0);
   const T r = y - c;
   const Surrogate<T> q = surrogate<T>(p.mode, r, u, p.temperature);
   const T v = p.zero_center ? q.rate : q.rate - mu;
   const T s = bounded_scale(sigma, p);
-  const T prob = bin_probability(bin_args(abs_bits(v), s));
+  const T prob = family_bin_probability<kFamily>(bin_args(abs_bits(v), s));
   return {canonical_nan(c + q.distortion), canonical_nan(lower_bound(prob, p.likelihood_bound))};
 }
 
@@ -297,7 +334,7 @@ LQ_HD double with_sign_of(double x, double v) {
 // skip_likelihood: the caller knows every g_P is negative, so the likelihood bound passes the
 // gradient whatever p is and p need not be recomputed (the usual case: loss = -log P). Both
 // paths give the same bits for a negative g_P.
-template <typename T>
+template <typename T, int kFamily = kGaussian>
 LQ_HD BackwardOut<T> backward_element(T g_yhat, T g_lik, T y, T mu, T sigma, T u,
                                       const QuantParams<T>& p, bool skip_likelihood) {
   const T c = p.zero_center ? mu : T(0);
@@ -308,9 +345,9 @@ LQ_HD BackwardOut<T> backward_element(T g_yhat, T g_lik, T y, T mu, T sigma, T u
   const BinArgs<T> g = bin_args(abs_bits(v), s);
   T g_p = g_lik;
   if (!skip_likelihood) {
-    g_p = pass_if_towards(g_lik, bin_probability(g) >= p.likelihood_bound);
+    g_p = pass_if_towards(g_lik, family_bin_probability<kFamily>(g) >= p.likelihood_bound);
   }
-  const BinSlopes<T> d = bin_slopes(g);
+  const BinSlopes<T> d = family_bin_slopes<kFamily>(g);
   const T dv = with_sign_of(d.d_av, v);
   const T g_v = g_p * dv;
   const T g_s = g_p * d.d_s;
