@@ -377,12 +377,15 @@ sig = {"y_ptr": "*fp32", "mu_ptr": "*fp32", "sigma_ptr": "*fp32", "seed_ptr": "*
        "temp_ptr": "*fp64", "y_hat_ptr": "*fp32", "lik_ptr": "*fp32", "n_elements": "i32",
        "index_base": "i64", "scale_bound": "fp64", "likelihood_bound": "fp64",
        "MODE": "constexpr", "ZERO_CENTER": "constexpr", "HAS_MEANS": "constexpr",
-       "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr"}
-const = dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024)
-src = ASTSource(fn=K.quantize_forward_kernel, signature=sig,
-                constexprs={(list(sig).index(k),): v for k, v in const.items()})
+       "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr",
+       "FAMILY": "constexpr"}
 try:
-    triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    for family in range(len(K.FAMILIES)):  # every family's variant
+        const = dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True,
+                     BLOCK=1024, FAMILY=family)
+        src = ASTSource(fn=K.quantize_forward_kernel, signature=sig,
+                        constexprs={(list(sig).index(k),): v for k, v in const.items()})
+        triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     ok, why = True, ""
 except (TypeError, AttributeError, KeyError) as exc:  # another Triton's compile API
     print(json.dumps({"unavailable": repr(exc)[:300]})); sys.exit(0)
