@@ -171,3 +171,11 @@ def cpp_backend(request) -> Backend:
 @pytest.fixture
 def cuda_and_triton() -> tuple[Backend, Backend]:
     return get_backend("cuda"), get_backend("triton")
+
+
+def pytest_collection_modifyitems(items):
+    # Triton's interpreter runs the kernels' float math in numpy, which warns on the inf and NaN
+    # the tests feed it on purpose (overflow in multiply or cast); the results are checked.
+    for item in items:
+        if "triton-interpreter" in item.nodeid:
+            item.add_marker(pytest.mark.filterwarnings("ignore::RuntimeWarning"))
