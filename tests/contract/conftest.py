@@ -158,6 +158,11 @@ def other_kernel(request) -> Backend:
 
 
 @pytest.fixture
+def reference_backend() -> Backend:
+    return BACKENDS["reference"]
+
+
+@pytest.fixture
 def cpu_backend() -> Backend:
     return get_backend("cpu")
 
