@@ -8,9 +8,14 @@ is no GPU). A backend this machine lacks is skipped with a reason naming what is
 
 `kernel_backend` is the same without the reference; `other_kernel` is every kernel backend but
 the C++ CPU kernels, which the bit-identity tests use as their anchor.
+
+LIC_QUANT_TEST_BACKENDS=cuda,triton (a comma-separated list of ids) runs only those backends'
+cases (scripts/gpu_run.sh: the GPU's minutes go to the GPU backends; the CPU kernels still serve
+as the bit-identity anchor).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -129,8 +134,13 @@ BACKENDS = {
 KERNEL_IDS = ["cpu", "cuda", "triton", "triton-interpreter"]
 
 
+SELECTED = [b for b in os.environ.get("LIC_QUANT_TEST_BACKENDS", "").split(",") if b]
+
+
 def get_backend(backend_id: str) -> Backend:
     """The backend, or a skip naming what this machine lacks."""
+    if SELECTED and backend_id not in SELECTED:
+        pytest.skip(f"backend {backend_id}: not in LIC_QUANT_TEST_BACKENDS={','.join(SELECTED)}")
     why = _missing(backend_id)
     if why is not None:
         pytest.skip(f"backend {backend_id}: {why}")
@@ -151,7 +161,7 @@ def kernel_backend(request) -> Backend:
 def other_kernel(request) -> Backend:
     """A kernel backend to compare bit for bit with the C++ CPU kernels (skipped without them)."""
     other = get_backend(request.param)
-    anchor = _missing("cpu")
+    anchor = _missing("cpu")  # the anchor runs whatever LIC_QUANT_TEST_BACKENDS selects
     if anchor is not None:
         pytest.skip(f"bit identity needs the C++ CPU kernels as the anchor: {anchor}")
     return other
@@ -164,7 +174,11 @@ def reference_backend() -> Backend:
 
 @pytest.fixture
 def cpu_backend() -> Backend:
-    return get_backend("cpu")
+    """The C++ CPU kernels as the bit-identity anchor (not subject to LIC_QUANT_TEST_BACKENDS)."""
+    why = _missing("cpu")
+    if why is not None:
+        pytest.skip(f"backend cpu: {why}")
+    return BACKENDS["cpu"]
 
 
 @pytest.fixture(params=["cpu", "cuda"])
