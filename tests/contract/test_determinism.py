@@ -75,3 +75,14 @@ def test_same_bits_with_one_and_two_threads(backend):
     assert _same(a, b)
     for ga, gb in zip(a[2], b[2]):
         assert same_bits(ga, gb)
+
+
+def test_reference_function_takes_one_temperature_value():
+    """gaussian_quantize_reference (explicit noise) takes a one-element temperature tensor of any
+    shape; several values are not one temperature."""
+    y, s, _ = make_inputs((4,), torch.float32)
+    u = lq.uniform_noise(y.shape, 1)
+    out = lq.gaussian_quantize_reference(y, s, None, u, temperature=torch.tensor([[0.5]]))
+    assert out[0].shape == out[1].shape == y.shape
+    with pytest.raises(RuntimeError):
+        lq.gaussian_quantize_reference(y, s, None, u, temperature=torch.tensor([0.5, 0.5]))

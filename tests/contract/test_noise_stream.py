@@ -141,12 +141,14 @@ def test_uniform_noise_on_every_device(device):
     Philox on the CPU) gives the bits of the readable definition."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    for seed in (0, -1, 2**62 + 12345, -(2**63)):
-        for shape in ((1,), (3,), (5, 7), (1000, 1001)):
+    for seed, n in ((0, 1000 * 1001), (-1, 4099), (2**62 + 12345, 4099), (-(2**63), 4099)):
+        # element i depends on i alone: every shape is a prefix of one flat stream
+        want = noise.philox_uniform((n,), seed)
+        for shape in ((1,), (3,), (5, 7), (1000, 1001) if n > 4099 else (41, 99)):
             u = lq.uniform_noise(shape, seed, device=device)
             assert u.device.type == device
             assert u.dtype == torch.float32 and u.shape == shape
-            assert same_bits(u, noise.philox_uniform(shape, seed)), (seed, shape)
+            assert same_bits(u.flatten(), want[:u.numel()]), (seed, shape)
 
 
 def test_uniform_noise_takes_an_int_shape():
