@@ -15,19 +15,18 @@ checkerboard context; CompressAI's latent-codec API).
     python benchmarks/bench_e2e.py --quick    # tiny sizes; about 2 minutes on 2 CPU cores
 
 --quick compiles only the first model (torch.compile of each model costs tens of seconds on a
-small CPU). Writes <out>/e2e-<device>-<quick|full>.csv and .png next to the printed table.
+small CPU). Appends the rows to benchmarks/results/scratch/e2e.csv (ignored by git) or to --csv,
+e.g. --csv benchmarks/results/e2e.csv to commit them; benchmarks/plot.py draws that file.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
 import os
 import platform
 import statistics
 import sys
-import textwrap
 import time
 import warnings
 
@@ -40,7 +39,8 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import lic_quant  # noqa: E402
 import lic_quant.nn as lqnn  # noqa: E402
-from report import quantile  # noqa: E402  (benchmarks/ is the script's own directory)
+import results_csv  # noqa: E402  (benchmarks/ is the script's own directory)
+from report import quantile  # noqa: E402
 from compressai.models import (  # noqa: E402
     Elic2022Official,
     JointAutoregressiveHierarchicalPriors,
@@ -185,40 +185,6 @@ def print_table(rows, header):
               f"{peak:>9}")
 
 
-def plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    variants = list(dict.fromkeys((r["entropy_model"], r["compiled"]) for r in rows))
-    width = 0.8 / len(variants)
-    fig, ax = plt.subplots(figsize=(2.6 * len(models) + 2, 4.2))
-    for k, (entropy, compiled) in enumerate(variants):
-        xs, med, err = [], [], [[], []]
-        for i, m in enumerate(models):
-            match = [r for r in rows if (r["model"], r["entropy_model"], r["compiled"])
-                     == (m, entropy, compiled)]
-            if not match:
-                continue
-            r = match[0]
-            xs.append(i + (k - (len(variants) - 1) / 2) * width)
-            med.append(r["median_ms"])
-            err[0].append(r["median_ms"] - r["p20_ms"])
-            err[1].append(r["p80_ms"] - r["median_ms"])
-        label = f"{entropy}{' + torch.compile' if compiled else ''}"
-        ax.bar(xs, med, width, yerr=err, capsize=3, label=label,
-               hatch="//" if compiled else None, edgecolor="black", linewidth=0.5)
-    ax.set_xticks(range(len(models)), models)
-    ax.set_ylabel("training step, ms (median, 20-80 % bars)")
-    ax.set_title(textwrap.fill(title, 120), fontsize=8)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
@@ -233,8 +199,10 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, help="untimed steps first (default 10; --quick 3)")
     p.add_argument("--compile", choices=["all", "first", "none"],
                    help="which models also run under torch.compile (default all; --quick first)")
-    p.add_argument("--out", default=os.path.join(HERE, "results"),
-                   help="directory of the CSV and PNG (default benchmarks/results)")
+    p.add_argument("--csv", default=os.path.join(HERE, "results", "scratch", "e2e.csv"),
+                   help="append the rows here (default benchmarks/results/scratch/e2e.csv; "
+                        "benchmarks/results/e2e.csv is the committed one)")
+    p.add_argument("--label", default="", help="what the commit does not say")
     args = p.parse_args(argv)
     q = args.quick
     args.batch = args.batch or (2 if q else 16)
@@ -269,19 +237,13 @@ def main(argv=None):
 
     print()
     print_table(rows, header)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"e2e-{device.type}-{'quick' if q else 'full'}")
-    with open(stem + ".csv", "w", newline="") as f:
-        fields = ["model", "entropy_model", "compiled", "median_ms", "p20_ms", "p80_ms",
-                  "speedup", "peak_mib", "warmup_s"]
-        w = csv.DictWriter(f, fieldnames=fields + ["device", "torch", "threads", "batch", "size"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({**{k: r.get(k, "") for k in fields}, "device": device_name(device),
-                        "torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "batch": args.batch, "size": args.size})
-    plot(rows, stem + ".png", header.lstrip("# "))
-    print(f"\nwrote {stem}.csv and {stem}.png")
+    fields = ["model", "entropy_model", "compiled", "median_ms", "p20_ms", "p80_ms", "speedup",
+              "peak_mib", "warmup_s"]
+    run = {"device": device.type, "threads": torch.get_num_threads(), "batch": args.batch,
+           "size": args.size, "steps": args.steps, "warmup": args.warmup, "mode": args.mode}
+    results_csv.append(args.csv, [{**run, **{k: r.get(k) for k in fields}} for r in rows],
+                       label=args.label or ("--quick" if q else ""), device=str(device))
+    print(f"\nappended {len(rows)} rows to {args.csv} (plots: python benchmarks/plot.py)")
     return rows
 
 

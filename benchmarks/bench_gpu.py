@@ -13,18 +13,20 @@ same step replayed from a CUDA graph: what the host adds on top of the device wo
 Upstream gradients: g_yhat ~ N(0, 1), g_P < 0 everywhere (the sign of a -log P rate loss).
 
     python benchmarks/bench_gpu.py                       # all shapes, float32, mode sua
-    python benchmarks/bench_gpu.py --dtypes float32,bfloat16 --out-dir benchmarks/results
+    python benchmarks/bench_gpu.py --dtypes float32,bfloat16 --csv benchmarks/results/gpu.csv
     python benchmarks/bench_gpu.py --dry-run             # CPU plumbing check, no GPU needed
+
+Rows go to benchmarks/results/scratch/gpu.csv (ignored by git) unless --csv names another file
+(benchmarks/results/gpu.csv is the committed one); they are appended after every shape, so a run
+cut short keeps what it measured. The table is printed at the end (--md also writes it).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -32,10 +34,12 @@ import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import torch  # noqa: E402
 
 import lic_quant as lq  # noqa: E402
+import results_csv  # noqa: E402
 
 SHAPES = {  # the bar's shape first: if a time limit cuts the run short, its numbers are in
     "8x192x64x64": (8, 192, 64, 64),
@@ -250,12 +254,14 @@ def environment(device: str) -> dict:
     return env
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+CSV_FIELDS = ("dtype", "shape", "numel", "provider", "phase", "ms", "model_GBps", "frac_copy",
+              "speedup_vs_compiled", "bwd_method", "peak_step_MiB", "graph_ms", "graph_frac_copy",
+              "host_issue_ms", "host_wall_ms")
 
 
-def write_results(rows, env, copy, args, dtypes):
-    """(Re)writes the results after every shape, so a run cut short keeps what it measured."""
+def write_results(rows, env, copy, args, dtypes, written, device, label=""):
+    """Appends rows[written:] to the CSV (called after every shape, so a run cut short keeps what
+    it measured) and returns the table of all rows so far."""
     base = {(r["shape"], r["dtype"], r["phase"]): r["ms"] for r in rows if r["provider"] == "compiled_ref"}
     for r in rows:
         b = base.get((r["shape"], r["dtype"], r["phase"]))
@@ -263,16 +269,11 @@ def write_results(rows, env, copy, args, dtypes):
     result = {"environment": env, "copy": copy, "mode": args.mode, "temperature": temp_value,
               "bytes_per_element": {str(d).split(".")[-1]: bytes_per_element(d) for d in dtypes},
               "rows": rows}
-    os.makedirs(args.out_dir, exist_ok=True)
-    stem = f"{slug(env['gpu'])}_torch-{slug(env['torch'])}_{env['date_utc'][:10]}"
-    json_path = os.path.join(args.out_dir, stem + ".json")
-    md_path = os.path.join(args.out_dir, stem + ".md")
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=1)
-    table = render(result)
-    with open(md_path, "w") as f:
-        f.write(table)
-    return json_path, md_path, table
+    run = {"triton": env["triton"], "cuda": env.get("cuda"), "mode": args.mode,
+           "temperature": temp_value, "copy_GBps": copy["GBps"]}
+    results_csv.append(args.csv, [{**run, **{k: r.get(k) for k in CSV_FIELDS}}
+                                  for r in rows[written:]], label=label, device=device)
+    return render(result)
 
 
 def main(argv=None) -> int:
@@ -281,7 +282,11 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="float32")
     ap.add_argument("--mode", default="sua", choices=lq.MODES)
     ap.add_argument("--providers", default="eager_ref,compiled_ref,fused_cuda,triton")
-    ap.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--csv", default=os.path.join(ROOT, "benchmarks", "results", "scratch",
+                                                  "gpu.csv"),
+                    help="append the rows here (benchmarks/results/gpu.csv is the committed one)")
+    ap.add_argument("--label", default="", help="what the commit does not say")
+    ap.add_argument("--md", help="also write the table (markdown) to this file")
     ap.add_argument("--copy-bytes", type=int, default=1 << 30)
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: checks the script")
     args = ap.parse_args(argv)
@@ -305,7 +310,7 @@ def main(argv=None) -> int:
     providers = make_providers(args.mode, device, "triton" in wanted)
     providers = {k: v for k, v in providers.items() if k in wanted}
 
-    rows = []
+    rows, written, table = [], 0, ""
     for dtype in dtypes:
         bpe = bytes_per_element(dtype)
         for name, shape in shapes.items():
@@ -345,9 +350,13 @@ def main(argv=None) -> int:
             del leaves, upstream
             if device == "cuda":
                 torch.cuda.empty_cache()
-            json_path, md_path, table = write_results(rows, env, copy, args, dtypes)
+            table = write_results(rows, env, copy, args, dtypes, written, device, args.label)
+            written = len(rows)
 
-    print(f"[bench] wrote {json_path} and {md_path}")
+    print(f"[bench] appended {written} rows to {args.csv}")
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(table)
     print(table)
     return 0
 

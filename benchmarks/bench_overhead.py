@@ -10,6 +10,7 @@ of the per-call times, and the ratio of medians to torch.mul.
 
     python benchmarks/bench_overhead.py            # about 30 s
     python benchmarks/bench_overhead.py --quick    # about 5 s
+    python benchmarks/bench_overhead.py --csv benchmarks/results/overhead.csv [--label TEXT]
 
 The bar of issue 9: forward + autograd.grad of gaussian_quantize(backend="cpu", seed=None) at
 most 1.5x that of torch.mul. gaussian_quantize has two outputs; a gradient of both through
@@ -28,7 +29,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lic_quant as lq  # noqa: E402
+import results_csv  # noqa: E402
 
 
 def make_cases(n: int, dtype: torch.dtype):
@@ -126,19 +129,24 @@ def quantile(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def report(samples: dict) -> float:
+def report(samples: dict) -> list[dict]:
+    """Prints the table; returns its rows (case names without the table's indentation)."""
     med = {name: statistics.median(v) for name, v in samples.items()}
     base = {"forward": med["torch.mul forward"], "step": med["torch.mul fwd + autograd.grad"]}
     print(f"{'case':40s} {'median us':>10s} {'q20':>8s} {'q80':>8s} {'vs torch.mul':>13s}")
+    rows = []
     for name, v in samples.items():
         ref = base["forward"] if "forward" in name else base["step"]
+        rows.append({"case": name.strip(), "median_us": round(med[name], 3),
+                     "q20_us": round(quantile(v, 0.2), 3), "q80_us": round(quantile(v, 0.8), 3),
+                     "vs_torch_mul": round(med[name] / ref, 4)})
         print(f"{name:40s} {med[name]:10.2f} {quantile(v, 0.2):8.2f} {quantile(v, 0.8):8.2f} "
               f"{med[name] / ref:12.2f}x")
     ratio = med["gaussian_quantize fwd + autograd.grad"] / base["step"]
     print(f"\nbar (issue 9): fused fwd + autograd.grad / torch.mul = {ratio:.2f}x (at most 1.5x); "
           f"two built-in outputs (mul + add): "
           f"{med['torch.mul + torch.add (2 outputs)'] / base['step']:.2f}x")
-    return ratio
+    return rows
 
 
 def main(argv=None) -> int:
@@ -147,6 +155,9 @@ def main(argv=None) -> int:
     parser.add_argument("--numel", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's default)")
+    parser.add_argument("--csv", help="append the rows to this CSV, e.g. "
+                        "benchmarks/results/overhead.csv (date, commit and machine added)")
+    parser.add_argument("--label", default="", help="what the commit does not say")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,7 +167,12 @@ def main(argv=None) -> int:
     rounds, calls = (20, 100) if args.quick else (100, 200)
     print(f"lic_quant host overhead, {args.numel} float32 elements, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {rounds} rounds x {calls} calls per case")
-    report(measure(make_cases(args.numel, torch.float32), rounds, calls))
+    rows = report(measure(make_cases(args.numel, torch.float32), rounds, calls))
+    if args.csv:
+        run = {"threads": torch.get_num_threads(), "numel": args.numel, "rounds": rounds,
+               "calls": calls}
+        results_csv.append(args.csv, [{**run, **r} for r in rows], label=args.label)
+        print(f"appended {len(rows)} rows to {args.csv}")
     return 0
 
 

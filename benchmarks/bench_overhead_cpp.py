@@ -9,6 +9,7 @@ and whole steps; torch.mul and torch.mul + torch.add alongside. It compiles a sm
 with torch.utils.cpp_extension (about 30 s; needs the compiler the extension was built with).
 
     python benchmarks/bench_overhead_cpp.py [--numel 64] [--calls 20000]
+        [--csv benchmarks/results/overhead_cpp.csv] [--label TEXT]
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import lic_quant as lq  # noqa: E402
+import results_csv  # noqa: E402
 
 SOURCE = r"""
 #include <torch/extension.h>
@@ -59,7 +62,7 @@ std::vector<std::pair<std::string, double>> measure(Tensor y, Tensor s, int64_t 
   const Tensor g = at::ones_like(y).detach();
   const Tensor yd = y.detach(), sd = s.detach();
   auto op = [&](const Tensor& a, const Tensor& b) {
-    return fwd.call(a, b, std::nullopt, seed, temp, "sua", 0.11, 1e-9, true);
+    return fwd.call(a, b, std::nullopt, seed, temp, "sua", 0.11, 1e-9, true, "gaussian");
   };
   std::vector<std::pair<std::string, double>> out;
   auto add = [&](const char* name, double us) { out.emplace_back(name, us); };
@@ -70,7 +73,7 @@ std::vector<std::pair<std::string, double>> measure(Tensor y, Tensor s, int64_t 
   add("fused backward kernel", per_call_us([&] {
         at::AutoDispatchBelowADInplaceOrView below;
         bwd.call(g, g, yd, sd, std::nullopt, seed, temp, "sua", 0.11, 1e-9, true,
-                 {true, true, false});
+                 {true, true, false}, "gaussian");
       }, n));
   {
     const Tensor m = at::mul(y, s), a = at::add(y, s);
@@ -107,6 +110,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--numel", type=int, default=64)
     parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--csv", help="append the rows to this CSV, e.g. "
+                        "benchmarks/results/overhead_cpp.csv (date, commit and machine added)")
+    parser.add_argument("--label", default="", help="what the commit does not say")
     args = parser.parse_args(argv)
     if not lq.extension_available():
         print(f"lic_quant: {lq._ops.missing_extension_message()}", file=sys.stderr)
@@ -127,6 +133,11 @@ def main(argv=None) -> int:
     width = max(len(name) for name, _ in rows)
     for name, us in rows:
         print(f"{name:{width}s} {us:8.3f}")
+    if args.csv:
+        results_csv.append(args.csv, [{"numel": args.numel, "rounds": 7, "calls": args.calls,
+                                       "case": name, "us_per_call": round(us, 4)}
+                                      for name, us in rows], label=args.label)
+        print(f"appended {len(rows)} rows to {args.csv}")
     return 0
 
 

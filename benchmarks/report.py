@@ -1,20 +1,20 @@
 """The CPU benchmark's table from pytest-benchmark JSON: median and 20/80 % quantiles per provider,
 and the fused op's speedup over each other provider measured in the same run; optionally the same
-rows as CSV and a bar plot of the speedups.
+rows appended to a CSV (benchmarks/results/op_cpu.csv; benchmarks/plot.py draws from it).
 
-    python benchmarks/report.py RESULT.json [--csv OUT.csv] [--plot OUT.png]
+    python benchmarks/report.py RESULT.json [--csv benchmarks/results/op_cpu.csv] [--label TEXT]
 
 The header names the CPU, its vector ISA level and the thread count (recorded in the JSON by
-benchmarks/conftest.py at run time; read from this machine for older files).
+benchmarks/conftest.py at run time; read from this machine for older files). The CSV rows carry
+the run's date, the commit pytest-benchmark recorded and the machine.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import textwrap
 from collections import defaultdict
 
+import results_csv
 from machine import cpu_description
 
 
@@ -61,49 +61,41 @@ def print_table(rows, head):
               f"{r['p20_ms']:>9.2f} {r['p80_ms']:>9.2f} {speed:>14}")
 
 
-def write_csv(rows, path):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+def csv_rows(doc):
+    """The rows of op_cpu.csv after its common columns."""
+    cpu = doc.get("machine_info", {}).get("lic_quant") or {}
+    rounds = {(b["extra_info"]["shape"], b["extra_info"]["step"], b["extra_info"]["provider"]):
+              b["stats"].get("rounds", len(b["stats"].get("data") or [1]))
+              for b in doc["benchmarks"]}
+    threads = doc["benchmarks"][0]["extra_info"].get("threads", cpu.get("threads", ""))
+    return [{"threads": threads, "aten_isa": cpu.get("aten", ""), "shape": r["shape"],
+             "step": r["step"], "provider": r["provider"],
+             "rounds": rounds[(r["shape"], r["step"], r["provider"])],
+             "median_ms": r["median_ms"], "p20_ms": r["p20_ms"], "p80_ms": r["p80_ms"],
+             "fused_speedup": r["fused_speedup"]} for r in load_rows(doc)]
 
 
-def plot(rows, path, head):
-    """Bars: the fused op's speedup over each other provider, per shape and step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cases = list(dict.fromkeys((r["shape"], r["step"]) for r in rows))
-    others = list(dict.fromkeys(r["provider"] for r in rows if r["fused_speedup"]))
-    width = 0.8 / max(len(others), 1)
-    fig, ax = plt.subplots(figsize=(2.2 * len(cases) + 2, 4))
-    for k, provider in enumerate(others):
-        xs, ys = [], []
-        for i, case in enumerate(cases):
-            for r in rows:
-                if (r["shape"], r["step"], r["provider"]) == (*case, provider):
-                    xs.append(i + (k - (len(others) - 1) / 2) * width)
-                    ys.append(r["fused_speedup"])
-        bars = ax.bar(xs, ys, width, label=f"fused vs {provider}", edgecolor="black",
-                      linewidth=0.5)
-        ax.bar_label(bars, fmt="%.2fx", fontsize=7)
-    ax.axhline(1.0, color="gray", linewidth=0.8)
-    ax.set_xticks(range(len(cases)), [f"{s}\n{st}" for s, st in cases], fontsize=8)
-    ax.set_ylabel("speedup of the fused op (median times)")
-    ax.set_title(textwrap.fill(head.lstrip("# "), 100), fontsize=7)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def csv_context(doc):
+    """date, commit, machine and torch of the run the JSON holds (pytest-benchmark records the
+    commit and its dirty flag; conftest.py the CPU)."""
+    ctx = dict(results_csv.run_context())
+    if doc.get("datetime"):
+        ctx["date"] = doc["datetime"][:19] + "Z"
+    info = doc.get("commit_info") or {}
+    if info.get("id") and len(info["id"]) >= 7 and info["id"] != "unversioned":
+        ctx["commit"] = info["id"][:7] + ("-dirty" if info.get("dirty") else "")
+    cpu = doc.get("machine_info", {}).get("lic_quant")
+    if cpu:
+        ctx["machine"] = f"{cpu['model']}; {cpu['isa']}"
+        ctx["torch"] = cpu.get("torch", ctx["torch"])
+    return ctx
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("json")
-    p.add_argument("--csv")
-    p.add_argument("--plot")
+    p.add_argument("--csv", help="append the rows to this CSV (header checked)")
+    p.add_argument("--label", default="", help="what the commit does not say (build flags, env)")
     args = p.parse_args(argv)
     with open(args.json) as f:
         doc = json.load(f)
@@ -111,9 +103,7 @@ def main(argv=None):
     head = header(doc)
     print_table(rows, head)
     if args.csv:
-        write_csv(rows, args.csv)
-    if args.plot:
-        plot(rows, args.plot, head)
+        results_csv.append(args.csv, csv_rows(doc), label=args.label, context=csv_context(doc))
 
 
 if __name__ == "__main__":

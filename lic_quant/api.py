@@ -4,7 +4,7 @@
   tensors, dispatch, autograd node, all in C++), or ``torch.ops.lic_quant.quantize_forward`` where
   the entry declines (torch.compile, fake tensors, tensor subclasses, torch function modes, seed or
   temperature tensors it cannot take as they are).
-- triton: ``torch.ops.lic_quant.triton_quantize_forward`` (lic_quant/triton_ops.py).
+- triton: ``lic_quant.triton_ops.TritonQuantize`` around ``torch.ops.lic_quant.triton_quantize_forward``.
 - reference: lic_quant/reference.py on the same noise.
 Argument rules and messages: lic_quant/_checks.py.
 """
@@ -114,9 +114,12 @@ def _quantize(y, scales, means, family, mode, temperature, scale_bound, likeliho
         return quantize_reference(y, scales, means, u, family=family, mode=mode,
                                   temperature=t, scale_bound=scale_bound,
                                   likelihood_bound=likelihood_bound, zero_center=zero_center)
-    # backend="triton" has imported lic_quant.triton_ops (_resolve_backend), which registers its op.
-    op = (torch.ops.lic_quant.triton_quantize_forward if backend == "triton"
-          else torch.ops.lic_quant.quantize_forward)
+    if backend == "triton":  # _resolve_backend has imported lic_quant.triton_ops
+        from .triton_ops import TritonQuantize
+
+        op = TritonQuantize.apply
+    else:
+        op = torch.ops.lic_quant.quantize_forward
     return op(y, scales, means, seed_t, temp_t, mode, float(scale_bound), float(likelihood_bound),
               zero_center, family)
 

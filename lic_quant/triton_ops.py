@@ -5,7 +5,8 @@ schemas (csrc/ops.cpp) and one launch helper, ``_launch``. On the GPU they are
 ``torch.library.triton_op``s: torch.compile traces into the kernels (no graph break), and eager
 calls launch them directly. Under Triton's interpreter the kernels are plain Python that a graph
 cannot capture, so the same functions are registered as opaque ``torch.library.custom_op``s with a
-fake kernel. Autograd (``register_autograd``): the forward saves only y, scales, means, the seed
+fake kernel. Autograd (``_setup_context`` and ``_autograd_backward``, bound to the op by
+``register_autograd`` and to ``TritonQuantize``, the API's entry): the forward saves only y, scales, means, the seed
 and the temperature, the backward recomputes u (docs/spec.md section 2) and is once
 differentiable.
 
@@ -298,4 +299,19 @@ if TRITON_ERROR is None:
         def _(*args):
             return _backward(*args, launch=False)
 
+    # torch.ops callers differentiate through the op itself (torch.library's generated
+    # autograd.Function, which functorch transforms refuse).
     triton_quantize_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+class TritonQuantize(torch.autograd.Function):
+    """The API's entry for backend="triton": the forward op with the same setup_context and
+    backward as the op's registration above, in the form (forward without ctx, setup_context)
+    that torch.func transforms accept and torch.compile traces."""
+
+    @staticmethod
+    def forward(*args):
+        return torch.ops.lic_quant.triton_quantize_forward(*args)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_autograd_backward)

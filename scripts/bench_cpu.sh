@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The CPU kernel benchmark: eager reference vs torch.compile(reference) vs the fused C++ op,
-# forward and forward+backward (pytest-benchmark), then our table with speedups, a CSV and a bar
-# plot of the speedups. The header names the CPU, its vector ISA level and the thread count.
+# forward and forward+backward (pytest-benchmark), then our table with speedups. The header names
+# the CPU, its vector ISA level and the thread count.
 #
 #   bash scripts/bench_cpu.sh [--keep] [pytest args...]
+#   LABEL="ATEN_CPU_CAPABILITY=avx2" ATEN_CPU_CAPABILITY=avx2 bash scripts/bench_cpu.sh --keep
 #
-# Results go to benchmarks/results/scratch/ (ignored by git) unless --keep writes them to
-# benchmarks/results/ to be committed. pytest-benchmark's own output goes to a .log file there.
+# The rows (with date, commit, machine, torch and LABEL) are appended to
+# benchmarks/results/scratch/op_cpu.csv (ignored by git); --keep appends them to
+# benchmarks/results/op_cpu.csv, to be committed, and redraws benchmarks/results/plots/.
+# pytest-benchmark's JSON (every round) and log stay in benchmarks/results/scratch/.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KEEP=0
@@ -16,9 +19,10 @@ for arg in "$@"; do
 done
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-if [ "$KEEP" = 1 ]; then DIR=benchmarks/results; else DIR=benchmarks/results/scratch; fi
-mkdir -p "$DIR"
-STEM="$DIR/cpu-$(date -u +%Y%m%d-%H%M%S)"
+SCRATCH=benchmarks/results/scratch
+mkdir -p "$SCRATCH"
+if [ "$KEEP" = 1 ]; then CSV=benchmarks/results/op_cpu.csv; else CSV=$SCRATCH/op_cpu.csv; fi
+STEM="$SCRATCH/cpu-$(date -u +%Y%m%d-%H%M%S)"
 echo "[bench] running benchmarks/test_bench_cpu.py (2 shapes x 2 steps x 3 providers, 15 rounds" \
      "each; a few minutes on 2 cores); pytest-benchmark's output: $STEM.log"
 if ! "$VENV/bin/python" -m pytest -q -p no:cacheprovider benchmarks/test_bench_cpu.py \
@@ -28,9 +32,10 @@ if ! "$VENV/bin/python" -m pytest -q -p no:cacheprovider benchmarks/test_bench_c
   echo "[bench] the benchmark failed (log: $STEM.log)" >&2
   exit 1
 fi
-"$VENV/bin/python" benchmarks/report.py "$STEM.json" --csv "$STEM.csv" --plot "$STEM.png" \
-  | tee "$STEM.txt"
-echo "[bench] wrote $STEM.{txt,csv,png,json,log}"
-if [ "$KEEP" = 0 ]; then
-  echo "[bench] (scratch directory, ignored by git; rerun with --keep to write to benchmarks/results/)"
+"$VENV/bin/python" benchmarks/report.py "$STEM.json" --csv "$CSV" --label "${LABEL:-}"
+echo "[bench] appended the rows to $CSV; JSON and log: $STEM.{json,log}"
+if [ "$KEEP" = 1 ]; then
+  "$VENV/bin/python" benchmarks/plot.py
+else
+  echo "[bench] (scratch directory, ignored by git; rerun with --keep to append to benchmarks/results/op_cpu.csv)"
 fi

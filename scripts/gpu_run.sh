@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build the extension with its CUDA kernels, run the CUDA tests, run the
 # GPU benchmark, print a short table last. Reads the GPU's state (nvidia-smi queries) but never
-# changes it. Results: benchmarks/results/<gpu>_torch-<version>_<date>.{md,json} (commit them),
-# copied with the logs to $OUT when that is set (the device tool brings $OUT back).
+# changes it. Results: rows appended to benchmarks/results/gpu.csv (the benchmark) and sass.csv
+# (SASS per element of this build), LABEL naming what the commit does not say; commit them. Both
+# CSVs, the table (bench_gpu.md) and the logs are copied to $OUT when that is set (the device tool
+# brings $OUT back: copy its gpu.csv and sass.csv over benchmarks/results/). On a copy of the tree
+# without .git, set BENCH_COMMIT to the commit the copy was made from (the rows' commit column).
 #
 #   bash scripts/gpu_run.sh                 # everything, within ~9.5 minutes (stage time limits)
 #   SKIP_TESTS=1 bash scripts/gpu_run.sh    # build + benchmark only
@@ -44,7 +47,7 @@ else
   fi
   echo "build: $(( $(date +%s) - t0 )) s"
 fi
-$PY tools/cuda_sass_stats.py >"$LOGS/res_usage.txt" 2>&1
+$PY tools/cuda_sass_stats.py --csv benchmarks/results/sass.csv --label "${LABEL:-}" >"$LOGS/res_usage.txt" 2>&1
 
 if [ "${SKIP_TESTS:-0}" != "1" ]; then
   echo "== tests"
@@ -62,17 +65,16 @@ fi
 if [ "${SKIP_BENCH:-0}" != "1" ]; then
   echo "== benchmark"
   t0=$(date +%s)
-  timeout "${BENCH_TIMEOUT:-230}" $PY benchmarks/bench_gpu.py --out-dir benchmarks/results ${BENCH_ARGS:-} >"$LOGS/bench.log" 2>&1
+  timeout "${BENCH_TIMEOUT:-230}" $PY benchmarks/bench_gpu.py --csv benchmarks/results/gpu.csv --md "$LOGS/bench_gpu.md" --label "${LABEL:-}" ${BENCH_ARGS:-} >"$LOGS/bench.log" 2>&1
   rc=$?
   echo "benchmark: rc=$rc, $(( $(date +%s) - t0 )) s"
   grep -E "^\[bench\] (device-to-device|triton)" "$LOGS/bench.log"
   [ $rc -ne 0 ] && { tail -30 "$LOGS/bench.log"; status=1; }
 fi
 nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv > "$LOGS/gpu_after.csv" 2>&1
-latest=$(ls -t benchmarks/results/*.md 2>/dev/null | head -1)
-if [ -n "$latest" ]; then
-  cp "${latest%.md}".{md,json} "$LOGS/" 2>/dev/null
-  echo "== results: $latest (commit benchmarks/results/)"
-  cat "$latest"
+cp benchmarks/results/gpu.csv benchmarks/results/sass.csv "$LOGS/" 2>/dev/null
+if [ -s "$LOGS/bench_gpu.md" ]; then
+  echo "== results: benchmarks/results/gpu.csv, sass.csv (commit them)"
+  cat "$LOGS/bench_gpu.md"
 fi
 exit $status

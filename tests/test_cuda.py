@@ -335,7 +335,7 @@ def test_more_than_2_31_elements(dtype):
 
 def test_sass_instruction_budget():
     """Issue-bound on the GPU, so the static SASS count per element of the hot loops is the speed
-    budget (benchmarks/NOTES_cuda.md): float32 forward <= 150 (mixed, sua), float32 backward
+    budget (docs/design/cuda_kernels.md): float32 forward <= 150 (mixed, sua), float32 backward
     <= 220 (every path of the loop), float16/bfloat16 within 10 % of float32. Counted on sm_90 by
     tools/cuda_sass_stats.py from the extension this run built."""
     if not (lq.extension_available() and extension_has_device_code()):

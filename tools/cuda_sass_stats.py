@@ -1,8 +1,9 @@
 """Static SASS statistics of the built CUDA kernels: registers, stack and the instruction count of
 each kernel's main loop (per element on the pack path), from `cuobjdump` (the CUDA toolkit's, or
-the copy triton ships). Costs no GPU; see benchmarks/NOTES_cuda.md for how the counts are used.
+the copy triton ships). Costs no GPU; docs/design/cuda_kernels.md says how the counts are used.
 
     python tools/cuda_sass_stats.py [build/temp.*/csrc/cuda/quantize_cuda.o | lic_quant/_C*.so] [--arch sm_90]
+        [--csv benchmarks/results/sass.csv] [--label TEXT]
 """
 from __future__ import annotations
 
@@ -42,11 +43,24 @@ def short_name(mangled: str) -> str:
     return name
 
 
-def main() -> int:
+def nvcc_release() -> str:
+    nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"),
+                                                "bin", "nvcc")
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return ""
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else ""
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("binary", nargs="?")
     ap.add_argument("--arch", default="sm_90")
-    args = ap.parse_args()
+    ap.add_argument("--csv", help="append the rows to this CSV (benchmarks/results/sass.csv)")
+    ap.add_argument("--label", default="", help="what the commit does not say")
+    args = ap.parse_args(argv)
     binary = args.binary or (glob.glob("build/temp.*/csrc/cuda/quantize_cuda.o") +
                              glob.glob("lic_quant/_C*.so") + [None])[0]
     tool = find_cuobjdump()
@@ -80,6 +94,17 @@ def main() -> int:
         print(f"{r[0]:52s} {r[1]!s:>4s} {r[2]!s:>5s} {r[3]:6d} {r[4]:6d} {per:>9s}")
     print("loop = the longest backward branch's span: every path of the main loop (the backward "
           "holds both the p-skipping and the full path; a thread runs one), not the tail.")
+    if args.csv:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))), "benchmarks"))
+        import results_csv
+
+        nvcc = nvcc_release()
+        results_csv.append(args.csv, [
+            {"arch": args.arch, "nvcc": nvcc, "kernel": r[0], "reg": r[1], "stack": r[2],
+             "sass": r[3], "loop": r[4], "loop_per_elem": "" if r[5] is None else f"{r[5]:.0f}"}
+            for r in sorted(rows)], label=args.label)
+        print(f"appended {len(rows)} rows to {args.csv}")
     return 0
 
 
