@@ -32,8 +32,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import (FAMILIES, MODES, SECOND_DERIVATIVE_ERROR, check_call, check_input, check_op_tensor,
-                      check_unit_interval, likelihood_dtype)
+from ._checks import (FAMILIES, FORWARD_MODE_ERROR, MODES, SECOND_DERIVATIVE_ERROR, check_call,
+                      check_input, check_op_tensor, check_unit_interval, likelihood_dtype)
 
 try:
     import triton
@@ -327,3 +327,7 @@ class TritonQuantize(torch.autograd.Function):
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_autograd_backward)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(FORWARD_MODE_ERROR)

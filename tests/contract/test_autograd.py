@@ -124,13 +124,13 @@ def test_backward_saves_only_the_inputs(kernel_backend):
         assert torch.equal(t.detach(), b)
 
 
-def test_forward_mode_ad_raises(cpp_backend):
-    """No forward-mode formula: a dual input to the C++/CUDA op raises instead of giving outputs
-    without tangents."""
+def test_forward_mode_ad_raises(kernel_backend):
+    """No forward-mode formula: a dual input to a kernel backend raises the op's message instead
+    of giving outputs without tangents."""
     import torch.autograd.forward_ad as fwAD
 
-    y, s = cpp_backend.to(*make_inputs((2, 5), torch.float32, with_means=False)[:2])
-    q = lambda y, s: lq.gaussian_quantize(y, s, seed=1, backend=cpp_backend.name)  # noqa: E731
+    y, s = kernel_backend.to(*make_inputs((2, 5), torch.float32, with_means=False)[:2])
+    q = lambda y, s: lq.gaussian_quantize(y, s, seed=1, backend=kernel_backend.name)  # noqa: E731
     with fwAD.dual_level():
         for args in ((fwAD.make_dual(y, torch.ones_like(y)), s),
                      (y, fwAD.make_dual(s, torch.ones_like(s)))):
