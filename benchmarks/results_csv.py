@@ -24,8 +24,8 @@ COMMON = ("date", "commit", "machine", "torch", "label")
 
 
 def git_commit(root: str = ROOT) -> str:
-    """Short hash of HEAD, with "-dirty" when tracked files differ from it (the numbers then
-    belong to a tree no commit holds). BENCH_COMMIT overrides it, for copies of the tree without
+    """Short hash of HEAD, with "-dirty" when tracked files outside benchmarks/results/ differ
+    from it (the numbers then belong to a tree no commit holds). BENCH_COMMIT overrides it, for copies of the tree without
     .git (the device machine of scripts/gpu_run.sh)."""
     if os.environ.get("BENCH_COMMIT"):
         return os.environ["BENCH_COMMIT"]
@@ -36,7 +36,9 @@ def git_commit(root: str = ROOT) -> str:
         head = git("rev-parse", "--short=7", "HEAD")
         if head.returncode != 0:
             return "unknown"
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        # The result CSVs themselves change as a run appends: they do not make the tree dirty.
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                    ":!benchmarks/results").stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head.stdout.strip() + ("-dirty" if dirty else "")
