@@ -168,14 +168,9 @@ def gaussian_quantize(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``quantize(..., family="gaussian")``: the mean-scale Gaussian conditional."""
-    # quantize's body, not a call to it: this is the hot path of every training step.
-    if _EAGER is not None and not _is_compiling() and not _torch_function_mode_enabled():
-        out = _EAGER(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
-                     zero_center, "gaussian", backend)
-        if out is not NotImplemented:
-            return out
-    return _quantize(y, scales, means, "gaussian", mode, temperature, scale_bound,
-                     likelihood_bound, zero_center, seed, backend)
+    return quantize(y, scales, means, family="gaussian", mode=mode, temperature=temperature,
+                    scale_bound=scale_bound, likelihood_bound=likelihood_bound,
+                    zero_center=zero_center, seed=seed, backend=backend)
 
 
 def uniform_noise(shape, seed, *, device=None) -> torch.Tensor:

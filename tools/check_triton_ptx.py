@@ -72,21 +72,12 @@ def main() -> int:
         ("backward noise bf16", K.quantize_backward_kernel, bwd_sig,
          dict(MODE=0, ZERO_CENTER=False, HAS_MEANS=True, HAS_GYHAT=True, NEED_GY=True,
               NEED_GMU=True, NEED_GS=True, IS_BF16=True, ON_GPU=True, BLOCK=4096, FAMILY=0), 8),
-        # The other likelihood families (lic_quant._checks.FAMILIES: 1 laplace, 2 logistic).
-        ("forward sua fp32 laplace", K.quantize_forward_kernel, fwd_sig,
-         dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024,
-              FAMILY=1), 4),
-        ("forward sua fp32 logistic", K.quantize_forward_kernel, fwd_sig,
-         dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024,
-              FAMILY=2), 4),
-        ("backward noise bf16 laplace", K.quantize_backward_kernel, bwd_sig,
-         dict(MODE=0, ZERO_CENTER=False, HAS_MEANS=True, HAS_GYHAT=True, NEED_GY=True,
-              NEED_GMU=True, NEED_GS=True, IS_BF16=True, ON_GPU=True, BLOCK=4096, FAMILY=1), 8),
-        ("backward noise bf16 logistic", K.quantize_backward_kernel, bwd_sig,
-         dict(MODE=0, ZERO_CENTER=False, HAS_MEANS=True, HAS_GYHAT=True, NEED_GY=True,
-              NEED_GMU=True, NEED_GS=True, IS_BF16=True, ON_GPU=True, BLOCK=4096, FAMILY=2), 8),
         ("noise", K.uniform_noise_kernel, noise_sig, dict(ON_GPU=True, BLOCK=1024), 4),
     ]
+    # The other likelihood families: the fp32 sua forward and the bf16 noise backward of each.
+    for family, name in list(enumerate(K.FAMILIES))[1:]:
+        for label, kernel, sig, const, warps in variants[1:3]:
+            variants.append((f"{label} {name}", kernel, sig, dict(const, FAMILY=family), warps))
     failed = False
     for name, fn, sig, const, nw in variants:
         try:
