@@ -157,8 +157,8 @@ def check_component_input(name: str, t, y: torch.Tensor, first: torch.Tensor | N
             raise ValueError(f"lic_quant: {name} must have the shape of scales "
                              f"{tuple(first.shape)}; got {tuple(t.shape)}")
     elif t.dim() != y.dim() + 1 or t.shape[1:] != y.shape:
-        raise ValueError(f"lic_quant: {name} must have shape (K, *y.shape) = (K, "
-                         f"{', '.join(map(str, y.shape))}); got {tuple(t.shape)}")
+        raise ValueError(f"lic_quant: {name} must have shape (K, *y.shape) with y of shape "
+                         f"{tuple(y.shape)}; got {tuple(t.shape)}")
     elif not 1 <= t.shape[0] <= MAX_COMPONENTS:
         raise ValueError(f"lic_quant: {name} must have 1 <= K <= {MAX_COMPONENTS} mixture "
                          f"components (its first dimension); got K = {t.shape[0]}")
@@ -189,7 +189,7 @@ def component_layout(t: torch.Tensor) -> tuple[int, int, int] | None:
     sizes, strides = t.shape, t.stride()
     d, inner = len(sizes) - 1, 1
     while d >= 1 and (sizes[d] == 1 or strides[d] == inner):
-        inner *= sizes[d]
+        inner *= max(sizes[d], 1)  # torch's contiguous strides treat a size 0 as 1
         d -= 1
     outer_stride, expected = 0, None
     for dd in range(d, 0, -1):
@@ -199,5 +199,5 @@ def component_layout(t: torch.Tensor) -> tuple[int, int, int] | None:
             outer_stride = strides[dd]
         elif strides[dd] != expected:
             return None
-        expected = strides[dd] * sizes[dd]
+        expected = strides[dd] * max(sizes[dd], 1)
     return strides[0], outer_stride, inner
