@@ -77,13 +77,29 @@ void scatter(const T* src, const ComponentLayout& l, int64_t k, int64_t i0, int6
   });
 }
 
-// u of elements i0 .. i0 + n - 1 (i0 a multiple of 4): the noise stream of section 3.
-void fill_noise(float* u, int64_t n, const PhiloxKeys& key, int64_t i0) {
-  for (int64_t j = 0; j < n; j += 4) {
-    float w[4];
-    philox_uniform4(key, static_cast<uint64_t>(i0 + j) >> 2, w);
-    for (int t = 0; t < 4 && j + t < n; ++t) u[j + t] = w[t];
+// u of elements i0 .. i0 + n - 1 (i0 a multiple of 4, n <= kBlock): the noise stream of
+// section 3. The Philox words land in four planes first so that the Philox loop vectorizes.
+LQ_CLONES void fill_noise(float* __restrict u, int64_t n, const PhiloxKeys& keys, int64_t i0) {
+  const PhiloxKeys key = keys;
+  alignas(64) uint32_t w0[kBlock / 4], w1[kBlock / 4], w2[kBlock / 4], w3[kBlock / 4];
+  const int64_t nb = (n + 3) / 4;
+  const uint64_t b0 = static_cast<uint64_t>(i0) >> 2;
+  for (int64_t j = 0; j < nb; ++j) {
+    uint32_t w[4];
+    philox4x32_10(key, b0 + static_cast<uint64_t>(j), w);
+    w0[j] = w[0];
+    w1[j] = w[1];
+    w2[j] = w[2];
+    w3[j] = w[3];
   }
+  alignas(64) float all[kBlock];
+  for (int64_t j = 0; j < nb; ++j) {
+    all[4 * j] = word_to_uniform(w0[j]);
+    all[4 * j + 1] = word_to_uniform(w1[j]);
+    all[4 * j + 2] = word_to_uniform(w2[j]);
+    all[4 * j + 3] = word_to_uniform(w3[j]);
+  }
+  for (int64_t j = 0; j < n; ++j) u[j] = all[j];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -134,11 +150,17 @@ LQ_CLONES void center_block(Block<T>& b, int K, int64_t n, bool zero_center, T t
 
 template <int kFamily, typename T>
 LQ_CLONES void mass_block(Block<T>& b, int K, int64_t n, QuantParams<T> prm) {
-  for (int64_t j = 0; j < n; ++j) b.p[j] = T(0);
+  T* __restrict p = b.p;
+  const T* __restrict c = b.c;
+  const T* __restrict rate = b.rate;
+  for (int64_t j = 0; j < n; ++j) p[j] = T(0);
   for (int k = 0; k < K; ++k) {
+    const T* __restrict mu = b.mu[k];
+    const T* __restrict sigma = b.sigma[k];
+    const T* __restrict w = b.w[k];
     for (int64_t j = 0; j < n; ++j) {
-      const T v = component_residual(b.c[j], b.rate[j], b.mu[k][j]);
-      b.p[j] = b.p[j] + b.w[k][j] * component_mass<kFamily>(v, b.sigma[k][j], prm);
+      p[j] = p[j] + w[j] * component_mass<kFamily>(component_residual(c[j], rate[j], mu[j]),
+                                                   sigma[j], prm);
     }
   }
 }
@@ -155,33 +177,52 @@ struct Grads {
 template <int kFamily, typename T>
 LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logits,
                           QuantParams<T> prm) {
-  for (int64_t j = 0; j < n; ++j) b.p[j] = T(0);
+  // Restricted pointers: the two blocks' arrays never overlap, which GCC cannot see through the
+  // references, and without which it does not vectorize.
+  T* __restrict p = b.p;
+  const T* __restrict c = b.c;
+  const T* __restrict rate = b.rate;
+  T* __restrict gp = g.g_p;
+  T* __restrict gy = g.gy;
+  for (int64_t j = 0; j < n; ++j) p[j] = T(0);
   for (int k = 0; k < K; ++k) {
+    const T* __restrict mu = b.mu[k];
+    const T* __restrict sigma = b.sigma[k];
+    const T* __restrict w = b.w[k];
+    T* __restrict mass = g.mass[k];
+    T* __restrict dv = g.dv[k];
+    T* __restrict ds = g.ds[k];
     for (int64_t j = 0; j < n; ++j) {
-      const T v = component_residual(b.c[j], b.rate[j], b.mu[k][j]);
-      const ComponentSlopes<T> d = component_slopes<kFamily>(v, b.sigma[k][j], prm);
-      g.mass[k][j] = d.mass;
-      g.dv[k][j] = d.d_v;
-      g.ds[k][j] = d.d_s;
-      b.p[j] = b.p[j] + b.w[k][j] * d.mass;
+      const ComponentSlopes<T> d =
+          component_slopes<kFamily>(component_residual(c[j], rate[j], mu[j]), sigma[j], prm);
+      mass[j] = d.mass;
+      dv[j] = d.d_v;
+      ds[j] = d.d_s;
+      p[j] = p[j] + w[j] * d.mass;
     }
   }
+  const T* __restrict g_lik = g.g_lik;
   for (int64_t j = 0; j < n; ++j) {
-    g.g_p[j] = pass_if_towards(g.g_lik[j], b.p[j] >= prm.likelihood_bound);
-    g.gy[j] = T(0);
+    gp[j] = pass_if_towards(g_lik[j], p[j] >= prm.likelihood_bound);
+    gy[j] = T(0);
   }
   for (int k = 0; k < K; ++k) {
+    const T* __restrict sigma = b.sigma[k];
+    const T* __restrict w = b.w[k];
+    T* __restrict mass = g.mass[k];
+    T* __restrict dv = g.dv[k];
+    T* __restrict ds = g.ds[k];
     for (int64_t j = 0; j < n; ++j) {
-      const ComponentSlopes<T> d{g.mass[k][j], g.dv[k][j], g.ds[k][j]};
-      g.gy[j] = g.gy[j] + (g.g_p[j] * b.w[k][j]) * d.d_v;
-      const ComponentGrads<T> o =
-          component_grads(g.g_p[j], b.w[k][j], d, b.p[j], b.sigma[k][j], logits, prm);
-      g.mass[k][j] = o.weight;
-      g.dv[k][j] = o.mu;
-      g.ds[k][j] = o.sigma;
+      const ComponentSlopes<T> d{mass[j], dv[j], ds[j]};
+      gy[j] = gy[j] + (gp[j] * w[j]) * d.d_v;
+      const ComponentGrads<T> o = component_grads(gp[j], w[j], d, p[j], sigma[j], logits, prm);
+      mass[j] = o.weight;
+      dv[j] = o.mu;
+      ds[j] = o.sigma;
     }
   }
-  for (int64_t j = 0; j < n; ++j) g.gy[j] = canonical_nan(g.g_yhat[j] + g.gy[j]);
+  const T* __restrict g_yhat = g.g_yhat;
+  for (int64_t j = 0; j < n; ++j) gy[j] = canonical_nan(g_yhat[j] + gy[j]);
 }
 
 template <typename Fn>
