@@ -9,6 +9,11 @@ g_P = -1/P, the gradient of the rate term):
 - compiled: the same function under torch.compile (Inductor);
 - fused:    lq.quantize(..., family=...) (the C++ kernels on CPU tensors, CUDA on CUDA tensors).
 
+and for a K-component Gaussian mixture (family column gmm<K>, docs/spec.md section 7; mixture
+parameters K times y's size, CompressAI's channel-blocked layout, mode noise): eager and compiled
+are CompressAI's GaussianMixtureConditional in training, fused is lq.mixture_quantize on views of
+the same tensors.
+
 The rounds interleave the providers (so a shared machine's load hits all of them alike), each
 round is timed alone, and the table gives medians, 20/80 % quantiles and the speedup of the fused
 op over each other provider measured in the same run.
@@ -43,7 +48,41 @@ def make_case(shape, dtype, device, family):
     means = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
     _, lik = lq.quantize(y, scales, means, family=family, mode=MODE, seed=1, backend="reference")
     g_yhat = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
-    return y, scales, means, g_yhat, (-1.0 / lik).detach()
+    return (y, scales, means), g_yhat, (-1.0 / lik).detach()
+
+
+def blocked_view(t, k):
+    """CompressAI's channel-blocked (N, K*M, H, W) parameters as lic_quant's (K, N, M, H, W)."""
+    return t.unflatten(1, (k, t.shape[1] // k)).movedim(1, 0)
+
+
+def make_mixture_case(shape, device, k):
+    """y and CompressAI's channel-blocked scales, means and weights (probabilities) of a K-component
+    Gaussian mixture, mixture parameters K times y's size."""
+    g = torch.Generator().manual_seed(0)
+    full = (shape[0], k * shape[1], *shape[2:])
+    y = (torch.randn(shape, generator=g) * 3).to(device)
+    scales = (torch.rand(full, generator=g) * 2 + 0.05).to(device)
+    means = torch.randn(full, generator=g).to(device)
+    weights = torch.softmax(blocked_view(torch.randn(full, generator=g), k), 0)
+    weights = weights.movedim(0, 1).flatten(1, 2).contiguous().to(device)
+    _, lik = lq.mixture_quantize(y, *(blocked_view(t, k) for t in (scales, means, weights)),
+                                 seed=1, backend="reference")
+    g_yhat = torch.randn(shape, generator=g).to(device)
+    return (y, scales, means, weights), g_yhat, (-1.0 / lik).detach()
+
+
+def compressai_mixture_fn(k):
+    from compressai.entropy_models import GaussianMixtureConditional
+
+    module = GaussianMixtureConditional(K=k).train()
+    return lambda y, scales, means, weights: module(y, scales, means, weights)
+
+
+def fused_mixture_fn(k):
+    def fn(y, scales, means, weights):
+        return lq.mixture_quantize(y, *(blocked_view(t, k) for t in (scales, means, weights)))
+    return fn
 
 
 def eager_fn(family):
@@ -61,8 +100,8 @@ def fused_fn(family):
 
 
 def train_step(fn, case):
-    y, scales, means, g_yhat, g_lik = case
-    leaves = [t.detach().requires_grad_() for t in (y, scales, means)]
+    inputs, g_yhat, g_lik = case
+    leaves = [t.detach().requires_grad_() for t in inputs]
     y_hat, lik = fn(*leaves)
     torch.autograd.backward([y_hat, lik], [g_yhat, g_lik])
 
@@ -97,6 +136,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--families", default=",".join(lq.FAMILIES))
+    ap.add_argument("--mixture-k", type=int, default=3,
+                    help="also a K-component Gaussian mixture vs CompressAI's "
+                         "GaussianMixtureConditional (0: none)")
     ap.add_argument("--csv", help="append the rows to this CSV")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
@@ -111,6 +153,13 @@ def main() -> None:
         cases[(family, "eager")] = (eager_fn(family), case)
         cases[(family, "compiled")] = (torch.compile(eager_fn(family)), case)
         cases[(family, "fused")] = (fused_fn(family), case)
+    if args.mixture_k:
+        k = args.mixture_k
+        case = make_mixture_case(shape, device, k)
+        name = f"gmm{k}"  # provider names: CompressAI's module eager and under torch.compile
+        cases[(name, "eager")] = (compressai_mixture_fn(k), case)
+        cases[(name, "compiled")] = (torch.compile(compressai_mixture_fn(k)), case)
+        cases[(name, "fused")] = (fused_mixture_fn(k), case)
     result = measure(cases, args.rounds, sync)
 
     print(f"forward + backward, float32, {args.shape}, mode={MODE}, {args.rounds} rounds, "

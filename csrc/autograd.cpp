@@ -252,10 +252,175 @@ std::tuple<Tensor, Tensor> quantize_forward_autograd(
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// mixture_quantize_forward / _backward (docs/spec.md section 7): the same scheme, four inputs.
+
+using MixtureForwardFn = std::tuple<Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    c10::string_view, double, double, bool, c10::string_view, bool);
+using MixtureBackwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
+    const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    const Tensor&, const Tensor&, const Tensor&, c10::string_view, double, double, bool,
+    c10::string_view, bool, std::array<bool, 4>);
+
+const c10::TypedOperatorHandle<MixtureForwardFn>& mixture_forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lic_quant::mixture_quantize_forward", "")
+                             .typed<MixtureForwardFn>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<MixtureBackwardFn>& mixture_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lic_quant::mixture_quantize_backward", "")
+                             .typed<MixtureBackwardFn>();
+  return op;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> mixture_backward_autograd(
+    const std::optional<Tensor>& grad_y_hat, const Tensor& grad_lik, const Tensor& y,
+    const Tensor& scales, const Tensor& means, const Tensor& weights, const Tensor& seed,
+    const Tensor& temperature, c10::string_view mode, double scale_bound,
+    double likelihood_bound, bool zero_center, c10::string_view family, bool logits,
+    std::array<bool, 4> output_mask) {
+  const Tensor g_yhat = grad_y_hat.has_value() ? *grad_y_hat : Tensor();
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      !(has_forward_grad(g_yhat) || has_forward_grad(grad_lik) || has_forward_grad(y) ||
+        has_forward_grad(scales) || has_forward_grad(means) || has_forward_grad(weights)),
+      kNoForwardMode);
+  std::tuple<Tensor, Tensor, Tensor, Tensor> out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = mixture_backward_op().call(grad_y_hat, grad_lik, y, scales, means, weights, seed,
+                                     temperature, mode, scale_bound, likelihood_bound,
+                                     zero_center, family, logits, output_mask);
+  }
+  auto requires_grad = [](const Tensor& t) { return t.defined() && t.requires_grad(); };
+  if (!at::GradMode::is_enabled() ||
+      !(requires_grad(g_yhat) || requires_grad(grad_lik) || requires_grad(y) ||
+        requires_grad(scales) || requires_grad(means) || requires_grad(weights))) {
+    return out;
+  }
+  NodePtr fn = make_node<QuantizeBackwardBackward>();
+  fn->set_next_edges(
+      torch::autograd::collect_next_edges(g_yhat, grad_lik, y, scales, means, weights));
+  torch::autograd::set_history(std::get<0>(out), fn);
+  torch::autograd::set_history(std::get<1>(out), fn);
+  torch::autograd::set_history(std::get<2>(out), fn);
+  torch::autograd::set_history(std::get<3>(out), fn);
+  return out;
+}
+
+struct MixtureQuantizeBackward : Node {
+  // y, scales, means and weights are this node's outputs 0 to 3 (its next edges).
+  SavedVariable y_, scales_, means_, weights_, seed_, temperature_;
+  std::string mode_, family_;
+  double scale_bound_ = 0.0, likelihood_bound_ = 0.0;
+  bool zero_center_ = false, logits_ = false;
+
+  std::string name() const override { return "MixtureQuantizeBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (SavedVariable* v : {&y_, &scales_, &means_, &weights_, &seed_, &temperature_}) {
+      v->reset_data();
+    }
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const Tensor& g_yhat = grads[0];
+    const Tensor& g_lik = grads[1];
+    variable_list out(4);
+    const bool need_y = task_should_compute_output(0);
+    if (!g_lik.defined()) {
+      if (need_y) out[0] = g_yhat;
+      return out;
+    }
+    const std::array<bool, 4> mask{need_y, task_should_compute_output(1),
+                                   task_should_compute_output(2), task_should_compute_output(3)};
+    if (!(mask[0] || mask[1] || mask[2] || mask[3])) return out;
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    auto g = mixture_backward_op().call(opt(g_yhat), g_lik, y_.unpack(), scales_.unpack(),
+                                        means_.unpack(), weights_.unpack(), seed_.unpack(),
+                                        temperature_.unpack(), mode_, scale_bound_,
+                                        likelihood_bound_, zero_center_, family_, logits_, mask);
+    if (mask[0]) out[0] = std::move(std::get<0>(g));
+    if (mask[1]) out[1] = std::move(std::get<1>(g));
+    if (mask[2]) out[2] = std::move(std::get<2>(g));
+    if (mask[3]) out[3] = std::move(std::get<3>(g));
+    return out;
+  }
+
+  void compiled_args(torch::autograd::CompiledNodeArgs& args) const override {
+    for (const SavedVariable* v : {&y_, &scales_, &means_, &weights_, &seed_, &temperature_}) {
+      args.collect(*v, false);
+    }
+    args.collect(mode_);
+    args.collect(family_);
+    args.collect(scale_bound_);
+    args.collect(likelihood_bound_);
+    args.collect(zero_center_);
+    args.collect(logits_);
+  }
+
+  variable_list apply_with_saved(const variable_list& grads,
+                                 torch::autograd::SwapSavedVariables& saved) override {
+    for (SavedVariable* v : {&y_, &scales_, &means_, &weights_, &seed_, &temperature_}) {
+      saved.before(*v);
+    }
+    auto out = apply(variable_list(grads));
+    for (SavedVariable* v : {&y_, &scales_, &means_, &weights_, &seed_, &temperature_}) {
+      saved.after(*v);
+    }
+    return out;
+  }
+};
+
+std::tuple<Tensor, Tensor> mixture_forward_autograd(
+    const Tensor& y, const Tensor& scales, const Tensor& means, const Tensor& weights,
+    const Tensor& seed, const Tensor& temperature, c10::string_view mode, double scale_bound,
+    double likelihood_bound, bool zero_center, c10::string_view family, bool logits) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!(has_forward_grad(y) || has_forward_grad(scales) ||
+                                has_forward_grad(means) || has_forward_grad(weights)),
+                              kNoForwardMode);
+  const bool record = at::GradMode::is_enabled() &&
+                      (y.requires_grad() || scales.requires_grad() || means.requires_grad() ||
+                       weights.requires_grad());
+  std::tuple<Tensor, Tensor> out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = mixture_forward_op().call(y, scales, means, weights, seed, temperature, mode,
+                                    scale_bound, likelihood_bound, zero_center, family, logits);
+  }
+  if (!record) return out;
+  NodePtr fn = make_node<MixtureQuantizeBackward>();
+  auto* node = static_cast<MixtureQuantizeBackward*>(fn.get());
+  node->set_next_edges(torch::autograd::collect_next_edges(y, scales, means, weights));
+  node->y_ = SavedVariable(y, false);
+  node->scales_ = SavedVariable(scales, false);
+  node->means_ = SavedVariable(means, false);
+  node->weights_ = SavedVariable(weights, false);
+  node->seed_ = SavedVariable(seed, false);
+  node->temperature_ = SavedVariable(temperature, false);
+  node->mode_ = std::string(mode);
+  node->family_ = std::string(family);
+  node->scale_bound_ = scale_bound;
+  node->likelihood_bound_ = likelihood_bound;
+  node->zero_center_ = zero_center;
+  node->logits_ = logits;
+  torch::autograd::set_history(std::get<0>(out), fn);
+  torch::autograd::set_history(std::get<1>(out), fn);
+  return out;
+}
+
 }  // namespace
 }  // namespace lic_quant
 
 TORCH_LIBRARY_IMPL(lic_quant, Autograd, m) {
   m.impl("quantize_forward", &lic_quant::quantize_forward_autograd);
   m.impl("quantize_backward", &lic_quant::quantize_backward_autograd);
+  m.impl("mixture_quantize_forward", &lic_quant::mixture_forward_autograd);
+  m.impl("mixture_quantize_backward", &lic_quant::mixture_backward_autograd);
 }

@@ -1,6 +1,6 @@
 // Schemas of the lic_quant ops and the Python module lic_quant._C: the C++ route's eager entry
 // (quantize_eager) and the lists of csrc/lic_quant/checks.h. Implementations: cpu/quantize_cpu.cpp
-// (CPU key), cuda/quantize_cuda.cu (CUDA key), autograd.cpp (Autograd key), host_scalars.cpp
+// and cpu/mixture_cpu.cpp (CPU key), cuda/quantize_cuda.cu (CUDA key), autograd.cpp (Autograd key), host_scalars.cpp
 // (draw_seed, scalar_tensors); fake kernels: lic_quant/_ops.py.
 #include <Python.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -217,4 +217,15 @@ TORCH_LIBRARY(lic_quant, m) {
       "float likelihood_bound, bool zero_center, bool[3] output_mask, str family=\"gaussian\") "
       "-> (Tensor, Tensor, Tensor)");
   m.def("uniform_noise(Tensor seed, SymInt[] size) -> Tensor");
+  // Mixtures (docs/spec.md section 7; cpu/mixture_cpu.cpp): scales, means and weights have shape
+  // (K, *y.shape); the gradients are (y, scales, means, weights).
+  m.def(
+      "mixture_quantize_forward(Tensor y, Tensor scales, Tensor means, Tensor weights, "
+      "Tensor seed, Tensor temperature, str mode, float scale_bound, float likelihood_bound, "
+      "bool zero_center, str family, bool weights_are_logits) -> (Tensor, Tensor)");
+  m.def(
+      "mixture_quantize_backward(Tensor? grad_y_hat, Tensor grad_likelihoods, Tensor y, "
+      "Tensor scales, Tensor means, Tensor weights, Tensor seed, Tensor temperature, str mode, "
+      "float scale_bound, float likelihood_bound, bool zero_center, str family, "
+      "bool weights_are_logits, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }

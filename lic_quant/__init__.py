@@ -6,8 +6,9 @@ import importlib
 from . import reference, schedules
 from ._checks import BACKENDS, FAMILIES, MODES
 from ._ops import cuda_kernels_built, extension_available
-from .api import gaussian_quantize, make_seed, quantize, uniform_noise
-from .reference import gaussian_quantize_reference, quantize_reference
+from .api import gaussian_quantize, make_seed, mixture_quantize, quantize, uniform_noise
+from .reference import (gaussian_quantize_reference, mixture_quantize_reference,
+                        quantize_reference)
 
 __all__ = [
     "BACKENDS",
@@ -18,6 +19,8 @@ __all__ = [
     "gaussian_quantize",
     "gaussian_quantize_reference",
     "make_seed",
+    "mixture_quantize",
+    "mixture_quantize_reference",
     "nn",
     "quantize",
     "quantize_reference",

@@ -13,6 +13,7 @@ import torch
 MODES = ("noise", "ste", "mixed", "sua")
 FAMILIES = ("gaussian", "laplace", "logistic")
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+MAX_COMPONENTS = 8  # mixtures (docs/spec.md section 7): 1 <= K <= 8
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -85,6 +86,10 @@ def check_input(name: str, t, y: torch.Tensor | None = None) -> None:
     if t.shape != y.shape:
         raise ValueError(
             f"lic_quant: {name} must have the shape of y {tuple(y.shape)}; got {tuple(t.shape)}")
+    _check_dtype_device(name, t, y)
+
+
+def _check_dtype_device(name: str, t: torch.Tensor, y: torch.Tensor) -> None:
     if t.dtype != y.dtype:
         raise TypeError(f"lic_quant: {name} must have the dtype of y ({y.dtype}); got {t.dtype}")
     if t.device != y.device:
@@ -141,3 +146,58 @@ def check_call(y, scales, means, family: str, mode: str, scale_bound, likelihood
     check_choice("mode", mode, MODES)
     check_bounds(scale_bound, likelihood_bound)
     check_bool("zero_center", zero_center)
+
+
+def check_component_input(name: str, t, y: torch.Tensor, first: torch.Tensor | None = None) -> int:
+    """A mixture parameter (docs/spec.md section 7): shape (K, *y.shape) with 1 <= K <=
+    MAX_COMPONENTS, the shape of `first` (the scales) when given, y's dtype and device. Returns K."""
+    check_dense(name, t)
+    if first is not None:
+        if t.shape != first.shape:
+            raise ValueError(f"lic_quant: {name} must have the shape of scales "
+                             f"{tuple(first.shape)}; got {tuple(t.shape)}")
+    elif t.dim() != y.dim() + 1 or t.shape[1:] != y.shape:
+        raise ValueError(f"lic_quant: {name} must have shape (K, *y.shape) with y of shape "
+                         f"{tuple(y.shape)}; got {tuple(t.shape)}")
+    elif not 1 <= t.shape[0] <= MAX_COMPONENTS:
+        raise ValueError(f"lic_quant: {name} must have 1 <= K <= {MAX_COMPONENTS} mixture "
+                         f"components (its first dimension); got K = {t.shape[0]}")
+    _check_dtype_device(name, t, y)
+    return t.shape[0]
+
+
+def check_mixture_call(y, scales, means, weights, family: str, weights_are_logits, mode: str,
+                       scale_bound, likelihood_bound, zero_center) -> None:
+    """check_call for mixture_quantize, in the order of its arguments."""
+    check_input("y", y)
+    check_component_input("scales", scales, y)
+    check_component_input("means", means, y, scales)
+    check_component_input("weights", weights, y, scales)
+    check_choice("family", family, FAMILIES)
+    check_bool("weights_are_logits", weights_are_logits)
+    check_choice("mode", mode, MODES)
+    check_bounds(scale_bound, likelihood_bound)
+    check_bool("zero_center", zero_center)
+
+
+def component_layout(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """(stride_k, stride_outer, inner) when element i of component k of a (K, *shape) tensor lies
+    at k * stride_k + (i // inner) * stride_outer + i % inner (the contiguous layout and CompressAI's
+    channel-blocked view (N, K*M, H, W).unflatten(1, (K, M)).movedim(1, 0) among others: the
+    kernels read these in place); None otherwise (the kernels read a contiguous copy). The same
+    rule as component_layout in csrc/lic_quant/checks.h."""
+    sizes, strides = t.shape, t.stride()
+    d, inner = len(sizes) - 1, 1
+    while d >= 1 and (sizes[d] == 1 or strides[d] == inner):
+        inner *= max(sizes[d], 1)  # torch's contiguous strides treat a size 0 as 1
+        d -= 1
+    outer_stride, expected = 0, None
+    for dd in range(d, 0, -1):
+        if sizes[dd] == 1:
+            continue
+        if expected is None:
+            outer_stride = strides[dd]
+        elif strides[dd] != expected:
+            return None
+        expected = strides[dd] * max(sizes[dd], 1)
+    return strides[0], outer_stride, inner

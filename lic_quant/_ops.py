@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from ._checks import check_call, likelihood_dtype
+from ._checks import check_call, check_mixture_call, component_layout, likelihood_dtype
 
 try:
     # import_module, not `from . import _C`: when the .so is missing, the latter reports
@@ -88,3 +88,30 @@ if extension_available():
     @torch.library.register_fake("lic_quant::uniform_noise")
     def _uniform_noise_fake(seed, size):
         return torch.empty(size, dtype=torch.float32, device=seed.device)
+
+    @torch.library.register_fake("lic_quant::mixture_quantize_forward")
+    def _mixture_forward_fake(y, scales, means, weights, seed, temperature, mode, scale_bound,
+                              likelihood_bound, zero_center, family, weights_are_logits):
+        check_mixture_call(y, scales, means, weights, family, weights_are_logits, mode,
+                           scale_bound, likelihood_bound, zero_center)
+        return (torch.empty(y.shape, dtype=y.dtype, device=y.device),
+                torch.empty(y.shape, dtype=likelihood_dtype(y.dtype), device=y.device))
+
+    def _parameter_grad(t, needed):
+        """As csrc/cpu/mixture_cpu.cpp's grad_like: t's strides where the kernel reads t in place
+        and t is dense, contiguous otherwise."""
+        if not needed:
+            return torch.empty((0,), dtype=t.dtype, device=t.device)
+        from torch._prims_common import is_non_overlapping_and_dense_or_false as dense
+
+        if component_layout(t) is not None and dense(t):
+            return torch.empty_like(t)
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+    @torch.library.register_fake("lic_quant::mixture_quantize_backward")
+    def _mixture_backward_fake(grad_y_hat, grad_likelihoods, y, scales, means, weights, seed,
+                               temperature, mode, scale_bound, likelihood_bound, zero_center,
+                               family, weights_are_logits, output_mask):
+        grad_y = torch.empty(y.shape if output_mask[0] else (0,), dtype=y.dtype, device=y.device)
+        return (grad_y, _parameter_grad(scales, output_mask[1]),
+                _parameter_grad(means, output_mask[2]), _parameter_grad(weights, output_mask[3]))

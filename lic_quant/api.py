@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 
 from . import _ops, noise as _noise
-from ._checks import (BACKENDS, check_call, check_choice, check_host_tensor, check_seed,
-                      check_unit_interval, INT64_MAX, INT64_MIN)
-from .reference import quantize_reference
+from ._checks import (BACKENDS, check_call, check_choice, check_host_tensor, check_mixture_call,
+                      check_seed, check_unit_interval, INT64_MAX, INT64_MIN)
+from .reference import mixture_quantize_reference, quantize_reference
 
 _EAGER = _ops.EAGER_ENTRY
 _is_compiling = torch.compiler.is_compiling
@@ -171,6 +171,61 @@ def gaussian_quantize(
     return quantize(y, scales, means, family="gaussian", mode=mode, temperature=temperature,
                     scale_bound=scale_bound, likelihood_bound=likelihood_bound,
                     zero_center=zero_center, seed=seed, backend=backend)
+
+
+# The backends with mixture kernels; the others raise NotImplementedError rather than run
+# something slower than the caller asked for.
+MIXTURE_BACKENDS = ("reference", "cpu")
+
+
+def mixture_quantize(
+    y: torch.Tensor,
+    scales: torch.Tensor,
+    means: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    family: str = "gaussian",
+    weights_are_logits: bool = False,
+    mode: str = "noise",
+    temperature=1.0,
+    zero_center: bool = False,
+    scale_bound: float = 0.11,
+    likelihood_bound: float = 1e-9,
+    seed=None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantization surrogate and discretized likelihood of a K-component mixture of a
+    location-scale `family` in one fused op (docs/spec.md section 7). Returns
+    ``(y_hat, likelihoods)``; with the defaults it is CompressAI's
+    ``GaussianMixtureConditional.forward`` in training.
+
+    scales, means and weights have shape (K, *y.shape), 1 <= K <= 8. The kernels read them in
+    place where component k's element i lies at k * stride_k + (i // inner) * stride_outer +
+    i % inner: the contiguous layout, and CompressAI's channel-blocked (N, K*M, H, W) tensors
+    viewed as ``t.unflatten(1, (K, M)).movedim(1, 0)``, which costs no copy. Other layouts are
+    copied to contiguous first (one extra read and write of that tensor). The gradients of the
+    parameters come back in the parameters' own layout where they are read in place.
+    weights are probabilities, or logits softmaxed over K inside the kernel with
+    weights_are_logits=True.
+    """
+    check_mixture_call(y, scales, means, weights, family, weights_are_logits, mode, scale_bound,
+                       likelihood_bound, zero_center)
+    backend = _resolve_backend(backend, y)
+    if backend not in MIXTURE_BACKENDS:
+        raise NotImplementedError(
+            f"lic_quant: mixture_quantize has no {backend!r} kernels yet (backend={backend!r}); "
+            f"use one of {MIXTURE_BACKENDS}")
+    seed_t, temp_t = _scalar_tensors(seed, temperature, y.device)
+    settings = dict(family=family, weights_are_logits=weights_are_logits, mode=mode,
+                    zero_center=zero_center, scale_bound=float(scale_bound),
+                    likelihood_bound=float(likelihood_bound))
+    if backend == "reference":
+        u = uniform_noise(y.shape, seed_t, device=y.device) if mode != "ste" else None
+        t = temp_t if isinstance(temperature, torch.Tensor) else temperature
+        return mixture_quantize_reference(y, scales, means, weights, u, temperature=t, **settings)
+    return torch.ops.lic_quant.mixture_quantize_forward(
+        y, scales, means, weights, seed_t, temp_t, mode, float(scale_bound),
+        float(likelihood_bound), zero_center, family, weights_are_logits)
 
 
 def uniform_noise(shape, seed, *, device=None) -> torch.Tensor:

@@ -208,3 +208,54 @@ def quantize_reference(y, scales, means=None, noise=None, *, family: str = "gaus
     settings = {"mode": "sua", "temperature": 1.0, "scale_bound": 0.11, "likelihood_bound": 1e-9,
                 "zero_center": True, **settings}
     return _quantize_reference(y, scales, means, noise, BIN_MASSES[family], **settings)
+
+
+def mixture_quantize_reference(
+    y: torch.Tensor,
+    scales: torch.Tensor,
+    means: torch.Tensor,
+    weights: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    *,
+    family: str = "gaussian",
+    weights_are_logits: bool = False,
+    mode: str = "noise",
+    temperature=1.0,
+    zero_center: bool = False,
+    scale_bound: float = 0.11,
+    likelihood_bound: float = 1e-9,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y_hat, likelihoods) of the K-component mixture of docs/spec.md section 7; scales, means and
+    weights have shape (K, *y.shape). The sums over k run in the order k = 0 .. K-1 from 0, as
+    CompressAI's GaussianMixtureConditional and the kernels accumulate them."""
+    check_choice("family", family, FAMILIES)
+    check_choice("mode", mode, MODES)
+    if mode != "ste" and noise is None:
+        raise ValueError(f"lic_quant: noise is required for mode={mode!r}")
+    cdt = compute_dtype(y.dtype)
+    yc = y.to(cdt)
+    s = lower_bound(scales.to(cdt), scale_bound)
+    mu = means.to(cdt)
+    w = weights.to(cdt)
+    if weights_are_logits:
+        w = torch.softmax(w, dim=0)
+    u = noise.to(cdt) if noise is not None else None
+    n_components = scales.shape[0]
+
+    # The centre only places the lattice: a constant in the backward (its gradient would cancel
+    # in v_k = c + (y - c) + delta - mu_k anyway).
+    c = torch.zeros_like(yc)
+    if zero_center:
+        for k in range(n_components):
+            c = c + w[k].detach() * mu[k].detach()
+    r = yc - c
+    rate_value, dist_value = surrogate(mode, r.detach(), u, temperature)
+    rate = straight_through(rate_value, r)
+    y_hat = c + straight_through(dist_value, r)
+
+    bin_mass = BIN_MASSES[family]
+    p = torch.zeros_like(yc)
+    for k in range(n_components):
+        v = (c - mu[k]) + rate
+        p = p + w[k] * bin_mass(v.abs(), s[k])
+    return y_hat.to(y.dtype), lower_bound(p, likelihood_bound)

@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -57,10 +58,16 @@ inline void check_floating(const at::Tensor& y) {
                    "lic_quant: y must be float16, bfloat16, float32 or float64; got ", dt);
 }
 
+inline void check_dtype_device(const at::Tensor& t, const at::Tensor& y, const char* name);
+
 // An input beside y: y's shape, dtype and device.
 inline void check_like(const at::Tensor& t, const at::Tensor& y, const char* name) {
   TORCH_CHECK_VALUE(t.sizes() == y.sizes(), "lic_quant: ", name, " must have the shape of y ",
                     y.sizes(), "; got ", t.sizes());
+  check_dtype_device(t, y, name);
+}
+
+inline void check_dtype_device(const at::Tensor& t, const at::Tensor& y, const char* name) {
   TORCH_CHECK_TYPE(t.scalar_type() == y.scalar_type(), "lic_quant: ", name,
                    " must have the dtype of y (", y.scalar_type(), "); got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.device() == y.device(), "lic_quant: ", name, " must be on the device of y (",
@@ -111,6 +118,74 @@ inline Choices check_call(const at::Tensor& y, const at::Tensor& scales,
   const int32_t mode_index = parse_mode(mode);
   check_bounds(scale_bound, likelihood_bound);
   return {mode_index, family_index};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mixtures (docs/spec.md section 7): lic_quant/_checks.py's check_component_input,
+// check_mixture_call and component_layout, with the same messages.
+
+constexpr int64_t kMaxMixtureComponents = 8;
+
+// A mixture parameter: shape (K, *y.shape) with 1 <= K <= 8 (`first` null), or the shape of
+// `first` (the scales); y's dtype and device.
+inline void check_component(const at::Tensor& t, const at::Tensor& y, const char* name,
+                            const at::Tensor* first) {
+  if (first != nullptr) {
+    TORCH_CHECK_VALUE(t.sizes() == first->sizes(), "lic_quant: ", name,
+                      " must have the shape of scales ", first->sizes(), "; got ", t.sizes());
+  } else {
+    TORCH_CHECK_VALUE(t.dim() == y.dim() + 1 && t.sizes().slice(1) == y.sizes(), "lic_quant: ",
+                      name, " must have shape (K, *y.shape) with y of shape ", y.sizes(), "; got ",
+                      t.sizes());
+    TORCH_CHECK_VALUE(t.size(0) >= 1 && t.size(0) <= kMaxMixtureComponents, "lic_quant: ", name,
+                      " must have 1 <= K <= ", kMaxMixtureComponents,
+                      " mixture components (its first dimension); got K = ", t.size(0));
+  }
+  check_dtype_device(t, y, name);
+}
+
+inline Choices check_mixture_call(const at::Tensor& y, const at::Tensor& scales,
+                                  const at::Tensor& means, const at::Tensor& weights,
+                                  c10::string_view family, c10::string_view mode,
+                                  double scale_bound, double likelihood_bound) {
+  check_floating(y);
+  check_component(scales, y, "scales", nullptr);
+  check_component(means, y, "means", &scales);
+  check_component(weights, y, "weights", &scales);
+  const int32_t family_index = parse_family(family);
+  const int32_t mode_index = parse_mode(mode);
+  check_bounds(scale_bound, likelihood_bound);
+  return {mode_index, family_index};
+}
+
+// Element i of component k of a (K, *shape) tensor at k * stride_k + (i / inner) * stride_outer +
+// i % inner.
+struct ComponentLayout {
+  int64_t stride_k, stride_outer, inner;
+};
+
+// The layout of `t` when it has that form (the contiguous layout, CompressAI's channel-blocked
+// view), or nothing (the kernels then read a contiguous copy).
+inline std::optional<ComponentLayout> component_layout(const at::Tensor& t) {
+  const auto sizes = t.sizes();
+  const auto strides = t.strides();
+  int64_t d = t.dim() - 1, inner = 1;
+  // Sizes 0 count as 1, as in torch's contiguous strides.
+  while (d >= 1 && (sizes[d] == 1 || strides[d] == inner)) {
+    inner *= std::max<int64_t>(sizes[d], 1);
+    --d;
+  }
+  int64_t outer_stride = 0, expected = -1;
+  for (int64_t dd = d; dd >= 1; --dd) {
+    if (sizes[dd] == 1) continue;
+    if (expected < 0) {
+      outer_stride = strides[dd];
+    } else if (strides[dd] != expected) {
+      return std::nullopt;
+    }
+    expected = strides[dd] * std::max<int64_t>(sizes[dd], 1);
+  }
+  return ComponentLayout{strides[0], outer_stride, inner};
 }
 
 }  // namespace lic_quant

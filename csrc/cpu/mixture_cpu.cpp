@@ -1,0 +1,460 @@
+// Fused CPU kernels of the K-component mixture (docs/spec.md section 7): one pass forward
+// (y, mu_k, sigma_k, w_k -> y_hat, P) and one pass backward (g_yhat, g_P, y, mu_k, sigma_k, w_k ->
+// the four gradients), the noise recomputed from the seed. Work goes in blocks of kBlock
+// elements of y: each block's parameters are gathered into scratch (in their own layout, see
+// component_layout), and the per-element math of mixture_math.h runs in loops over the block with
+// the component loop outside, so the element loop is straight-line code GCC vectorizes.
+// Separate from quantize_cpu.cpp so that the two compile in parallel and alone.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "../lic_quant/mixture_math.h"
+#include "../lic_quant/op_args.h"
+
+namespace lic_quant {
+namespace {
+
+constexpr int64_t kBlock = 128;
+constexpr int64_t kGrain = 16384;  // elements per task of at::parallel_for
+
+#if defined(LQ_CPU_CLONES_AVX2)
+#define LQ_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(LQ_CPU_CLONES_BASELINE)
+#define LQ_CLONES
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define LQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LQ_CLONES
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Moving a block of one component between a tensor in its ComponentLayout and scratch.
+
+template <typename S, typename T, typename Fn>
+void for_each_segment(const ComponentLayout& l, int64_t k, int64_t i0, int64_t n, Fn&& fn) {
+  int64_t i = i0, j = 0;
+  while (j < n) {
+    const int64_t r = i % l.inner;
+    const int64_t len = std::min(n - j, l.inner - r);
+    fn(k * l.stride_k + (i / l.inner) * l.stride_outer + r, j, len);
+    j += len;
+    i += len;
+  }
+}
+
+template <typename S, typename T>
+void gather(const S* base, const ComponentLayout& l, int64_t k, int64_t i0, int64_t n, T* dst) {
+  for_each_segment<S, T>(l, k, i0, n, [&](int64_t off, int64_t j, int64_t len) {
+    const S* src = base + off;
+    for (int64_t t = 0; t < len; ++t) dst[j + t] = static_cast<T>(src[t]);
+  });
+}
+
+// float -> float16 / bfloat16 with NaN written as 0x7FFF, the canonical NaN of every backend.
+template <typename S, typename T>
+S narrow(T x) {
+  if constexpr (std::is_same_v<S, c10::Half> || std::is_same_v<S, c10::BFloat16>) {
+    return x != x ? S(0x7FFF, S::from_bits()) : static_cast<S>(x);
+  } else {
+    return static_cast<S>(x);
+  }
+}
+
+template <typename S, typename T>
+void scatter(const T* src, const ComponentLayout& l, int64_t k, int64_t i0, int64_t n, S* base) {
+  for_each_segment<S, T>(l, k, i0, n, [&](int64_t off, int64_t j, int64_t len) {
+    S* dst = base + off;
+    for (int64_t t = 0; t < len; ++t) dst[t] = narrow<S>(src[j + t]);
+  });
+}
+
+// u of elements i0 .. i0 + n - 1 (i0 a multiple of 4, n <= kBlock): the noise stream of
+// section 3. The Philox words land in four planes first so that the Philox loop vectorizes.
+LQ_CLONES void fill_noise(float* __restrict u, int64_t n, const PhiloxKeys& keys, int64_t i0) {
+  const PhiloxKeys key = keys;
+  alignas(64) uint32_t w0[kBlock / 4], w1[kBlock / 4], w2[kBlock / 4], w3[kBlock / 4];
+  const int64_t nb = (n + 3) / 4;
+  const uint64_t b0 = static_cast<uint64_t>(i0) >> 2;
+  for (int64_t j = 0; j < nb; ++j) {
+    uint32_t w[4];
+    philox4x32_10(key, b0 + static_cast<uint64_t>(j), w);
+    w0[j] = w[0];
+    w1[j] = w[1];
+    w2[j] = w[2];
+    w3[j] = w[3];
+  }
+  alignas(64) float all[kBlock];
+  for (int64_t j = 0; j < nb; ++j) {
+    all[4 * j] = word_to_uniform(w0[j]);
+    all[4 * j + 1] = word_to_uniform(w1[j]);
+    all[4 * j + 2] = word_to_uniform(w2[j]);
+    all[4 * j + 3] = word_to_uniform(w3[j]);
+  }
+  for (int64_t j = 0; j < n; ++j) u[j] = all[j];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The block loops. T is the compute type; arrays are [component][kBlock].
+
+template <typename T>
+struct Block {
+  alignas(64) T y[kBlock], u[kBlock], c[kBlock], rate[kBlock], p[kBlock], aux[kBlock];
+  alignas(64) T mu[kMaxComponents][kBlock], sigma[kMaxComponents][kBlock],
+      w[kMaxComponents][kBlock];
+};
+
+// Logits -> weights in place (aux holds the running max, then 1 / the normalizer).
+template <typename T>
+LQ_CLONES void softmax_block(Block<T>& b, int K, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) b.aux[j] = b.w[0][j];
+  for (int k = 1; k < K; ++k) {
+    for (int64_t j = 0; j < n; ++j) b.aux[j] = max_nan(b.aux[j], b.w[k][j]);
+  }
+  for (int64_t j = 0; j < n; ++j) b.p[j] = T(0);
+  for (int k = 0; k < K; ++k) {
+    for (int64_t j = 0; j < n; ++j) {
+      b.w[k][j] = softmax_numerator(b.w[k][j], b.aux[j]);
+      b.p[j] = b.p[j] + b.w[k][j];
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) b.aux[j] = softmax_reciprocal(b.p[j]);
+  for (int k = 0; k < K; ++k) {
+    for (int64_t j = 0; j < n; ++j) b.w[k][j] = b.w[k][j] * b.aux[j];
+  }
+}
+
+// c = sum_k w_k mu_k (or 0), then the surrogate: rate <- r~_R, aux <- y_hat.
+template <int32_t kMode, typename T>
+LQ_CLONES void center_block(Block<T>& b, int K, int64_t n, bool zero_center, T temperature) {
+  for (int64_t j = 0; j < n; ++j) b.c[j] = T(0);
+  if (zero_center) {
+    for (int k = 0; k < K; ++k) {
+      for (int64_t j = 0; j < n; ++j) b.c[j] = b.c[j] + b.w[k][j] * b.mu[k][j];
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const Surrogate<T> q = surrogate<T>(kMode, b.y[j] - b.c[j], b.u[j], temperature);
+    b.rate[j] = q.rate;
+    b.aux[j] = canonical_nan(b.c[j] + q.distortion);
+  }
+}
+
+template <int kFamily, typename T>
+LQ_CLONES void mass_block(Block<T>& b, int K, int64_t n, QuantParams<T> prm) {
+  T* __restrict p = b.p;
+  const T* __restrict c = b.c;
+  const T* __restrict rate = b.rate;
+  for (int64_t j = 0; j < n; ++j) p[j] = T(0);
+  for (int k = 0; k < K; ++k) {
+    const T* __restrict mu = b.mu[k];
+    const T* __restrict sigma = b.sigma[k];
+    const T* __restrict w = b.w[k];
+    for (int64_t j = 0; j < n; ++j) {
+      p[j] = p[j] + w[j] * component_mass<kFamily>(component_residual(c[j], rate[j], mu[j]),
+                                                   sigma[j], prm);
+    }
+  }
+}
+
+template <typename T>
+struct Grads {
+  alignas(64) T g_yhat[kBlock], g_lik[kBlock], g_p[kBlock], gy[kBlock];
+  alignas(64) T mass[kMaxComponents][kBlock], dv[kMaxComponents][kBlock],
+      ds[kMaxComponents][kBlock];
+};
+
+// Pass 1: every component's mass and slopes, and p; pass 2: g_p and the gradients (written over
+// mass -> weight, dv -> mu, ds -> sigma).
+template <int kFamily, typename T>
+LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logits,
+                          QuantParams<T> prm) {
+  // Restricted pointers: the two blocks' arrays never overlap, which GCC cannot see through the
+  // references, and without which it does not vectorize.
+  T* __restrict p = b.p;
+  const T* __restrict c = b.c;
+  const T* __restrict rate = b.rate;
+  T* __restrict gp = g.g_p;
+  T* __restrict gy = g.gy;
+  for (int64_t j = 0; j < n; ++j) p[j] = T(0);
+  for (int k = 0; k < K; ++k) {
+    const T* __restrict mu = b.mu[k];
+    const T* __restrict sigma = b.sigma[k];
+    const T* __restrict w = b.w[k];
+    T* __restrict mass = g.mass[k];
+    T* __restrict dv = g.dv[k];
+    T* __restrict ds = g.ds[k];
+    for (int64_t j = 0; j < n; ++j) {
+      const ComponentSlopes<T> d =
+          component_slopes<kFamily>(component_residual(c[j], rate[j], mu[j]), sigma[j], prm);
+      mass[j] = d.mass;
+      dv[j] = d.d_v;
+      ds[j] = d.d_s;
+      p[j] = p[j] + w[j] * d.mass;
+    }
+  }
+  const T* __restrict g_lik = g.g_lik;
+  for (int64_t j = 0; j < n; ++j) {
+    gp[j] = pass_if_towards(g_lik[j], p[j] >= prm.likelihood_bound);
+    gy[j] = T(0);
+  }
+  for (int k = 0; k < K; ++k) {
+    const T* __restrict sigma = b.sigma[k];
+    const T* __restrict w = b.w[k];
+    T* __restrict mass = g.mass[k];
+    T* __restrict dv = g.dv[k];
+    T* __restrict ds = g.ds[k];
+    for (int64_t j = 0; j < n; ++j) {
+      const ComponentSlopes<T> d{mass[j], dv[j], ds[j]};
+      gy[j] = gy[j] + (gp[j] * w[j]) * d.d_v;
+      const ComponentGrads<T> o = component_grads(gp[j], w[j], d, p[j], sigma[j], logits, prm);
+      mass[j] = o.weight;
+      dv[j] = o.mu;
+      ds[j] = o.sigma;
+    }
+  }
+  const T* __restrict g_yhat = g.g_yhat;
+  for (int64_t j = 0; j < n; ++j) gy[j] = canonical_nan(g_yhat[j] + gy[j]);
+}
+
+template <typename Fn>
+void dispatch_family(int32_t family, Fn&& fn) {
+  switch (family) {
+    case kLaplace: return fn(std::integral_constant<int, kLaplace>{});
+    case kLogistic: return fn(std::integral_constant<int, kLogistic>{});
+    default: return fn(std::integral_constant<int, kGaussian>{});
+  }
+}
+
+template <typename T>
+void center(Block<T>& b, int K, int64_t n, int32_t mode, bool zero_center, T temperature) {
+  switch (mode) {
+    case kNoise: return center_block<kNoise>(b, K, n, zero_center, temperature);
+    case kSte: return center_block<kSte>(b, K, n, zero_center, temperature);
+    case kMixed: return center_block<kMixed>(b, K, n, zero_center, temperature);
+    default: return center_block<kSua>(b, K, n, zero_center, temperature);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One call.
+
+struct MixtureCall {
+  int32_t mode = 0, family = 0;
+  int K = 0;
+  bool logits = false, zero_center = false;
+  uint64_t seed = 0;
+  double temperature = 0.0;
+  at::Tensor y, scales, means, weights;
+  ComponentLayout ls{}, lm{}, lw{};
+};
+
+// The parameter as the kernels read it: in place when component_layout takes it, else a
+// contiguous copy.
+at::Tensor in_place_or_copy(const at::Tensor& t, ComponentLayout& layout) {
+  if (auto l = component_layout(t)) {
+    layout = *l;
+    return t;
+  }
+  at::Tensor c = t.contiguous();
+  layout = *component_layout(c);
+  return c;
+}
+
+// A gradient for parameter t (as read): t's own strides where it is dense, so the gradient of a
+// view flows back through the view's backward without a copy; contiguous otherwise.
+at::Tensor grad_like(const at::Tensor& t, bool asked, ComponentLayout& layout) {
+  if (!asked) return at::empty({0}, t.options());
+  at::Tensor g = t.is_non_overlapping_and_dense() ? at::empty_like(t) : at::empty(t.sizes(), t.options());
+  layout = *component_layout(g);
+  return g;
+}
+
+MixtureCall prepare(const at::Tensor& y, const at::Tensor& scales, const at::Tensor& means,
+                    const at::Tensor& weights, const at::Tensor& seed,
+                    const at::Tensor& temperature, c10::string_view mode,
+                    c10::string_view family, double scale_bound, double likelihood_bound,
+                    bool zero_center, bool logits) {
+  TORCH_CHECK(y.device().is_cpu(), "lic_quant: the CPU kernels got y on ", y.device());
+  const Choices ch =
+      check_mixture_call(y, scales, means, weights, family, mode, scale_bound, likelihood_bound);
+  check_scalar_tensor(seed, y, "seed", at::kLong, "a 0-dim int64 tensor");
+  check_scalar_tensor(temperature, y, "temperature", at::kDouble, "a 0-dim float64 tensor");
+  MixtureCall c;
+  c.mode = ch.mode;
+  c.family = ch.family;
+  c.K = static_cast<int>(scales.size(0));
+  c.logits = logits;
+  c.zero_center = zero_center;
+  c.seed = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
+  c.temperature = *temperature.const_data_ptr<double>();
+  check_unit_interval("temperature", c.temperature);
+  c.y = y.contiguous();
+  c.scales = in_place_or_copy(scales, c.ls);
+  c.means = in_place_or_copy(means, c.lm);
+  c.weights = in_place_or_copy(weights, c.lw);
+  return c;
+}
+
+// Loads block [i0, i0 + n) of the call into b (compute type T, inputs of type S).
+template <typename S, typename T>
+void load(const MixtureCall& c, Block<T>& b, int64_t i0, int64_t n, const PhiloxKeys& keys) {
+  const S* y = c.y.const_data_ptr<S>();
+  for (int64_t j = 0; j < n; ++j) b.y[j] = static_cast<T>(y[i0 + j]);
+  if (mode_uses_noise(c.mode)) {
+    float u[kBlock];
+    fill_noise(u, n, keys, i0);
+    for (int64_t j = 0; j < n; ++j) b.u[j] = static_cast<T>(u[j]);
+  }
+  for (int k = 0; k < c.K; ++k) {
+    gather(c.means.const_data_ptr<S>(), c.lm, k, i0, n, b.mu[k]);
+    gather(c.scales.const_data_ptr<S>(), c.ls, k, i0, n, b.sigma[k]);
+    gather(c.weights.const_data_ptr<S>(), c.lw, k, i0, n, b.w[k]);
+  }
+  if (c.logits) softmax_block(b, c.K, n);
+  center(b, c.K, n, c.mode, c.zero_center, static_cast<T>(c.temperature));
+}
+
+template <typename S, typename T>
+void forward_impl(const MixtureCall& c, at::Tensor& y_hat, at::Tensor& lik,
+                  const QuantParams<T>& prm) {
+  const int64_t numel = c.y.numel();
+  const PhiloxKeys keys = philox_keys(c.seed);
+  S* yh = y_hat.mutable_data_ptr<S>();
+  T* pl = lik.mutable_data_ptr<T>();
+  at::parallel_for(0, (numel + kBlock - 1) / kBlock, kGrain / kBlock, [&](int64_t b0, int64_t b1) {
+    Block<T> b;
+    std::fill(b.u, b.u + kBlock, T(0));
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t i0 = blk * kBlock, n = std::min(kBlock, numel - i0);
+      load<S, T>(c, b, i0, n, keys);
+      dispatch_family(c.family, [&](auto fam) { mass_block<decltype(fam)::value>(b, c.K, n, prm); });
+      for (int64_t j = 0; j < n; ++j) {
+        yh[i0 + j] = narrow<S>(b.aux[j]);
+        pl[i0 + j] = canonical_nan(lower_bound(b.p[j], prm.likelihood_bound));
+      }
+    }
+  });
+}
+
+struct GradOutputs {
+  at::Tensor y, scales, means, weights;
+  ComponentLayout ls{}, lm{}, lw{};
+};
+
+template <typename S, typename T>
+void backward_impl(const MixtureCall& c, const at::Tensor& g_yhat, const at::Tensor& g_lik,
+                   GradOutputs& o, std::array<bool, 4> mask, const QuantParams<T>& prm) {
+  const int64_t numel = c.y.numel();
+  const PhiloxKeys keys = philox_keys(c.seed);
+  const S* gyh = g_yhat.defined() ? g_yhat.const_data_ptr<S>() : nullptr;
+  const T* gl = g_lik.const_data_ptr<T>();
+  at::parallel_for(0, (numel + kBlock - 1) / kBlock, kGrain / kBlock, [&](int64_t b0, int64_t b1) {
+    Block<T> b;
+    Grads<T> g;
+    std::fill(b.u, b.u + kBlock, T(0));
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t i0 = blk * kBlock, n = std::min(kBlock, numel - i0);
+      load<S, T>(c, b, i0, n, keys);
+      for (int64_t j = 0; j < n; ++j) {
+        g.g_yhat[j] = gyh ? static_cast<T>(gyh[i0 + j]) : T(0);
+        g.g_lik[j] = gl[i0 + j];
+      }
+      dispatch_family(c.family, [&](auto fam) {
+        grad_block<decltype(fam)::value>(b, g, c.K, n, c.logits, prm);
+      });
+      if (mask[0]) {
+        S* gy = o.y.mutable_data_ptr<S>();
+        for (int64_t j = 0; j < n; ++j) gy[i0 + j] = narrow<S>(g.gy[j]);
+      }
+      for (int k = 0; k < c.K; ++k) {
+        if (mask[1]) scatter(g.ds[k], o.ls, k, i0, n, o.scales.mutable_data_ptr<S>());
+        if (mask[2]) scatter(g.dv[k], o.lm, k, i0, n, o.means.mutable_data_ptr<S>());
+        if (mask[3]) scatter(g.mass[k], o.lw, k, i0, n, o.weights.mutable_data_ptr<S>());
+      }
+    }
+  });
+}
+
+// Calls fn(S{}, T{}) with S the input type and T the compute type.
+template <typename Fn>
+void dispatch_types(at::ScalarType dt, Fn&& fn) {
+  switch (dt) {
+    case at::kDouble: return fn(double{}, double{});
+    case at::kFloat: return fn(float{}, float{});
+    case at::kHalf: return fn(c10::Half{}, float{});
+    default: return fn(c10::BFloat16{}, float{});
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> mixture_forward_cpu(
+    const at::Tensor& y, const at::Tensor& scales, const at::Tensor& means,
+    const at::Tensor& weights, const at::Tensor& seed, const at::Tensor& temperature,
+    c10::string_view mode, double scale_bound, double likelihood_bound, bool zero_center,
+    c10::string_view family, bool weights_are_logits) {
+  const MixtureCall c = prepare(y, scales, means, weights, seed, temperature, mode, family,
+                                scale_bound, likelihood_bound, zero_center, weights_are_logits);
+  at::Tensor y_hat = at::empty(c.y.sizes(), c.y.options());
+  at::Tensor lik = at::empty(c.y.sizes(), c.y.options().dtype(likelihood_dtype(y.scalar_type())));
+  if (c.y.numel() == 0) return {y_hat, lik};
+  dispatch_types(c.y.scalar_type(), [&](auto s, auto t) {
+    using S = decltype(s);
+    using T = decltype(t);
+    forward_impl<S, T>(c, y_hat, lik,
+                       make_params<T>(c.mode, c.temperature, scale_bound, likelihood_bound,
+                                      zero_center));
+  });
+  return {y_hat, lik};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_backward_cpu(
+    const c10::optional<at::Tensor>& grad_y_hat, const at::Tensor& grad_lik, const at::Tensor& y,
+    const at::Tensor& scales, const at::Tensor& means, const at::Tensor& weights,
+    const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode,
+    double scale_bound, double likelihood_bound, bool zero_center, c10::string_view family,
+    bool weights_are_logits, std::array<bool, 4> output_mask) {
+  const MixtureCall c = prepare(y, scales, means, weights, seed, temperature, mode, family,
+                                scale_bound, likelihood_bound, zero_center, weights_are_logits);
+  const auto lik_dtype = likelihood_dtype(y.scalar_type());
+  TORCH_CHECK_VALUE(grad_lik.sizes() == y.sizes() && grad_lik.scalar_type() == lik_dtype &&
+                        grad_lik.device() == y.device(),
+                    "lic_quant: grad_likelihoods must be ", lik_dtype,
+                    " with the shape and device of y");
+  at::Tensor g_yhat;
+  if (grad_y_hat.has_value() && grad_y_hat->defined()) {
+    check_like(*grad_y_hat, y, "grad_y_hat");
+    g_yhat = grad_y_hat->contiguous();
+  }
+  const at::Tensor g_lik = grad_lik.contiguous();
+  GradOutputs o;
+  o.y = output_mask[0] ? at::empty(c.y.sizes(), c.y.options()) : at::empty({0}, c.y.options());
+  o.scales = grad_like(c.scales, output_mask[1], o.ls);
+  o.means = grad_like(c.means, output_mask[2], o.lm);
+  o.weights = grad_like(c.weights, output_mask[3], o.lw);
+  if (c.y.numel() > 0 && (output_mask[0] || output_mask[1] || output_mask[2] || output_mask[3])) {
+    dispatch_types(c.y.scalar_type(), [&](auto s, auto t) {
+      using S = decltype(s);
+      using T = decltype(t);
+      backward_impl<S, T>(c, g_yhat, g_lik, o, output_mask,
+                          make_params<T>(c.mode, c.temperature, scale_bound, likelihood_bound,
+                                         zero_center));
+    });
+  }
+  return {o.y, o.scales, o.means, o.weights};
+}
+
+}  // namespace
+}  // namespace lic_quant
+
+TORCH_LIBRARY_IMPL(lic_quant, CPU, m) {
+  m.impl("mixture_quantize_forward", &lic_quant::mixture_forward_cpu);
+  m.impl("mixture_quantize_backward", &lic_quant::mixture_backward_cpu);
+}

@@ -1,0 +1,342 @@
+"""docs/spec.md section 7: lic_quant.mixture_quantize, K-component mixtures of a family.
+
+Values and gradients of the fused kernels against lic_quant.reference.mixture_quantize_reference
+on the same noise (every family, mode, dtype, K in {1, 3, 8}, probabilities and logits); the
+reference against CompressAI's GaussianMixtureConditional; K = 1 against quantize(); the
+channel-blocked view read in place; NaN, empty and bad inputs; opcheck, torch.compile and
+determinism.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lic_quant as lq
+from lic_quant._checks import FAMILIES, MODES, component_layout
+
+KERNELS = ["cpu"]  # backends with mixture kernels (lic_quant.api.MIXTURE_BACKENDS)
+KS = (1, 3, 8)
+# Tolerances of kernel vs reference: the same formulas in another order of operations (the
+# kernels' own exp/erfc, the reference's torch ones), float32 or float64 compute.
+TOL = {torch.float32: (2e-5, 1e-6), torch.float64: (1e-12, 1e-15),
+       torch.float16: (2e-3, 1e-4), torch.bfloat16: (2e-2, 1e-3)}
+
+
+def needs_extension():
+    if not lq.extension_available():
+        pytest.skip("lic_quant._C is not built")
+
+
+def make_inputs(shape=(2, 3, 5, 7), K=3, dtype=torch.float32, logits=False, seed=0,
+                blocked=False):
+    """y, scales, means, weights; with blocked=True the parameters are CompressAI's
+    channel-blocked (N, K*M, H, W) tensors viewed as (K, N, M, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    full = (shape[0], K * shape[1], *shape[2:]) if blocked else (K, *shape)
+    sc = torch.rand(full, generator=g, dtype=torch.float64) * 2
+    mu = torch.randn(full, generator=g, dtype=torch.float64) * 2
+    w = torch.randn(full, generator=g, dtype=torch.float64)
+    if blocked:
+        def view(t):
+            return t.unflatten(1, (K, shape[1])).movedim(1, 0)
+    else:
+        def view(t):
+            return t
+    if not logits:
+        w = torch.softmax(view(w), 0)
+        w = w.movedim(0, 1).flatten(1, 2).contiguous() if blocked else w
+    ts = [t.to(dtype) for t in (y, sc, mu, w)]
+    return ts[0], view(ts[1]), view(ts[2]), view(ts[3])
+
+
+def run(backend, y, sc, mu, w, grads=True, **kw):
+    """Outputs and the gradients of sum(y_hat * a + lik * b) for fixed random a, b."""
+    leaves = [t.detach().clone().requires_grad_(grads) for t in (y, sc, mu, w)]
+    if backend == "reference-direct":
+        yh, lik = lq.mixture_quantize_reference(*leaves, kw.pop("noise"), **kw)
+    else:
+        yh, lik = lq.mixture_quantize(*leaves, backend=backend, **kw)
+    if not grads:
+        return yh, lik, None
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(yh.shape, generator=g, dtype=torch.float64).to(yh.dtype)
+    b = (-torch.rand(lik.shape, generator=g, dtype=torch.float64) * 1e3).to(lik.dtype)
+    b[..., 0] = -b[..., 0]  # some positive likelihood gradients exercise the bound's rule
+    torch.autograd.backward([yh, lik], [a, b])
+    return yh, lik, [t.grad for t in leaves]
+
+
+def assert_close(actual, expected, dtype, what):
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol,
+                               equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("K", KS)
+@pytest.mark.parametrize("logits", [False, True])
+@pytest.mark.parametrize("zero_center", [False, True])
+def test_values_and_gradients_vs_reference(backend, family, mode, K, logits, zero_center):
+    needs_extension()
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        ins = make_inputs(K=K, dtype=dtype, logits=logits)
+        kw = dict(family=family, mode=mode, weights_are_logits=logits, zero_center=zero_center,
+                  temperature=0.6, seed=11)
+        out = run(backend, *ins, **kw)
+        ref = run("reference", *ins, **kw)
+        assert out[0].dtype == dtype and out[1].dtype == (
+            torch.float64 if dtype == torch.float64 else torch.float32)
+        for name, a, b in zip(("y_hat", "likelihoods"), out[:2], ref[:2]):
+            assert_close(a, b, dtype, f"{family} {mode} K={K} {dtype} {name}")
+        for name, a, b in zip(("y", "scales", "means", "weights"), out[2], ref[2]):
+            assert a.dtype == dtype and a.shape == b.shape
+            # Gradients scale with the incoming 1e3: compare relative to their size.
+            scale = b.double().abs().max().clamp_min(1.0)
+            assert_close(a / scale, b / scale, dtype, f"{family} {mode} K={K} {dtype} grad {name}")
+
+
+def test_reference_equals_compressai():
+    """zero_center=False, mode='noise': CompressAI's GaussianMixtureConditional.forward (its
+    _likelihood, then LowerBound) with the same noise, values and gradients."""
+    entropy_models = pytest.importorskip("compressai.entropy_models")
+    K, M = 3, 4
+    y, sc, mu, w = make_inputs(shape=(2, M, 5, 6), K=K, blocked=True)
+    u = lq.uniform_noise(y.shape, 5)
+    gmc = entropy_models.GaussianMixtureConditional(K=K).train()
+    # The channel-blocked tensors CompressAI takes, and our views of them.
+    flat = [t.movedim(0, 1).flatten(1, 2).detach().clone().requires_grad_() for t in (sc, mu, w)]
+    y_c = y.clone().requires_grad_()
+    y_hat_c = y_c + u  # CompressAI's quantize(inputs, "noise")
+    lik_c = gmc.likelihood_lower_bound(gmc._likelihood(y_hat_c, *flat))
+    g = torch.randn(lik_c.shape, generator=torch.Generator().manual_seed(2))
+    (lik_c * g + y_hat_c).sum().backward()
+
+    for backend in ["reference"] + (KERNELS if lq.extension_available() else []):
+        leaves = [t.detach().clone().requires_grad_() for t in flat]
+        y_l = y.clone().requires_grad_()
+        views = [t.unflatten(1, (K, M)).movedim(1, 0) for t in leaves]
+        y_hat, lik = lq.mixture_quantize(y_l, *views, seed=5, backend=backend)
+        (lik * g + y_hat).sum().backward()
+        torch.testing.assert_close(y_hat, y_hat_c, rtol=0, atol=0)
+        torch.testing.assert_close(lik, lik_c, rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(y_l.grad, y_c.grad, rtol=1e-4, atol=1e-6)
+        for a, b in zip(leaves, flat):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNELS)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("zero_center", [False, True])
+def test_one_component_is_quantize(backend, family, mode, zero_center):
+    if backend != "reference":
+        needs_extension()
+    y, sc, mu, _ = make_inputs(K=1)
+    w = torch.ones_like(sc)
+    kw = dict(family=family, mode=mode, zero_center=zero_center, temperature=0.3, seed=3)
+    yh, lik = lq.mixture_quantize(y, sc, mu, w, backend=backend, **kw)
+    yh1, lik1 = lq.quantize(y, sc[0], mu[0], backend=backend, **kw)
+    assert torch.equal(yh, yh1)
+    assert torch.equal(lik, lik1)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("logits", [False, True])
+def test_channel_blocked_view_is_read_in_place(backend, logits):
+    needs_extension()
+    y, sc, mu, w = make_inputs(K=3, blocked=True, logits=logits)
+    for t in (sc, mu, w):
+        assert not t.is_contiguous() and component_layout(t) is not None
+    kw = dict(weights_are_logits=logits, mode="noise", seed=4)
+    out = run(backend, y, sc, mu, w, **kw)
+    contiguous = run(backend, y, sc.contiguous(), mu.contiguous(), w.contiguous(), **kw)
+    assert torch.equal(out[0], contiguous[0]) and torch.equal(out[1], contiguous[1])
+    for a, b in zip(out[2], contiguous[2]):
+        assert torch.equal(a, b)
+    # The parameter gradients come back in the view's own strides (no copy on their way back).
+    for a, t in zip(out[2][1:], (sc, mu, w)):
+        assert a.stride() == t.stride()
+    # No allocation of a parameter's size in the forward: the kernel reads the views in place.
+    leaves = [t.detach() for t in (y, sc, mu, w)]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        lq.mixture_quantize(*leaves, backend=backend, **kw)
+    param_bytes = sc.numel() * sc.element_size()
+    allocations = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
+    assert allocations and max(allocations) < param_bytes, allocations
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_other_layouts_give_the_contiguous_values(backend):
+    needs_extension()
+    y, sc, mu, w = make_inputs(K=3)
+    strided = [t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (sc, mu, w)]
+    assert component_layout(strided[0]) is None
+    y_cl = y.contiguous(memory_format=torch.channels_last)
+    out = run(backend, y_cl, *strided, seed=6)
+    ref = run(backend, y, sc, mu, w, seed=6)
+    for a, b in zip(out[:2] + tuple(out[2]), ref[:2] + tuple(ref[2])):
+        assert torch.equal(a, b)
+    # Broadcast weights (stride 0 over the batch) are read in place too.
+    wb = w[:, :1].expand_as(w)
+    assert component_layout(wb) is not None
+    torch.testing.assert_close(run(backend, y, sc, mu, wb, seed=6)[1],
+                               run(backend, y, sc, mu, wb.contiguous(), seed=6)[1], rtol=0,
+                               atol=0)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNELS)
+def test_nan_propagates(backend):
+    if backend != "reference":
+        needs_extension()
+    y, sc, mu, w = make_inputs(shape=(1, 1, 2, 3), K=3, logits=True)
+    y[0, 0, 0, 0] = float("nan")
+    sc[1, 0, 0, 0, 1] = float("nan")
+    mu[2, 0, 0, 0, 2] = float("nan")
+    w[0, 0, 0, 1, 0] = float("nan")
+    yh, lik, grads = run(backend, y, sc, mu, w, weights_are_logits=True, seed=1)
+    flat = lik.flatten()
+    assert flat[:4].isnan().all() and not flat[4:].isnan().any()
+    assert yh.flatten()[0].isnan() and not yh.flatten()[1:3].isnan().any()
+    assert grads[0].flatten()[:4].isnan().all() and not grads[0].flatten()[4:].isnan().any()
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNELS)
+def test_empty(backend):
+    if backend != "reference":
+        needs_extension()
+    y, sc, mu, w = make_inputs(shape=(0, 3, 4), K=2)
+    yh, lik, grads = run(backend, y, sc, mu, w, seed=1)
+    assert yh.shape == y.shape and lik.shape == y.shape
+    assert [g.shape for g in grads] == [t.shape for t in (y, sc, mu, w)]
+
+
+@pytest.mark.parametrize("backend", ["reference"] + KERNELS)
+def test_bad_inputs(backend):
+    if backend != "reference":
+        needs_extension()
+    y, sc, mu, w = make_inputs(shape=(2, 3), K=3)
+    call = lambda *a, **kw: lq.mixture_quantize(*a, backend=backend, seed=0, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match="scales must have 1 <= K <= 8"):
+        call(y, sc[:0], mu[:0], w[:0])
+    big = torch.rand(9, 2, 3)
+    with pytest.raises(ValueError, match="scales must have 1 <= K <= 8.*K = 9"):
+        call(y, big, big, big)
+    with pytest.raises(ValueError, match=r"scales must have shape \(K, \*y.shape\)"):
+        call(y, sc[:, :1], mu, w)
+    with pytest.raises(ValueError, match="means must have the shape of scales"):
+        call(y, sc, mu[:2], w)
+    with pytest.raises(ValueError, match="weights must have the shape of scales"):
+        call(y, sc, mu, w[..., :2])
+    with pytest.raises(TypeError, match="weights must have the dtype of y"):
+        call(y, sc, mu, w.double())
+    with pytest.raises(TypeError, match="weights_are_logits must be a bool"):
+        call(y, sc, mu, w, weights_are_logits=1)
+    with pytest.raises(ValueError, match="family must be one of"):
+        call(y, sc, mu, w, family="cauchy")
+
+
+def test_unimplemented_backends_raise():
+    y, sc, mu, w = make_inputs(shape=(2, 3), K=3)
+    for backend in ("cuda", "triton"):
+        try:
+            lq.mixture_quantize(y, sc, mu, w, backend=backend)
+        except NotImplementedError as e:
+            assert backend in str(e)
+        except (RuntimeError, ValueError):
+            pass  # the backend itself is unavailable here: the usual message
+
+
+def test_op_checks_match_python():
+    """The C++ kernels reject what the Python checks reject, with the same wording."""
+    needs_extension()
+    y, sc, mu, w = make_inputs(shape=(2, 3), K=3)
+    seed, temp = torch.tensor(0), torch.tensor(1.0, dtype=torch.float64)
+    op = torch.ops.lic_quant.mixture_quantize_forward
+    big = torch.rand(9, 2, 3)
+    with pytest.raises(ValueError, match="scales must have 1 <= K <= 8.*K = 9"):
+        op(y, big, big, big, seed, temp, "noise", 0.11, 1e-9, False, "gaussian", False)
+    with pytest.raises(ValueError, match="means must have the shape of scales"):
+        op(y, sc, mu[:2], w, seed, temp, "noise", 0.11, 1e-9, False, "gaussian", False)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_deterministic(backend):
+    needs_extension()
+    ins = make_inputs(shape=(3, 4, 33, 35), K=3, logits=True)
+    a = run(backend, *ins, weights_are_logits=True, seed=9)
+    b = run(backend, *ins, weights_are_logits=True, seed=9)
+    for x, z in zip(a[:2] + tuple(a[2]), b[:2] + tuple(b[2])):
+        assert torch.equal(x, z)
+    c = run(backend, *ins, weights_are_logits=True, seed=10)
+    assert not torch.equal(a[0], c[0])
+    # The noise is the stream of section 3: y_hat = y + u for mode='noise', zero_center=False.
+    assert torch.equal(a[0], ins[0] + lq.uniform_noise(ins[0].shape, 9))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("logits", [False, True])
+@pytest.mark.parametrize("blocked", [False, True])
+def test_opcheck(dtype, logits, blocked):
+    needs_extension()
+    y, sc, mu, w = make_inputs(shape=(2, 3, 4, 5), K=3, dtype=dtype, logits=logits,
+                               blocked=blocked)
+    seed, temp = torch.tensor(7), torch.tensor(0.5, dtype=torch.float64)
+    for mode, zc in (("noise", False), ("sua", True)):
+        args = (y, sc, mu, w, seed, temp, mode, 0.11, 1e-9, zc, "laplace" if zc else "gaussian",
+                logits)
+        torch.library.opcheck(torch.ops.lic_quant.mixture_quantize_forward,
+                              tuple(t.requires_grad_() if isinstance(t, torch.Tensor)
+                                    and t.is_floating_point() and t.dim() > 0 else t
+                                    for t in (x.detach() if isinstance(x, torch.Tensor) else x
+                                              for x in args)))
+        g_lik = -torch.rand(y.shape, dtype=dtype)
+        torch.library.opcheck(torch.ops.lic_quant.mixture_quantize_backward,
+                              (torch.randn_like(y), g_lik, y.detach(), sc.detach(), mu.detach(),
+                               w.detach(), seed, temp, mode, 0.11, 1e-9, zc, "gaussian", logits,
+                               [True, True, False, True]))
+
+
+def test_compile_fullgraph():
+    needs_extension()
+    y, sc, mu, w = make_inputs(shape=(2, 3, 4, 5), K=3, logits=True, blocked=True)
+
+    def step(y, sc, mu, w, seed):
+        y_hat, lik = lq.mixture_quantize(y, sc, mu, w, weights_are_logits=True, seed=seed)
+        return (y_hat.square().sum() - lik.log2().sum())
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    seed = torch.tensor(3)
+    leaves = [t.detach().clone().requires_grad_() for t in (y, sc, mu, w)]
+    eager = [t.detach().clone().requires_grad_() for t in (y, sc, mu, w)]
+    compiled(*leaves, seed).backward()
+    step(*eager, seed).backward()
+    for a, b in zip(leaves, eager):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+
+
+def test_torch_func_grad():
+    needs_extension()
+    y, sc, mu, w = make_inputs(shape=(2, 3), K=3)
+
+    def loss(sc, w):
+        return -lq.mixture_quantize(y, sc, mu, w, seed=1)[1].log().sum()
+
+    g = torch.func.grad(loss, argnums=(0, 1))(sc, w)
+    leaves = [sc.clone().requires_grad_(), w.clone().requires_grad_()]
+    loss(*leaves).backward()
+    torch.testing.assert_close(g[0], leaves[0].grad, rtol=0, atol=0)
+    torch.testing.assert_close(g[1], leaves[1].grad, rtol=0, atol=0)
+
+
+def test_second_derivative_raises():
+    needs_extension()
+    y, sc, mu, w = make_inputs(shape=(2, 3), K=2)
+    sc.requires_grad_()
+    lik = lq.mixture_quantize(y, sc, mu, w, seed=1)[1]
+    (g,) = torch.autograd.grad(lik.sum(), sc, create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivative"):
+        g.sum().backward()
