@@ -203,7 +203,7 @@ def _forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
                  float(likelihood_bound)),
                 dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center),
                      HAS_MEANS=m_c is not None, IS_BF16=y.dtype == torch.bfloat16,
-                     FAMILY=FAMILIES.index(family)), temperature)
+                     FAMILY=FAMILIES.index(family), sample_size=1, chunks=1), temperature)
     return y_hat, lik
 
 
@@ -276,7 +276,7 @@ def _backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
                      HAS_MEANS=m_c is not None, HAS_GYHAT=gyh is not None, NEED_GY=need_y,
                      NEED_GMU=need_m, NEED_GS=need_s, IS_BF16=y.dtype == torch.bfloat16,
                      FAMILY=FAMILIES.index(family),
-                     **(dict(RATE=True, sample_size=n // y.shape[0]) if rate else {})),
+                     RATE=rate, sample_size=n // y.shape[0] if rate else 1),
                 temperature)
     return gy, gs, gm
 

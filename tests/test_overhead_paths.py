@@ -377,8 +377,13 @@ sig = {"y_ptr": "*fp32", "mu_ptr": "*fp32", "sigma_ptr": "*fp32", "seed_ptr": "*
        "temp_ptr": "*fp64", "y_hat_ptr": "*fp32", "lik_ptr": "*fp32", "n_elements": "i32",
        "index_base": "i64", "scale_bound": "fp64", "likelihood_bound": "fp64",
        "MODE": "constexpr", "ZERO_CENTER": "constexpr", "HAS_MEANS": "constexpr",
-       "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr"}
-const = dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024)
+       "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr",
+       "FAMILY": "constexpr", "RATE": "constexpr", "ALIGNED": "constexpr",
+       "sample_size": "constexpr", "chunks": "constexpr"}
+# Every parameter, defaulted ones too (ASTSource takes no defaults): the rate=False launch, whose
+# sample_size and chunks are 1 (Triton specializes ints equal to 1 as constants).
+const = dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024,
+             FAMILY=0, RATE=False, ALIGNED=True, sample_size=1, chunks=1)
 src = ASTSource(fn=K.quantize_forward_kernel, signature=sig,
                 constexprs={(list(sig).index(k),): v for k, v in const.items()})
 try:
