@@ -21,6 +21,12 @@ dtypes. float32, float16 and bfloat16, computed in float32 with the C++ kernels'
 so values and gradients match the C++ kernels bit for bit. float64 would need a float64 erfc
 written in Triton; it raises a TypeError naming the dtype.
 
+rate=True (docs/spec.md section 8): the forward launches one program per chunk of a sample
+(``rate_block``: a fixed chunk size, never autotuned, so the order of the float64 sums depends on
+the shape alone) that writes y_hat and its chunk's sum of -log2 P; the chunks of each sample are
+then added in index order. The backward is the same kernel with RATE set: it reads one bits'
+gradient per sample and forms -g / (P ln 2) from the recomputed P.
+
 The value of a temperature given as a CUDA tensor is not checked (reading it would synchronize the
 GPU); float temperatures are checked by the API, and CPU tensors under the interpreter here.
 """

@@ -28,12 +28,12 @@ def find_cuobjdump():
 
 def short_name(mangled: str) -> str:
     m = re.search(r"(forward_rate_kernel|rate_finish_kernel|forward_kernel|backward_kernel|"
-                  r"uniform_noise_kernel)(I.*?E(L[ib]n?\d+E)+)?", mangled)
+                  r"uniform_noise_kernel)(I.*?(L[ib]n?\d+E)+)?", mangled)
     if not m:
         return mangled[:60]
     name = m.group(1)
     t = m.group(2) or ""
-    dtype = ("f32" if t.startswith("Iff") else "f64" if t.startswith("Idd") else
+    dtype = ("f32" if t.startswith(("Iff", "IfL")) else "f64" if t.startswith(("Idd", "IdL")) else
              "f16" if "Half" in t else "bf16" if "BFloat16" in t else "")
     ints = re.findall(r"Li(n?\d+)E", t)
     ints = [i.replace("n", "-") for i in ints]

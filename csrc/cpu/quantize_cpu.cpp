@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
-#include <vector>
 
 #include "../lic_quant/op_args.h"
 
@@ -244,29 +243,18 @@ void backward_reduced(const scalar_t* g_yhat, const float* g_lik, const scalar_t
       float* py = (kFloat && gy) ? reinterpret_cast<float*>(gy + i) : oy.a;
       float* pm = (kFloat && gmu) ? reinterpret_cast<float*>(gmu + i) : om.a;
       float* ps = (kFloat && gs) ? reinterpret_cast<float*>(gs + i) : os.a;
-      if (sample_size > 0) {
-        spread_sample_grads(g_lik, sample_size, i, n, bgl.a);
-        dispatch_family(family, [&](auto fam) {
-          dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
-            backward_block_f32<decltype(m)::value, decltype(zc)::value, false,
-                               decltype(fam)::value, true>(fg, bgl.a, fy, fm, fs, bu.a, py, pm,
-                                                           ps, n, p);
-          });
-        });
-        if constexpr (!kFloat) {
-          if (gy) store(oy.a, gy + i, n);
-          if (gmu) store(om.a, gmu + i, n);
-          if (gs) store(os.a, gs + i, n);
-        }
-        continue;
-      }
-      const bool skip = all_negative(g_lik + i, n);
+      const bool rate = sample_size > 0;
+      if (rate) spread_sample_grads(g_lik, sample_size, i, n, bgl.a);
+      const bool skip = !rate && all_negative(g_lik + i, n);
       dispatch_family(family, [&](auto fam) {
         dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
           constexpr int32_t kM = decltype(m)::value;
           constexpr bool kZ = decltype(zc)::value;
           constexpr int kF = decltype(fam)::value;
-          if (skip) {
+          if (rate) {
+            backward_block_f32<kM, kZ, false, kF, true>(fg, bgl.a, fy, fm, fs, bu.a, py, pm, ps, n,
+                                                        p);
+          } else if (skip) {
             backward_block_f32<kM, kZ, true, kF>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
           } else {
             backward_block_f32<kM, kZ, false, kF>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);

@@ -333,13 +333,17 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   double acc = 0.0;
-#pragma unroll
+  // Not unrolled: with the mode read at run time, four inlined copies of the element (each with
+  // every mode's surrogate) would make the kernel several times larger. The selects keep u in
+  // registers (an indexed array would go to local memory).
+#pragma unroll 1
   for (int j = 0; j < 4; ++j) {
     if (w0 + j < sample_size) {
       const int64_t i = i0 + j;
+      const float uj = j == 0 ? u[0] : j == 1 ? u[1] : j == 2 ? u[2] : u[3];
       const acc_t m = mu != nullptr ? static_cast<acc_t>(mu[i]) : acc_t(0);
       const ForwardOut<acc_t> o = forward_element<acc_t, kFamily>(
-          static_cast<acc_t>(y[i]), m, static_cast<acc_t>(sigma[i]), static_cast<acc_t>(u[j]), p);
+          static_cast<acc_t>(y[i]), m, static_cast<acc_t>(sigma[i]), static_cast<acc_t>(uj), p);
       y_hat[i] = to_storage<scalar_t>(o.y_hat);
       acc += neg_log2(o.likelihood);
     }
