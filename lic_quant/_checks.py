@@ -22,6 +22,11 @@ SECOND_DERIVATIVE_ERROR = (
     "be differentiated again")
 
 
+FORWARD_MODE_ERROR = (
+    "lic_quant: the quantize ops have no forward-mode derivative (torch.autograd.forward_ad, "
+    "torch.func.jvp); use reverse mode (backward, torch.autograd.grad, torch.func.grad)")
+
+
 def likelihood_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 likelihoods for reduced and single precision (1e-9 does not exist in float16),
     float64 for float64."""

@@ -118,7 +118,11 @@ def _quantize(y, scales, means, family, mode, temperature, scale_bound, likeliho
     if backend == "triton":  # _resolve_backend has imported lic_quant.triton_ops
         from .triton_ops import TritonQuantize
 
-        op = TritonQuantize.apply
+        # Dynamo traces the op (autograd by register_autograd) but not every use of an
+        # autograd.Function (it fails on one whose inputs need no grad); eager calls take the
+        # Function, which torch.func transforms accept.
+        op = (torch.ops.lic_quant.triton_quantize_forward if _is_compiling()
+              else TritonQuantize.apply)
     else:
         op = torch.ops.lic_quant.quantize_forward
     return op(y, scales, means, seed_t, temp_t, mode, float(scale_bound), float(likelihood_bound),

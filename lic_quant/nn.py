@@ -2,10 +2,11 @@
 
 ``lic_quant.nn.GaussianConditional`` has the constructor, ``forward(inputs, scales, means=None,
 training=None) -> (outputs, likelihoods)`` and the attributes of CompressAI's class of that name,
-and adds the quantization settings of the fused op: ``mode``, ``temperature``, ``zero_center``,
+and adds the settings of the fused op: ``family`` (``"gaussian"``, ``"laplace"`` or
+``"logistic"`` bins, docs/spec.md section 6), ``mode``, ``temperature``, ``zero_center``,
 ``likelihood_bound`` and ``backend``.
 
-* Training: one call of :func:`lic_quant.gaussian_quantize` gives both the decoder's input and the
+* Training: one call of :func:`lic_quant.quantize` gives both the decoder's input and the
   likelihoods, e.g. ``mode="mixed"`` (noise for the rate, straight-through rounding for the
   decoder) replaces CompressAI's ``gaussian_conditional(...)`` + ``quantize_ste(y - means) + means``.
 * Eval: rounds exactly like CompressAI's ``"dequantize"`` (``round(y - means) + means``, bit for
@@ -15,6 +16,10 @@ and adds the quantization settings of the fused op: ``mode``, ``temperature``, `
   helpers (``model.update()``, ``model.load_state_dict``) and CompressAI checkpoints keep working.
   Without compressai it subclasses a small stand-in that trains and evaluates the same way (the
   entropy-coding methods then raise).
+* ``family`` also sets the CDF that ``update()`` tabulates for the entropy coder (CompressAI's
+  ``_standardized_cumulative`` and ``_standardized_quantile``), so what is coded is the
+  distribution that was trained. Changing ``family`` after ``update()`` needs
+  ``update(force=True)`` (CompressAI: ``update_scale_table(..., force=True)``).
 
 :func:`replace_gaussian_conditionals` swaps every CompressAI ``GaussianConditional`` of an
 existing model for this one, buffers included.
@@ -27,9 +32,11 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ._checks import (BACKENDS, MODES, check_bool, check_choice, check_host_tensor,
+import math
+
+from ._checks import (BACKENDS, FAMILIES, MODES, check_bool, check_choice, check_host_tensor,
                       check_unit_interval)
-from .api import gaussian_quantize, make_seed
+from .api import make_seed, quantize
 
 try:  # CompressAI is optional: it prints deprecation warnings of torch.jit on import
     with warnings.catch_warnings():
@@ -224,8 +231,11 @@ class _FusedQuantizationMixin:
         temperature: float = 1.0,
         zero_center: bool = True,
         backend: str = "auto",
+        family: str = "gaussian",
         **kwargs: Any,
     ):
+        check_choice("family", family, FAMILIES)
+        self.family = family  # before CompressAI's constructor, which may tabulate the CDFs
         super().__init__(scale_table, *args, scale_bound=scale_bound, tail_mass=tail_mass,
                          likelihood_bound=likelihood_bound, **kwargs)
         check_choice("mode", mode, MODES)
@@ -245,6 +255,36 @@ class _FusedQuantizationMixin:
         self._shared_noise = None  # (inputs, seed) between quantize("noise") and forward
 
     # -- settings ------------------------------------------------------------------------------
+
+    @property
+    def family(self) -> str:
+        """The bins' distribution: one of ``lic_quant.FAMILIES``."""
+        return self._family
+
+    @family.setter
+    def family(self, value: str) -> None:
+        check_choice("family", value, FAMILIES)
+        self._family = value
+
+    # The family's standard CDF and quantile (scale 1), which CompressAI's _likelihood and
+    # update() read: the coder's tables follow the family. The Gaussian's are CompressAI's own.
+    def _standardized_cumulative(self, inputs: Tensor) -> Tensor:
+        if self._family == "laplace":
+            half = 0.5 * torch.exp(-inputs.abs())
+            return torch.where(inputs < 0, half, 1.0 - half)
+        if self._family == "logistic":
+            return torch.sigmoid(inputs)
+        return super()._standardized_cumulative(inputs)
+
+    def _standardized_quantile(self, quantile: float) -> float:
+        if self._family == "laplace":
+            return math.log(2.0 * quantile) if quantile <= 0.5 else -math.log(2.0 - 2.0 * quantile)
+        if self._family == "logistic":
+            return math.log(quantile) - math.log1p(-quantile)
+        parent = getattr(super(), "_standardized_quantile", None)
+        if parent is not None:
+            return parent(quantile)
+        return float(torch.special.ndtri(torch.tensor(quantile, dtype=torch.float64)))
 
     def _sync_bounds(self) -> None:
         """Python floats of the bound buffers, read once (not per call, so compiled graphs do not
@@ -299,7 +339,8 @@ class _FusedQuantizationMixin:
         return result
 
     def extra_repr(self) -> str:
-        return (f"mode={self.mode!r}, temperature={float(self._temperature):.4g}, "
+        return (f"family={self.family!r}, mode={self.mode!r}, "
+                f"temperature={float(self._temperature):.4g}, "
                 f"zero_center={self.zero_center}, scale_bound={self._scale_bound_value:.4g}, "
                 f"likelihood_bound={self._likelihood_bound_value:.3g}, backend={self.backend!r}")
 
@@ -307,8 +348,8 @@ class _FusedQuantizationMixin:
 
     def _op(self, inputs, scales, means, mode, zero_center, seed=None):
         inputs, scales, means = _broadcast(inputs, scales, means)
-        return gaussian_quantize(
-            inputs, scales, means, mode=mode, temperature=self._temperature,
+        return quantize(
+            inputs, scales, means, family=self.family, mode=mode, temperature=self._temperature,
             scale_bound=self._scale_bound_value, likelihood_bound=self._likelihood_bound_value,
             zero_center=zero_center, seed=seed, backend=self.backend)
 
@@ -365,6 +406,9 @@ if HAVE_COMPRESSAI:
 
         Args (beyond CompressAI's ``scale_table, scale_bound=0.11, tail_mass=1e-9,
         likelihood_bound=1e-9, entropy_coder=None, entropy_coder_precision=16``):
+            family: the bins' distribution, ``"gaussian"`` (CompressAI's), ``"laplace"`` or
+                ``"logistic"`` (s is the family's own scale parameter); ``update()`` tabulates
+                the same family for the entropy coder.
             mode: training surrogate, ``"noise"`` (CompressAI's default), ``"ste"``, ``"mixed"``
                 (noise for the rate, rounding for the decoder) or ``"sua"`` (annealed).
             temperature: SUA temperature in [0, 1]; usually driven by a lic_quant.schedules
@@ -391,7 +435,7 @@ else:  # pragma: no cover - exercised where compressai is absent
 # Swapping the modules of an existing model
 # --------------------------------------------------------------------------------------------
 
-_SETTINGS = ("mode", "temperature", "zero_center", "backend")
+_SETTINGS = ("family", "mode", "temperature", "zero_center", "backend")
 
 
 def _convert(old: nn.Module, settings: dict) -> nn.Module:
@@ -424,8 +468,8 @@ def _convert(old: nn.Module, settings: dict) -> nn.Module:
 def replace_gaussian_conditionals(model: nn.Module, **settings: Any) -> nn.Module:
     """Swap every CompressAI ``GaussianConditional`` inside ``model`` for lic_quant's, in place.
 
-    ``settings`` are the quantization settings (``mode``, ``temperature``, ``zero_center``,
-    ``backend``). The buffers (scale table, bounds, and the CDFs/offsets of ``update()``) are
+    ``settings`` are the quantization settings (``family``, ``mode``, ``temperature``,
+    ``zero_center``, ``backend``). The buffers (scale table, bounds, and the CDFs/offsets of ``update()``) are
     copied, so an updated model still compresses. Modules that are already lic_quant's get the
     settings applied. Subclasses with another forward (GaussianMixtureConditional) are left alone,
     with a warning. Returns ``model`` (or the replacement, when ``model`` is one itself).

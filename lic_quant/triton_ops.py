@@ -38,8 +38,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import (FAMILIES, MODES, SECOND_DERIVATIVE_ERROR, check_call, check_input, check_op_tensor,
-                      check_unit_interval, likelihood_dtype, rate_shape)
+from ._checks import (FAMILIES, FORWARD_MODE_ERROR, MODES, SECOND_DERIVATIVE_ERROR, check_call,
+                      check_input, check_op_tensor, check_unit_interval, likelihood_dtype,
+                      rate_shape)
 
 try:
     import triton
@@ -395,3 +396,7 @@ class TritonQuantize(torch.autograd.Function):
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_autograd_backward)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(FORWARD_MODE_ERROR)

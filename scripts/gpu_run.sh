@@ -12,11 +12,11 @@
 #   SKIP_BUILD=1 SKIP_BENCH=1 bash scripts/gpu_run.sh   # tests on a warm machine, built before
 #   BENCH_ARGS="--dtypes float32,bfloat16" bash scripts/gpu_run.sh
 # Environment: PYTHON (default python3), CUDA_HOME (default /usr/local/cuda), TEST_TIMEOUT and
-# BENCH_TIMEOUT (seconds, default 260 and 230), TESTS (default tests/test_cuda.py tests/test_triton.py
-# tests/test_numerics.py tests/test_overhead_paths.py tests/test_contract.py: test_numerics checks
-# the CUDA and compiled Triton kernels at the numeric edges and their bits against the CPU over the
-# fuzz; the last two the autograd nodes, the eager entry and the contract on the machine's torch;
-# one Triton config, no autotuning). The benchmark
+# BENCH_TIMEOUT (seconds, default 260 and 230), TESTS (default tests/contract tests/test_cuda.py
+# tests/test_triton.py tests/test_overhead_paths.py: the contract suite for the backends "cuda" and
+# "triton" (LIC_QUANT_TEST_BACKENDS; their bits against the CPU kernels' included), then what only
+# the CUDA and Triton kernels have, and the eager entry on the machine's torch; one Triton config,
+# no autotuning). The benchmark
 # rewrites its results after every shape (the bar's shape first), so a cut-short run keeps them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +54,8 @@ if [ "${SKIP_TESTS:-0}" != "1" ]; then
   t0=$(date +%s)
   TIMEOUT_OPT=""
   $PY -c "import pytest_timeout" 2>/dev/null && TIMEOUT_OPT="--timeout=200"
-  LIC_QUANT_EXPECT_CUDA_BUILD=1 LIC_QUANT_TRITON_AUTOTUNE=0 timeout "${TEST_TIMEOUT:-260}" $PY -m pytest -q -rs -p no:cacheprovider $TIMEOUT_OPT ${TESTS:-tests/test_cuda.py tests/test_triton.py tests/test_numerics.py tests/test_overhead_paths.py tests/test_contract.py} >"$LOGS/tests.log" 2>&1
+  LIC_QUANT_EXPECT_CUDA_BUILD=1 LIC_QUANT_TRITON_AUTOTUNE=0 \
+    LIC_QUANT_TEST_BACKENDS=${LIC_QUANT_TEST_BACKENDS:-cuda,triton} timeout "${TEST_TIMEOUT:-260}" $PY -m pytest -q -rs -p no:cacheprovider $TIMEOUT_OPT ${TESTS:-tests/contract tests/test_cuda.py tests/test_triton.py tests/test_overhead_paths.py} >"$LOGS/tests.log" 2>&1
   rc=$?
   grep -E "^(FAILED|ERROR)|passed|failed|SKIPPED" "$LOGS/tests.log" | tail -25
   echo "tests: rc=$rc, $(( $(date +%s) - t0 )) s"

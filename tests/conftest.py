@@ -11,3 +11,6 @@ import torch  # noqa: E402  (does not import triton)
 # triton is first imported, which torch.compile may do in any test module: so set it here, first.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# On a GPU one fixed launch config, so that each constexpr variant of the Triton kernels compiles
+# once; tests/test_triton.py's `autotune` fixture switches the autotuner (six configs) back on.
+os.environ.setdefault("LIC_QUANT_TRITON_AUTOTUNE", "0")

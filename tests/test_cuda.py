@@ -1,18 +1,14 @@
-"""CUDA kernels: registration and code generation (checked on any machine that built them), then
-values and gradients against the reference and against the CPU kernels, opcheck, torch.compile,
-CUDA graphs and > 2^31 elements (on a GPU only).
+"""What only the CUDA kernels have: registration and code generation (checked on any machine that
+built them: PTX without contraction, vector loads, the SASS budget), the vectorized and scalar
+paths (misaligned pointers, several grid-stride steps), no host synchronization, CUDA graphs with
+refreshed seeds, and more than 2^31 elements (on a GPU only). Values, gradients, bit identity with
+the CPU kernels, NaN, layouts, opcheck and torch.compile are the contract suite's
+(tests/contract/, backend "cuda").
 
-Comparisons and why they are what they are:
-- u: a pure function of (seed, index) computed with the same integer ops and two separately
-  rounded float32 steps (--fmad=false, _rn intrinsics): bit for bit equal to the CPU kernels.
-- y_hat: the same float32/float64 operations in the same order as the reference and the CPU
-  kernels: bit for bit (float16/bfloat16 round the same float32 value with round-to-nearest-even).
-- likelihoods and gradients vs the float64 reference: within the per-element rounding bound of
-  tests/helpers.py (as the CPU kernel tests).
-- likelihoods and gradients vs the CPU kernels: float32 compute uses only IEEE +, -, *, / and
-  selects (tests/../csrc/lic_quant/normal_dist.h), uncontracted on both sides, so float16, bfloat16
-  and float32 must match bit for bit. float64 uses each platform's erfc/exp (glibc vs CUDA's
-  libdevice, both within a few ulps), so there the float64 rounding bound applies.
+Comparisons: u and y_hat bit for bit the CPU kernels'; likelihoods and gradients too for float16,
+bfloat16 and float32 (the same IEEE +, -, *, / and selects, uncontracted: --fmad=false); float64
+uses each platform's erfc/exp (glibc vs libdevice), so there the float64 rounding bound of
+tests/helpers.py applies.
 
 LIC_QUANT_CUDA_TEST_DEVICE=cpu runs the GPU tests' logic on the CPU kernels (a check of the tests
 themselves on a machine without a GPU); LIC_QUANT_EXPECT_CUDA_BUILD=1 makes a CPU-only build an error.
@@ -31,9 +27,8 @@ import pytest
 import torch
 
 import lic_quant as lq
-from helpers import (DTYPES, EPS, LIKELIHOOD_BOUND as LB, ODD_SHAPES, SCALE_BOUND as SB,
-                     compute_eps, error_bounds, make_inputs, make_upstream, rate_residual64,
-                     reference_fn, run)
+from helpers import (DTYPES, EPS, LIKELIHOOD_BOUND as LB, SCALE_BOUND as SB, assert_same_bits,
+                     error_bounds, make_inputs, make_upstream, rate_residual64, run)
 from helpers import kernel_fn as _kernel_fn
 
 OPS = ("quantize_forward", "quantize_backward", "uniform_noise")
@@ -182,76 +177,19 @@ def misaligned(t):
     return out
 
 
-CASES = list(itertools.product(lq.MODES, [True, False], DTYPES))
+# every mode and dtype on the scalar path; the grid-stride loop in two dtypes
+CASES = [(*c, "misaligned") for c in itertools.product(lq.MODES, [True, False], DTYPES)] + [
+    ("sua", True, torch.float32, "large"), ("sua", True, torch.float16, "large")]
 
 
 @needs_device
-@pytest.mark.parametrize("mode,zero_center,dtype", CASES)
-@pytest.mark.parametrize("shape", [ODD_SHAPES[0], (4, 8, 16, 16)])
-def test_values_and_gradients_match_reference(mode, zero_center, dtype, shape):
-    seed, temperature = 1234, 0.37
-    y, s, m = make_inputs(shape, dtype, seed=7)
-    g_yhat, g_lik = make_upstream(shape, dtype, lik_dtype(dtype))
-    u = lq.uniform_noise(shape, seed) if mode != "ste" else None  # CPU u, the contract's
-
-    k_yhat, k_lik, k_grads = run(kernel_fn(mode, zero_center, seed, temperature), *dev(y, s, m),
-                                 *dev(g_yhat, g_lik))
-    k_yhat, k_lik, k_grads = cpu(k_yhat), cpu(k_lik), [cpu(g) for g in k_grads]
-    r_yhat, _, _ = run(reference_fn(mode, zero_center, u, temperature), y, s, m, g_yhat, g_lik)
-    assert k_yhat.dtype == dtype and k_lik.dtype == lik_dtype(dtype)
-    assert torch.equal(k_yhat, r_yhat)
-
-    y64, s64, m64 = (t.to(torch.float64) for t in (y, s, m))
-    u64 = u.to(torch.float64) if u is not None else None
-    _, d_lik, d_grads = run(reference_fn(mode, zero_center, u64, temperature), y64, s64, m64,
-                            g_yhat.to(torch.float64), g_lik.to(torch.float64))
-    eps = compute_eps(dtype)
-    v = rate_residual64(y64, m64, u64, mode, zero_center, temperature)
-    err_p, err_gv, err_gs, ambiguous = error_bounds(
-        y64, s64, m64, u64, v, g_lik.to(torch.float64), eps, scale_bound=SB, likelihood_bound=LB)
-    ambiguous &= g_lik >= 0
-    assert ambiguous.float().mean() < 0.01
-    diff_p = (k_lik.to(torch.float64) - d_lik).abs()
-    assert (diff_p <= err_p).all(), f"likelihood off by {(diff_p - err_p).max():.3e} beyond bound"
-
-    out_eps = EPS[dtype] if dtype in (torch.float16, torch.bfloat16) else 0.0
-    gabs = eps * g_yhat.to(torch.float64).abs()
-    bounds = {"y": err_gv + gabs, "scales": err_gs, "means": err_gv + gabs}
-    for name, got, want in zip(("y", "scales", "means"), k_grads, d_grads):
-        assert got.dtype == dtype
-        want = want.to(torch.float64)
-        # both sides round the final sum g_yhat + g_v (and -g_v): up to one ulp apart
-        tol = bounds[name] + 2 * eps * want.abs()
-        tol = tol + out_eps * want.abs() + out_eps * torch.finfo(dtype).tiny
-        diff = (got.to(torch.float64) - want).abs()
-        ok = (diff <= tol) | ambiguous
-        assert ok.all(), f"grad {name}: {int((~ok).sum())} elements beyond bound, worst " \
-                         f"{(diff - tol)[~ok].max():.3e}"
-
-
-def _assert_same_bits(a, b, what):
-    if torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
-                             and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))):
-        return
-    bad = a != b
-    msg = f"{what}: {int(bad.sum())} of {a.numel()} elements differ"
-    if a.dtype in (torch.float32, torch.float64):
-        ia = a.view(torch.int32 if a.dtype == torch.float32 else torch.int64).to(torch.int64)
-        ib = b.view(torch.int32 if b.dtype == torch.float32 else torch.int64).to(torch.int64)
-        msg += f", max {int((ia - ib).abs().max())} ulp; first at {bad.nonzero()[0].tolist()}: " \
-               f"{a[bad][0].item()!r} vs {b[bad][0].item()!r}"
-    raise AssertionError(msg)
-
-
-@needs_device
-@pytest.mark.parametrize("mode,zero_center,dtype", CASES)
-@pytest.mark.parametrize("layout", ["aligned", "misaligned", "large"])
-def test_cuda_matches_cpu_kernels(mode, zero_center, dtype, layout):
-    """u, y_hat bit for bit; likelihoods and gradients bit for bit except float64 (libm)."""
+@pytest.mark.parametrize("mode,zero_center,dtype,layout", CASES)
+def test_cuda_paths_match_cpu_kernels(mode, zero_center, dtype, layout):
+    """The scalar path (inputs off a 16-byte boundary) and the grid-stride loop (a large shape):
+    u, y_hat bit for bit; likelihoods and gradients bit for bit except float64 (libm). The
+    aligned vector path on an odd shape is tests/contract/test_bit_identity.py's."""
     shape, seed, temperature = (2, 3, 37, 29), -987654321, 0.61  # odd numel: tails too
     if layout == "large":  # several grid-stride steps per thread, and an odd tail
-        if dtype not in (torch.float32, torch.float16) or (mode, zero_center) != ("sua", True):
-            pytest.skip("one mode is enough for the large shape")
         shape = (5, 1001, 997)
     y, s, m = make_inputs(shape, dtype, seed=21)
     g_yhat, g_lik = make_upstream(shape, dtype, lik_dtype(dtype), seed=22)
@@ -271,11 +209,11 @@ def test_cuda_matches_cpu_kernels(mode, zero_center, dtype, layout):
     else:
         k_yhat, k_lik, k_grads = run(kernel_fn(mode, zero_center, seed, temperature), *dev(y, s, m),
                                      *dev(g_yhat, g_lik))
-    _assert_same_bits(cpu(k_yhat), c_yhat, "y_hat")
+    assert_same_bits(cpu(k_yhat), c_yhat, "y_hat")
     if dtype != torch.float64:
-        _assert_same_bits(cpu(k_lik), c_lik, "likelihoods")
+        assert_same_bits(cpu(k_lik), c_lik, "likelihoods")
         for name, a, b in zip(("y", "scales", "means"), k_grads, c_grads):
-            _assert_same_bits(cpu(a), b, f"grad {name}")
+            assert_same_bits(cpu(a), b, f"grad {name}")
         return
     # float64: erfc/exp differ by a few ulps between glibc and CUDA
     u = lq.uniform_noise(shape, seed).to(torch.float64) if mode != "ste" else None
@@ -287,78 +225,6 @@ def test_cuda_matches_cpu_kernels(mode, zero_center, dtype, layout):
     gabs = EPS[dtype] * g_yhat.abs()
     for a, b, tol in zip(k_grads, c_grads, (err_gv + gabs, err_gs, err_gv + gabs)):
         assert (((cpu(a) - b).abs() <= tol) | ambiguous).all()
-
-
-@needs_device
-@pytest.mark.parametrize("seed", [0, 1, -1, 2**62 + 12345, -(2**63)])
-@pytest.mark.parametrize("shape", [(1,), (3,), (5, 7), (1000, 1001)])
-def test_uniform_noise_bit_identical(seed, shape):
-    ref = lq.noise.philox_uniform(shape, seed)  # the readable definition, pure torch
-    cpu_u = lq.uniform_noise(shape, seed)
-    dev_u = lq.uniform_noise(shape, seed, device=DEVICE)
-    assert dev_u.device.type == torch.device(DEVICE).type and dev_u.dtype == torch.float32
-    _assert_same_bits(cpu(dev_u), cpu_u, "u vs CPU kernel")
-    _assert_same_bits(cpu(dev_u), ref, "u vs pure-torch Philox")
-    assert (dev_u >= -0.5).all() and (dev_u < 0.5).all()
-
-
-@needs_device
-def test_only_needed_gradients_are_computed():
-    y, s, m = dev(*make_inputs((4, 33), torch.float32))
-    seed = lq.make_seed(1, y.device)
-    temp = torch.tensor(0.5, dtype=torch.float64, device=y.device)
-    g_yhat, g_lik = dev(*make_upstream(y.shape, torch.float32, torch.float32))
-    bwd = torch.ops.lic_quant.quantize_backward
-    full = bwd(g_yhat, g_lik, y, s, m, seed, temp, "sua", SB, LB, True, [True, True, True])
-    for mask in ([False, True, False], [True, False, False], [False, False, True],
-                 [False, False, False]):
-        part = bwd(g_yhat, g_lik, y, s, m, seed, temp, "sua", SB, LB, True, mask)
-        for need, got, want in zip(mask, part, (full[0], full[1], full[2])):
-            if need:
-                assert torch.equal(got, want)
-            else:
-                assert got.numel() == 0 and got.device == y.device
-    none_gyh = bwd(None, g_lik, y, s, m, seed, temp, "sua", SB, LB, True, [True, True, True])
-    assert torch.equal(none_gyh[0], -full[2])  # 0 + g_v and -g_v
-
-
-@needs_device
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-def test_non_contiguous_channels_last_and_empty(dtype):
-    y, s, m = dev(*make_inputs((2, 5, 6, 7), dtype, seed=11))
-    base = lq.gaussian_quantize(y, s, m, mode="sua", temperature=0.5, seed=3, backend=BACKEND)
-    cl = [t.to(memory_format=torch.channels_last) for t in (y, s, m)]
-    out = lq.gaussian_quantize(*cl, mode="sua", temperature=0.5, seed=3, backend=BACKEND)
-    assert torch.equal(out[0], base[0]) and torch.equal(out[1], base[1])
-    yt, st, mt = (t.transpose(1, 3) for t in (y, s, m))
-    g = [t.clone().requires_grad_() for t in (yt, st, mt)]
-    yh, lik = lq.gaussian_quantize(*g, mode="noise", seed=3, backend=BACKEND)
-    (yh.float().sum() + lik.sum()).backward()
-    gc = [t.contiguous().clone().requires_grad_() for t in (yt, st, mt)]
-    yh2, lik2 = lq.gaussian_quantize(*gc, mode="noise", seed=3, backend=BACKEND)
-    (yh2.float().sum() + lik2.sum()).backward()
-    assert torch.equal(yh, yh2) and torch.equal(lik, lik2)
-    for a, b in zip(g, gc):
-        assert torch.equal(a.grad, b.grad)
-    e = torch.empty(0, 3, dtype=dtype, device=DEVICE, requires_grad=True)
-    yh, lik = lq.gaussian_quantize(e, e.detach().clone(), mode="mixed", backend=BACKEND)
-    assert yh.shape == (0, 3) and lik.shape == (0, 3) and lik.dtype == lik_dtype(dtype)
-    (yh.float().sum() + lik.sum()).backward()
-    assert e.grad.shape == (0, 3)
-
-
-@needs_device
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_nan_propagates(dtype):
-    y, s, m = make_inputs((3, 8), dtype, seed=2)
-    y[0, 1], s[1, 2], m[2, 3] = float("nan"), float("nan"), float("nan")
-    g = [t.to(DEVICE).requires_grad_() for t in (y, s, m)]
-    y_hat, lik = lq.gaussian_quantize(*g, mode="sua", temperature=0.3, seed=4, backend=BACKEND)
-    assert torch.isnan(lik[0, 1]) and torch.isnan(lik[1, 2]) and torch.isnan(lik[2, 3])
-    (y_hat.float().sum() - lik.log().sum()).backward()
-    for gr, (i, j) in zip((g[0].grad, g[1].grad, g[2].grad), ((0, 1), (1, 2), (2, 3))):
-        assert torch.isnan(gr[i, j])
-    assert torch.isfinite(lik[0, 0]) and torch.isfinite(g[0].grad[0, 0])
 
 
 @needs_gpu
@@ -377,62 +243,6 @@ def test_no_host_synchronization():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
-
-
-@needs_device
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("with_means", [True, False])
-def test_opcheck(dtype, with_means):
-    y, s, m = dev(*make_inputs((3, 5, 7), dtype, with_means=with_means, seed=4))
-    y.requires_grad_(), s.requires_grad_()
-    if m is not None:
-        m.requires_grad_()
-    seed = lq.make_seed(17, y.device)
-    temp = torch.tensor(0.7, dtype=torch.float64, device=y.device)
-    for mode in lq.MODES:
-        torch.library.opcheck(torch.ops.lic_quant.quantize_forward,
-                              (y, s, m, seed, temp, mode, SB, LB, True))
-    g_yhat, g_lik = dev(*make_upstream(y.shape, dtype, lik_dtype(dtype)))
-    torch.library.opcheck(torch.ops.lic_quant.quantize_backward,
-                          (g_yhat, g_lik, y.detach(), s.detach(),
-                           None if m is None else m.detach(), seed, temp, "mixed", SB, LB, False,
-                           [True, True, m is not None]))
-    torch.library.opcheck(torch.ops.lic_quant.uniform_noise, (seed, [4, 9]))
-
-
-@needs_device
-@pytest.mark.parametrize("mode,backend", [("noise", BACKEND), ("sua", BACKEND), ("mixed", "auto")])
-def test_torch_compile_fullgraph(mode, backend):
-    torch._dynamo.reset()
-    y, s, m = dev(*make_inputs((2, 16, 9, 11), torch.float32, seed=8))
-    g_yhat, g_lik = dev(*make_upstream(y.shape, torch.float32, torch.float32))
-    seed = lq.make_seed(41, y.device)
-    temp = torch.tensor(0.45, dtype=torch.float64, device=y.device)
-
-    def step(y, s, m, seed, temp):
-        y_hat, lik = lq.gaussian_quantize(y, s, m, mode=mode, temperature=temp, seed=seed,
-                                          backend=backend)
-        return y_hat * 2.0, lik
-
-    compiled = torch.compile(step, fullgraph=True)
-    outs = []
-    for fn in (step, compiled):
-        leaves = [t.clone().requires_grad_() for t in (y, s, m)]
-        y_hat, lik = fn(*leaves, seed, temp)
-        torch.autograd.backward([y_hat, lik], [g_yhat, g_lik])
-        outs.append((y_hat.detach(), lik.detach(), [t.grad for t in leaves]))
-    (a_yh, a_lik, a_g), (b_yh, b_lik, b_g) = outs
-    assert torch.equal(a_yh, b_yh) and torch.equal(a_lik, b_lik)
-    for ga, gb in zip(a_g, b_g):
-        assert torch.equal(ga, gb)
-    # a fresh seed tensor runs the same compiled graph with new noise (no recompilation)
-    seed2 = lq.make_seed(42, y.device)
-    leaves = [t.clone().requires_grad_() for t in (y, s, m)]
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        c_yh, c_lik = compiled(*leaves, seed2, temp)
-    e_yh, e_lik = step(*leaves, seed2, temp)
-    assert torch.equal(c_yh, e_yh) and torch.equal(c_lik, e_lik)
-    assert not torch.equal(c_lik, a_lik)  # new noise (the rate path is noisy in every mode here)
 
 
 @needs_gpu

@@ -64,9 +64,12 @@ def worker(rank: int, port: int) -> None:
     finally:
         dist.destroy_process_group()
     # Both checks passed (a failure raised above and ends the rank with its traceback). Leave
-    # without the interpreter's finalization: in about 1 of 30 runs on a loaded 2-core machine a
-    # spawned gloo rank aborted there ("terminate called without an active exception", no Python
-    # frame on any thread, so after the test's code), which would fail a test whose checks passed.
+    # without the interpreter's finalization: DDP keeps the gloo group, hence its worker threads,
+    # alive past destroy_process_group, and a worker thread that releases the last collective's
+    # Python tensors while the interpreter finalizes aborts the process ("terminate called without
+    # an active exception", SIGABRT), failing a test whose checks passed. A torch race, not
+    # lic_quant's: docs/distributed.md ("Ending a worker") has the cause, the rates and the
+    # reproducer without lic_quant, scripts/repro_ddp_exit.py.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -1,5 +1,7 @@
 """The noise stream, version 2 (docs/spec.md section 3): known answers, bit-exactness across
-implementations, range and uniformity."""
+implementations (plain Python, torch integer arithmetic, the compiled uniform_noise op and the
+noise inside every backend's forward), high counter words, range and uniformity, independence of
+threads, chunking and block sizes, and lic_quant.uniform_noise's shape argument."""
 from __future__ import annotations
 
 import math
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 import lic_quant as lq
+from helpers import same_bits
 from lic_quant import noise
 
 M32 = 0xFFFFFFFF
@@ -117,3 +120,43 @@ def test_noise_is_independent_of_threads_and_chunking():
         torch.set_num_threads(before)
     assert torch.equal(a, b)
     assert torch.equal(a.flatten()[70001:], noise.philox_uniform((2 * 70001,), 5, start=70001))
+
+
+SEEDS = [0, 1, -1, 2**40 + 7, -(2**63), 2**63 - 1, 0xDEADBEEFCAFEF00D]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_every_backend_draws_the_stream(backend, seed):
+    """y = 0, scales 1, no means, mode noise, zero_center=False: y_hat = 0 + (0 + u) = u exactly,
+    so the forward's own noise is visible bit for bit. 3001 elements: several Philox blocks and a
+    ragged end."""
+    y = torch.zeros(3001)
+    y_hat, _ = backend.quantize(y, torch.ones_like(y), mode="noise", zero_center=False, seed=seed)
+    assert same_bits(y_hat, noise.philox_uniform((3001,), seed))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_uniform_noise_on_every_device(device):
+    """lic_quant.uniform_noise on each device (the CUDA kernels there, the C++ op or the torch
+    Philox on the CPU) gives the bits of the readable definition."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    for seed, n in ((0, 1000 * 1001), (-1, 4099), (2**62 + 12345, 4099), (-(2**63), 4099)):
+        # element i depends on i alone: every shape is a prefix of one flat stream
+        want = noise.philox_uniform((n,), seed)
+        for shape in ((1,), (3,), (5, 7), (1000, 1001) if n > 4099 else (41, 99)):
+            u = lq.uniform_noise(shape, seed, device=device)
+            assert u.device.type == device
+            assert u.dtype == torch.float32 and u.shape == shape
+            assert same_bits(u.flatten(), want[:u.numel()]), (seed, shape)
+
+
+def test_uniform_noise_takes_an_int_shape():
+    a = lq.uniform_noise(5, 17)
+    assert a.shape == (5,)
+    assert torch.equal(a, lq.uniform_noise((5,), 17))
+    assert torch.equal(a, lq.uniform_noise(torch.Size([5]), torch.tensor(17)))
+    with pytest.raises(TypeError, match="shape"):
+        lq.uniform_noise("5", 17)
+    with pytest.raises(ValueError, match="shape"):
+        lq.uniform_noise(-1, 17)
