@@ -23,47 +23,8 @@ import lic_quant as lq
 from lic_quant import reference as ref
 from lic_quant._checks import FAMILIES, MODES
 
-try:
-    from lic_quant import triton_ops
-except ImportError:  # pragma: no cover
-    triton_ops = None
-
 HAS_EXT = lq.extension_available()
 NEEDS_EXT = pytest.mark.skipif(not HAS_EXT, reason="the C++ extension is not built")
-
-
-def _triton_missing() -> str | None:
-    if triton_ops is None or triton_ops.TRITON_ERROR is not None:
-        return "triton is not installed"
-    if not triton_ops.interpreted():
-        return "the Triton kernels are compiled for the GPU (TRITON_INTERPRET is not set)"
-    return None
-
-
-def _cuda_missing() -> str | None:
-    if not HAS_EXT or not lq._ops.cuda_kernels_built():
-        return "the extension was built without its CUDA kernels"
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    return None
-
-
-# (backend argument, device, dtypes)
-BACKENDS = {
-    "cpu": ("cpu", "cpu", (torch.float32, torch.float64, torch.float16, torch.bfloat16)),
-    "cuda": ("cuda", "cuda", (torch.float32, torch.float64, torch.float16, torch.bfloat16)),
-    "triton-interpreter": ("triton", "cpu", (torch.float32, torch.float16, torch.bfloat16)),
-}
-
-
-def _need(bid: str) -> tuple[str, str]:
-    backend, device, _ = BACKENDS[bid]
-    if bid == "cpu" and not HAS_EXT:
-        pytest.skip("the C++ extension is not built")
-    why = {"cuda": _cuda_missing, "triton-interpreter": _triton_missing}.get(bid, lambda: None)()
-    if why:
-        pytest.skip(why)
-    return backend, device
 
 
 def _inputs(shape, dtype, device="cpu", seed=0):
@@ -102,15 +63,13 @@ def _rel_norm(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-@pytest.mark.parametrize("bid", list(BACKENDS))
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
                          ids=str)
-def test_values_and_gradients(bid, family, mode, dtype):
-    backend, device = _need(bid)
-    if dtype not in BACKENDS[bid][2]:
-        pytest.skip(f"{bid} does not take {dtype}")
+def test_values_and_gradients(kernel_backend, family, mode, dtype):
+    kernel_backend.need_dtype(dtype)
+    backend, device = kernel_backend.name, kernel_backend.device
     shape = (3, 5, 7, 11)  # samples of 385 elements: chunks not on Philox blocks
     y, s, m = _inputs(shape, dtype, device)
     lik_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -153,13 +112,12 @@ def test_values_and_gradients(bid, family, mode, dtype):
     assert torch.equal(ref_rate, ref_bits.to(lik_dtype))
 
 
-@pytest.mark.parametrize("bid", list(BACKENDS))
 @pytest.mark.parametrize("shape", [(1, 1000), (2, 3), (4, 1), (5, 3, 1, 64, 5), (2, 1, 70000),
                                    (7,)], ids=str)
-def test_shapes(bid, shape):
+def test_shapes(kernel_backend, shape):
     """N = 1, odd and tiny samples, samples of many chunks (also beyond the interpreter's block),
     a 1-dim y (one element per sample)."""
-    backend, device = _need(bid)
+    backend, device = kernel_backend.name, kernel_backend.device
     y, s, m = _inputs(shape, torch.float32, device)
     y_hat, bits = _rate_call(backend, y, s, m, mode="noise")
     own_yhat, own_lik = lq.quantize(y, s, m, backend=backend, mode="noise", **SETTINGS)
@@ -168,10 +126,9 @@ def test_shapes(bid, shape):
                                atol=0)
 
 
-@pytest.mark.parametrize("bid", list(BACKENDS))
 @pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0,), (2, 0, 4)], ids=str)
-def test_empty(bid, shape):
-    backend, device = _need(bid)
+def test_empty(kernel_backend, shape):
+    backend, device = kernel_backend.name, kernel_backend.device
     y, s, m = _leaves(*_inputs(shape, torch.float32, device))
     y_hat, bits = _rate_call(backend, y, s, m)
     assert y_hat.shape == shape and bits.shape == (shape[0],)
@@ -181,9 +138,8 @@ def test_empty(bid, shape):
         assert grad is None or grad.shape == shape
 
 
-@pytest.mark.parametrize("bid", list(BACKENDS))
-def test_zero_dim_y_raises(bid):
-    backend, device = _need(bid)
+def test_zero_dim_y_raises(kernel_backend):
+    backend, device = kernel_backend.name, kernel_backend.device
     y = torch.tensor(0.3, device=device)
     with pytest.raises(ValueError, match="rate=True needs y with at least 1 dimension"):
         lq.quantize(y, torch.ones_like(y), rate=True, backend=backend)
@@ -197,26 +153,23 @@ def test_zero_dim_y_raises_reference():
         lq.quantize(y, torch.ones_like(y), rate=True, backend="reference")
 
 
-@pytest.mark.parametrize("bid", list(BACKENDS))
-def test_rate_must_be_bool(bid):
-    backend, device = _need(bid)
+def test_rate_must_be_bool(kernel_backend):
+    backend, device = kernel_backend.name, kernel_backend.device
     y = torch.zeros(2, 3, device=device)
     with pytest.raises(TypeError, match="rate must be a bool"):
         lq.quantize(y, torch.ones_like(y), rate=1, backend=backend)
 
 
-@pytest.mark.parametrize("bid", list(BACKENDS))
-def test_gaussian_quantize_rate(bid):
-    backend, device = _need(bid)
+def test_gaussian_quantize_rate(kernel_backend):
+    backend, device = kernel_backend.name, kernel_backend.device
     y, s, m = _inputs((2, 40), torch.float32, device)
     a = lq.gaussian_quantize(y, s, m, rate=True, backend=backend, **SETTINGS)
     b = lq.quantize(y, s, m, family="gaussian", rate=True, backend=backend, **SETTINGS)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-@pytest.mark.parametrize("bid", list(BACKENDS))
-def test_deterministic(bid):
-    backend, device = _need(bid)
+def test_deterministic(kernel_backend):
+    backend, device = kernel_backend.name, kernel_backend.device
     shape = (3, 4, 50, 61)  # many chunks per sample: several tasks per thread
     y, s, m = _inputs(shape, torch.float32, device)
     threads = torch.get_num_threads()
@@ -235,27 +188,27 @@ def test_deterministic(bid):
             assert torch.equal(a, b)
 
 
-def test_cpu_and_triton_agree():
-    _need("cpu")
-    _need("triton-interpreter")
+def test_backends_agree(cpu_backend, other_kernel):
+    """Bits within 1e-6 relative of the C++ CPU kernels' (the same P, another log2 and order of
+    the float64 sums); y_hat and the float32 gradients bit for bit (the same float32 steps)."""
     for shape in [(3, 5, 7, 11), (2, 3, 1, 64, 5), (1, 70001)]:
         for family in FAMILIES:
             y, s, m = _inputs(shape, torch.float32)
-            cpu_leaves, tri_leaves = _leaves(y, s, m), _leaves(y, s, m)
+            cpu_leaves = _leaves(y, s, m)
+            other_leaves = _leaves(*other_kernel.to(y, s, m))
             c = _rate_call("cpu", *cpu_leaves, family=family, mode="sua")
-            t = _rate_call("triton", *tri_leaves, family=family, mode="sua")
-            assert torch.equal(c[0], t[0])
-            torch.testing.assert_close(c[1], t[1], rtol=1e-6, atol=0)
+            o = _rate_call(other_kernel.name, *other_leaves, family=family, mode="sua")
+            assert torch.equal(c[0], o[0].cpu())
+            torch.testing.assert_close(c[1], o[1].cpu(), rtol=1e-6, atol=0)
             g_bits = torch.tensor([1.0, -0.5, 2.0][: shape[0]])
             gc = torch.autograd.grad((c[1] * g_bits).sum(), cpu_leaves)
-            gt = torch.autograd.grad((t[1] * g_bits).sum(), tri_leaves)
-            for a, b in zip(gc, gt):  # the same float32 operations on the same P
-                assert torch.equal(a, b)
+            go = torch.autograd.grad((o[1] * other_kernel.to(g_bits)).sum(), other_leaves)
+            for a, b in zip(gc, go):
+                assert torch.equal(a, b.cpu())
 
 
-@pytest.mark.parametrize("bid", list(BACKENDS))
-def test_non_contiguous(bid):
-    backend, device = _need(bid)
+def test_non_contiguous(kernel_backend):
+    backend, device = kernel_backend.name, kernel_backend.device
     y, s, m = _inputs((6, 3, 10), torch.float32, device)
     nc = [t.transpose(0, 2).contiguous().transpose(0, 2) for t in (y, s, m)]
     assert not nc[0].is_contiguous()
@@ -267,9 +220,8 @@ def test_non_contiguous(bid):
     assert torch.equal(c[1], b[1])
 
 
-@pytest.mark.parametrize("bid", list(BACKENDS))
-def test_nan_propagates(bid):
-    backend, device = _need(bid)
+def test_nan_propagates(kernel_backend):
+    backend, device = kernel_backend.name, kernel_backend.device
     y, s, m = _inputs((3, 40), torch.float32, device)
     y[1, 7] = math.nan
     s[2, 3] = math.nan
@@ -281,12 +233,12 @@ def test_nan_propagates(bid):
     assert torch.isfinite(gy[0]).all() and torch.isfinite(gs[0]).all()
 
 
-def test_zero_likelihood_bound_gives_inf_bits():
+def test_zero_likelihood_bound_gives_inf_bits(kernel_backend):
     """P = 0 (likelihood_bound=0 and a far tail) is infinitely many bits, as -log2(0)."""
-    _need("cpu")
-    y = torch.tensor([[0.0, 200.0], [0.0, 0.3]])
+    y = kernel_backend.to(torch.tensor([[0.0, 200.0], [0.0, 0.3]]))
     s = torch.full_like(y, 0.2)
-    _, bits = lq.quantize(y, s, rate=True, likelihood_bound=0.0, mode="ste", backend="cpu")
+    _, bits = lq.quantize(y, s, rate=True, likelihood_bound=0.0, mode="ste",
+                          backend=kernel_backend.name)
     assert bits[0] == math.inf and math.isfinite(bits[1])
 
 
@@ -304,10 +256,12 @@ def _allocated_bytes(fn) -> list[int]:
             if e.name() == "[memory]" and e.nbytes() > 0]
 
 
-@pytest.mark.parametrize("bid", ["cpu", "triton-interpreter"])
-def test_no_likelihood_sized_allocation(bid):
-    backend, device = _need(bid)
+def test_no_likelihood_sized_allocation(kernel_backend):
+    backend, device = kernel_backend.name, kernel_backend.device
     shape = (4, 8, 32, 32)
+    if device != "cpu":
+        _no_likelihood_sized_allocation_cuda(backend, shape)
+        return
     nbytes = math.prod(shape) * 4
     y, s, m = _leaves(*_inputs(shape, torch.float32, device))
     out = {}
@@ -325,6 +279,18 @@ def test_no_likelihood_sized_allocation(bid):
     bwd = _allocated_bytes(backward)
     # The three gradients and g_yhat's ones (y_hat.sum()'s backward), never a g_P or a P.
     assert sum(a >= nbytes for a in bwd) <= 4
+
+
+def _no_likelihood_sized_allocation_cuda(backend, shape):
+    nbytes = math.prod(shape) * 4
+    y, s, m = _leaves(*_inputs(shape, torch.float32, "cuda"))
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    y_hat, bits = _rate_call(backend, y, s, m)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base < nbytes * 1.1  # y_hat, bits, chunk sums
+    del y_hat
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,15 +314,17 @@ def test_opcheck_cpu(dtype):
     torch.library.opcheck(torch.ops.lic_quant.quantize_backward.default, bwd_args)
 
 
-def test_opcheck_triton():
-    _need("triton-interpreter")
-    y, s, m = _inputs((3, 2, 9), torch.float32)
-    seed = torch.tensor(7, dtype=torch.int64)
-    temp = torch.tensor(0.5, dtype=torch.float64)
+def test_opcheck_triton(kernel_backend):
+    if not kernel_backend.is_triton:
+        pytest.skip("the Triton ops")
+    y, s, m = kernel_backend.to(*_inputs((3, 2, 9), torch.float32))
+    seed = kernel_backend.to(torch.tensor(7, dtype=torch.int64))
+    temp = kernel_backend.to(torch.tensor(0.5, dtype=torch.float64))
     args = (y.requires_grad_(), s.requires_grad_(), m, seed, temp, "noise", 0.11, 1e-9, False,
             "laplace", True)
     torch.library.opcheck(torch.ops.lic_quant.triton_quantize_forward.default, args)
-    bwd_args = (None, torch.tensor([1.0, 2.0, -1.0]), y.detach(), s.detach(), m, seed, temp,
+    g_bits = kernel_backend.to(torch.tensor([1.0, 2.0, -1.0]))
+    bwd_args = (None, g_bits, y.detach(), s.detach(), m, seed, temp,
                 "noise", 0.11, 1e-9, False, [True, True, True], "laplace", True)
     torch.library.opcheck(torch.ops.lic_quant.triton_quantize_backward.default, bwd_args)
 
