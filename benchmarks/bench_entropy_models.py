@@ -18,8 +18,20 @@ The rounds interleave the providers (so a shared machine's load hits all of them
 round is timed alone, and the table gives medians, 20/80 % quantiles and the speedup of the fused
 op over each other provider measured in the same run.
 
+The rate output (docs/spec.md section 8), same shape and mode, Gaussian, forward + backward of
+loss = sum(bits) + <g_yhat, y_hat>:
+
+- likelihoods+sum: lq.quantize, then bits = -likelihoods.log2().sum((1, 2, 3)) (what trainers
+                   write after the op);
+- rate:            lq.quantize(..., rate=True), the per-sample bits from the kernels.
+
+Beside the time, each gets the peak memory of one step above what the inputs hold: on CUDA from
+torch.cuda.max_memory_allocated, on the CPU from torch.profiler's allocation events (the running
+sum of allocations and frees, its maximum).
+
     python benchmarks/bench_entropy_models.py [--shape 8x192x32x32] [--rounds 15]
-        [--csv benchmarks/results/entropy_models.csv] [--label TEXT]
+        [--parts families,rate] [--csv benchmarks/results/entropy_models.csv]
+        [--rate-csv benchmarks/results/rate_output.csv] [--label TEXT]
 """
 from __future__ import annotations
 
@@ -130,6 +142,82 @@ def measure(cases: dict, rounds: int, sync) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# The rate output.
+
+
+def likelihoods_sum_fn(y, scales, means):
+    y_hat, lik = lq.quantize(y, scales, means, mode=MODE, temperature=TEMPERATURE)
+    return y_hat, -lik.log2().sum(tuple(range(1, lik.dim())))
+
+
+def rate_fn(y, scales, means):
+    return lq.quantize(y, scales, means, mode=MODE, temperature=TEMPERATURE, rate=True)
+
+
+def rate_step(fn, case):
+    y, scales, means, g_yhat = case
+    leaves = [t.detach().requires_grad_() for t in (y, scales, means)]
+    y_hat, bits = fn(*leaves)
+    torch.autograd.backward([y_hat, bits], [g_yhat, torch.ones_like(bits)])
+
+
+def cpu_peak_bytes(step) -> int:
+    """Peak of the running sum of the CPU allocations and frees while step() runs."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        step()
+    # The raw allocation events (the per-op view of prof.events() nets them out within each op).
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def cuda_peak_bytes(step) -> int:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def rate_comparison(shape, device, rounds, sync):
+    g = torch.Generator().manual_seed(0)
+    y = (torch.randn(shape, generator=g) * 3).to(device)
+    scales = (torch.rand(shape, generator=g) * 2 + 0.05).to(device)
+    means = torch.randn(shape, generator=g).to(device)
+    g_yhat = torch.randn(shape, generator=g).to(device)
+    case = (y, scales, means, g_yhat)
+    providers = {"likelihoods+sum": likelihoods_sum_fn, "rate": rate_fn}
+    for fn in providers.values():  # warm-up
+        for _ in range(2):
+            rate_step(fn, case)
+    peak = cuda_peak_bytes if device.type == "cuda" else cpu_peak_bytes
+    peaks = {name: peak(lambda fn=fn: rate_step(fn, case)) for name, fn in providers.items()}
+    times = {name: [] for name in providers}
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for name, fn in providers.items():
+                sync()
+                t0 = time.perf_counter()
+                rate_step(fn, case)
+                sync()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        gc.enable()
+    stats = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=5)
+        stats[name] = (statistics.median(ts), q[0], q[-1])
+    return stats, peaks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="8x192x32x32")
@@ -137,16 +225,50 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--families", default=",".join(lq.FAMILIES))
     ap.add_argument("--mixture-k", type=int, default=3,
-                    help="also a K-component Gaussian mixture vs CompressAI's "
+                    help="with families: also a K-component Gaussian mixture vs CompressAI's "
                          "GaussianMixtureConditional (0: none)")
-    ap.add_argument("--csv", help="append the rows to this CSV")
+    ap.add_argument("--parts", default="families,rate",
+                    help="families (the op per family, and the mixture) and/or rate (the rate "
+                         "output)")
+    ap.add_argument("--csv", help="append the family and mixture rows to this CSV")
+    ap.add_argument("--rate-csv", help="append the rate rows to this CSV")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     shape = tuple(int(d) for d in args.shape.split("x"))
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     families = args.families.split(",")
+    parts = args.parts.split(",")
+    if "families" in parts:
+        run_families(args, shape, device, sync, families)
+    if "rate" in parts:
+        run_rate(args, shape, device, sync)
 
+
+def run_rate(args, shape, device, sync) -> None:
+    stats, peaks = rate_comparison(shape, device, args.rounds, sync)
+    print(f"rate output: forward + backward, float32, {args.shape}, gaussian, mode={MODE}, "
+          f"{args.rounds} rounds, {torch.get_num_threads()} threads, "
+          f"{results_csv.machine_name(str(device))}")
+    print(f"{'provider':16s} {'median ms':>10s} {'q20':>8s} {'q80':>8s} {'peak MiB':>9s} "
+          f"{'rate speedup':>13s}")
+    rows = []
+    fused = stats["rate"][0]
+    for name, (med, q20, q80) in stats.items():
+        mib = peaks[name] / 2**20
+        print(f"{name:16s} {med:10.2f} {q20:8.2f} {q80:8.2f} {mib:9.1f} {med / fused:12.2f}x")
+        rows.append({"device": str(device), "shape": args.shape, "dtype": "float32",
+                     "step": "forward+backward", "mode": MODE, "family": "gaussian",
+                     "provider": name, "threads": torch.get_num_threads(),
+                     "rounds": args.rounds, "median_ms": f"{med:.4f}", "q20_ms": f"{q20:.4f}",
+                     "q80_ms": f"{q80:.4f}", "peak_mib": f"{mib:.2f}",
+                     "rate_speedup": f"{med / fused:.3f}"})
+    if args.rate_csv:
+        results_csv.append(args.rate_csv, rows, label=args.label, device=str(device))
+        print(f"appended {len(rows)} rows to {args.rate_csv}")
+
+
+def run_families(args, shape, device, sync, families) -> None:
     cases = {}
     for family in families:
         case = make_case(shape, torch.float32, device, family)

@@ -99,7 +99,7 @@ std::tuple<Tensor, Tensor, Tensor> quantize_backward_autograd(
     const Tensor& scales, const std::optional<Tensor>& means, const Tensor& seed,
     const Tensor& temperature, c10::string_view mode, double scale_bound,
     double likelihood_bound, bool zero_center, std::array<bool, 3> output_mask,
-    c10::string_view family) {
+    c10::string_view family, bool rate) {
   const Tensor g_yhat = grad_y_hat.has_value() ? *grad_y_hat : Tensor();
   const Tensor m = means.has_value() ? *means : Tensor();
   TORCH_CHECK_NOT_IMPLEMENTED(
@@ -110,7 +110,8 @@ std::tuple<Tensor, Tensor, Tensor> quantize_backward_autograd(
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     out = backward_op().call(grad_y_hat, grad_lik, y, scales, means, seed, temperature, mode,
-                             scale_bound, likelihood_bound, zero_center, output_mask, family);
+                             scale_bound, likelihood_bound, zero_center, output_mask, family,
+                             rate);
   }
   // The ordinary backward pass runs with grad mode off: no node, no bookkeeping.
   auto requires_grad = [](const Tensor& t) { return t.defined() && t.requires_grad(); };
@@ -137,6 +138,7 @@ struct QuantizeBackward : Node {
   double scale_bound_ = 0.0, likelihood_bound_ = 0.0;
   bool zero_center_ = false;
   bool has_means_ = false;
+  bool rate_ = false;  // output 1 is the per-sample bits; its gradient has shape (N,)
 
   std::string name() const override { return "QuantizeBackward"; }
 
@@ -172,7 +174,7 @@ struct QuantizeBackward : Node {
     auto [gy, gs, gm] = backward_op().call(opt(g_yhat), g_lik, y_.unpack(), scales_.unpack(),
                                            opt(means), seed_.unpack(), temperature_.unpack(),
                                            mode_, scale_bound_, likelihood_bound_, zero_center_,
-                                           mask, family_);
+                                           mask, family_, rate_);
     if (mask[0]) out[0] = std::move(gy);
     if (mask[1]) out[1] = std::move(gs);
     if (mask[2]) out[2] = std::move(gm);
@@ -193,6 +195,7 @@ struct QuantizeBackward : Node {
     args.collect(likelihood_bound_);
     args.collect(zero_center_);
     args.collect(has_means_);
+    args.collect(rate_);
   }
 
   variable_list apply_with_saved(const variable_list& grads,
@@ -215,7 +218,7 @@ struct QuantizeBackward : Node {
 std::tuple<Tensor, Tensor> quantize_forward_autograd(
     const Tensor& y, const Tensor& scales, const std::optional<Tensor>& means_in,
     const Tensor& seed, const Tensor& temperature, c10::string_view mode, double scale_bound,
-    double likelihood_bound, bool zero_center, c10::string_view family) {
+    double likelihood_bound, bool zero_center, c10::string_view family, bool rate) {
   const Tensor means = (means_in.has_value() && means_in->defined()) ? *means_in : Tensor();
   // No forward-mode formula (docs/spec.md section 4): a dual input would otherwise give outputs
   // silently without tangents.
@@ -229,7 +232,7 @@ std::tuple<Tensor, Tensor> quantize_forward_autograd(
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     out = forward_op().call(y, scales, means_in, seed, temperature, mode, scale_bound,
-                            likelihood_bound, zero_center, family);
+                            likelihood_bound, zero_center, family, rate);
   }
   if (!record) return out;
   NodePtr fn = make_node<QuantizeBackward>();
@@ -247,6 +250,7 @@ std::tuple<Tensor, Tensor> quantize_forward_autograd(
   node->likelihood_bound_ = likelihood_bound;
   node->zero_center_ = zero_center;
   node->has_means_ = means.defined();
+  node->rate_ = rate;
   torch::autograd::set_history(std::get<0>(out), fn);
   torch::autograd::set_history(std::get<1>(out), fn);
   return out;

@@ -42,6 +42,7 @@ struct EagerCall {
   c10::string_view mode, family;
   double scale_bound = 0.0, likelihood_bound = 0.0;
   bool zero_center = true;
+  bool rate = false;
 };
 
 enum class Parsed { kOk, kNotHandled, kError };
@@ -69,7 +70,7 @@ Parsed parse_eager(PyObject* const* args, EagerCall& call) {
       !(seed_o == Py_None || PyLong_CheckExact(seed_o) || seed_is_tensor) ||
       !(plain_number(temp_o) || temp_is_tensor) || !PyUnicode_CheckExact(args[5]) ||
       !plain_number(args[6]) || !plain_number(args[7]) || !PyBool_Check(args[8]) ||
-      !PyUnicode_CheckExact(args[9])) {
+      !PyUnicode_CheckExact(args[9]) || !PyBool_Check(args[11])) {
     return Parsed::kNotHandled;
   }
   const at::Tensor& y = THPVariable_Unpack(y_o);
@@ -103,11 +104,12 @@ Parsed parse_eager(PyObject* const* args, EagerCall& call) {
   if (PyErr_Occurred()) return Parsed::kError;  // an int too large for a double
   if (!utf8(args[5], call.mode) || !utf8(args[9], call.family)) return Parsed::kError;
   call.zero_center = args[8] == Py_True;
+  call.rate = args[11] == Py_True;
   if (has_means) call.means = THPVariable_Unpack(m_o);
   // The kernels check all of this again (any caller of the ops may reach them); checking first
   // here keeps a bad call from drawing a seed.
   check_call(y, scales, call.means, call.family, call.mode, call.scale_bound,
-             call.likelihood_bound);
+             call.likelihood_bound, call.rate);
   // A float temperature is checked here: the CUDA kernels cannot read theirs without a sync.
   if (!temp_is_tensor) check_unit_interval("temperature", temperature);
   call.y = y;
@@ -136,15 +138,15 @@ PyObject* pair(at::Tensor a, at::Tensor b) {
 }
 
 // lic_quant._C.quantize_eager(y, scales, means, seed, temperature, mode, scale_bound,
-// likelihood_bound, zero_center, family, backend) -> (y_hat, likelihoods): the eager forward of
+// likelihood_bound, zero_center, family, backend, rate) -> (y_hat, likelihoods or bits): the eager forward of
 // lic_quant.quantize on the C++/CUDA kernels, entered from Python once (the Python API calls it
 // first). NotImplemented for backends other than "auto" and the one of y's device (the
 // reference, Triton, a mismatch or a typo: the Python path's to run or to reject with its
 // message) and for what parse_eager does not handle.
 PyObject* quantize_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  if (nargs != 11) {
-    PyErr_SetString(PyExc_TypeError, "quantize_eager takes 11 positional arguments");
+  if (nargs != 12) {
+    PyErr_SetString(PyExc_TypeError, "quantize_eager takes 12 positional arguments");
     return nullptr;
   }
   if (!PyUnicode_CheckExact(args[10]) || !exact_tensor(args[0])) Py_RETURN_NOTIMPLEMENTED;
@@ -165,7 +167,7 @@ PyObject* quantize_eager(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     std::optional<pybind11::gil_scoped_release> no_gil;
     if (c.y.numel() >= kReleaseGilFrom) no_gil.emplace();
     out = forward_op().call(c.y, c.scales, c.means, c.seed, c.temperature, c.mode, c.scale_bound,
-                            c.likelihood_bound, c.zero_center, c.family);
+                            c.likelihood_bound, c.zero_center, c.family, c.rate);
   }
   return pair(std::move(std::get<0>(out)), std::move(std::get<1>(out)));
   END_HANDLE_TH_ERRORS
@@ -210,11 +212,12 @@ TORCH_LIBRARY(lic_quant, m) {
   m.def(
       "quantize_forward(Tensor y, Tensor scales, Tensor? means, Tensor seed, Tensor temperature, "
       "str mode, float scale_bound, float likelihood_bound, bool zero_center, "
-      "str family=\"gaussian\") -> (Tensor, Tensor)");
+      "str family=\"gaussian\", bool rate=False) -> (Tensor, Tensor)");
   m.def(
       "quantize_backward(Tensor? grad_y_hat, Tensor grad_likelihoods, Tensor y, Tensor scales, "
       "Tensor? means, Tensor seed, Tensor temperature, str mode, float scale_bound, "
-      "float likelihood_bound, bool zero_center, bool[3] output_mask, str family=\"gaussian\") "
+      "float likelihood_bound, bool zero_center, bool[3] output_mask, str family=\"gaussian\", "
+      "bool rate=False) "
       "-> (Tensor, Tensor, Tensor)");
   m.def("uniform_noise(Tensor seed, SymInt[] size) -> Tensor");
   // Mixtures (docs/spec.md section 7; cpu/mixture_cpu.cpp): scales, means and weights have shape

@@ -134,8 +134,21 @@ def check_seed(seed) -> int | None:
     return seed - 2**64 if seed > INT64_MAX else seed
 
 
+def check_rate(y, rate) -> None:
+    """rate=True sums per sample along y's dim 0: y needs one."""
+    check_bool("rate", rate)
+    if rate and y.dim() == 0:
+        raise ValueError("lic_quant: rate=True needs y with at least 1 dimension (bits are per "
+                         "sample along y's dim 0); got a 0-dim y")
+
+
+def rate_shape(y: torch.Tensor) -> tuple:
+    """The shape of the bits output: one value per sample along y's dim 0."""
+    return (y.shape[0],)
+
+
 def check_call(y, scales, means, family: str, mode: str, scale_bound, likelihood_bound,
-               zero_center) -> None:
+               zero_center, rate=False) -> None:
     """Everything of one call that does not depend on the backend, in the order of the
     arguments."""
     check_input("y", y)
@@ -146,6 +159,7 @@ def check_call(y, scales, means, family: str, mode: str, scale_bound, likelihood
     check_choice("mode", mode, MODES)
     check_bounds(scale_bound, likelihood_bound)
     check_bool("zero_center", zero_center)
+    check_rate(y, rate)
 
 
 def check_component_input(name: str, t, y: torch.Tensor, first: torch.Tensor | None = None) -> int:

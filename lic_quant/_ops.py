@@ -11,7 +11,8 @@ import warnings
 
 import torch
 
-from ._checks import check_call, check_mixture_call, component_layout, likelihood_dtype
+from ._checks import (check_call, check_mixture_call, component_layout, likelihood_dtype,
+                      rate_shape)
 
 try:
     # import_module, not `from . import _C`: when the .so is missing, the latter reports
@@ -69,16 +70,18 @@ if extension_available():
 
     @torch.library.register_fake("lic_quant::quantize_forward")
     def _quantize_forward_fake(y, scales, means, seed, temperature, mode, scale_bound,
-                               likelihood_bound, zero_center, family="gaussian"):
-        check_call(y, scales, means, family, mode, scale_bound, likelihood_bound, zero_center)
+                               likelihood_bound, zero_center, family="gaussian", rate=False):
+        check_call(y, scales, means, family, mode, scale_bound, likelihood_bound, zero_center,
+                   rate)
         y_hat = torch.empty(y.shape, dtype=y.dtype, device=y.device)
-        lik = torch.empty(y.shape, dtype=likelihood_dtype(y.dtype), device=y.device)
+        lik = torch.empty(rate_shape(y) if rate else y.shape, dtype=likelihood_dtype(y.dtype),
+                          device=y.device)
         return y_hat, lik
 
     @torch.library.register_fake("lic_quant::quantize_backward")
     def _quantize_backward_fake(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature,
                                 mode, scale_bound, likelihood_bound, zero_center, output_mask,
-                                family="gaussian"):
+                                family="gaussian", rate=False):
         def grad(needed):
             shape = y.shape if needed else (0,)
             return torch.empty(shape, dtype=y.dtype, device=y.device)

@@ -172,6 +172,16 @@ def _noise(seed, first, BLOCK: tl.constexpr, ON_GPU: tl.constexpr):
     return tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), (BLOCK,))
 
 
+@triton.jit
+def _noise_any(seed, first, BLOCK: tl.constexpr, ON_GPU: tl.constexpr):
+    """u of first .. first + BLOCK - 1 for any first (rate=True chunks start where a sample
+    starts): each element takes its own word of its own Philox block."""
+    i = first + tl.arange(0, BLOCK).to(tl.int64)
+    u0, u1, u2, u3 = _philox_uniform4(seed, i // 4, ON_GPU)
+    k = i % 4
+    return tl.where(k == 0, u0, tl.where(k == 1, u1, tl.where(k == 2, u2, u3)))
+
+
 # ---------------------------------------------------------------------------------------------
 # normal_dist.h
 
@@ -480,10 +490,12 @@ def _neg(x):
 @triton.jit
 def _load_residual(y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, first, scale_bound,
                    MODE: tl.constexpr, ZERO_CENTER: tl.constexpr, HAS_MEANS: tl.constexpr,
-                   IS_BF16: tl.constexpr, ON_GPU: tl.constexpr, BLOCK: tl.constexpr):
+                   IS_BF16: tl.constexpr, ON_GPU: tl.constexpr, BLOCK: tl.constexpr,
+                   ALIGNED: tl.constexpr):
     """The part forward and backward share (quantize_math.h, forward_element / backward_element):
-    load y, mu, sigma, draw u for the logical indices first .. first + BLOCK - 1, and return the
-    lattice centre c, the rate residual v, the decoder surrogate r~_D, sigma and the bounded s."""
+    load y, mu, sigma, draw u for the logical indices first .. first + BLOCK - 1 (ALIGNED: first
+    is a multiple of 4), and return the lattice centre c, the rate residual v, the decoder
+    surrogate r~_D, sigma and the bounded s."""
     y = _load_f32(y_ptr, offs, mask, IS_BF16)
     sigma = _load_f32(sigma_ptr, offs, mask, IS_BF16)
     if HAS_MEANS:
@@ -492,7 +504,10 @@ def _load_residual(y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, fir
         mu = tl.zeros_like(y)  # +0, as the C++ kernels' zero-filled means
     temperature = tl.load(temp_ptr).to(tl.float32)
     if MODE != MODE_STE:
-        u = _noise(tl.load(seed_ptr), first, BLOCK, ON_GPU)
+        if ALIGNED:
+            u = _noise(tl.load(seed_ptr), first, BLOCK, ON_GPU)
+        else:
+            u = _noise_any(tl.load(seed_ptr), first, BLOCK, ON_GPU)
     else:
         u = tl.zeros_like(y)
     if ZERO_CENTER:
@@ -514,6 +529,13 @@ def _load_residual(y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, fir
 # Kernels. Each program handles BLOCK consecutive elements (BLOCK a multiple of 4, so its noise
 # is whole Philox blocks); index_base shifts the logical indices (tests of indices >= 2^32) and
 # must be a multiple of 4.
+#
+# RATE (rate=True, docs/spec.md section 8): the forward's programs are chunks of samples: program
+# k handles elements [c BLOCK, (c + 1) BLOCK) of sample k // chunks (c = k % chunks, a sample being
+# sample_size consecutive elements) and writes the float64 sum of -log2 P over them to
+# lik_ptr[k]; the caller adds each sample's chunks in order. ALIGNED: sample_size is a multiple
+# of 4, so every chunk starts on a Philox block. The backward keeps its flat programs and reads
+# the bits' gradient of each element's sample.
 
 
 @triton.jit
@@ -522,22 +544,35 @@ def quantize_forward_kernel(
     n_elements, index_base, scale_bound, likelihood_bound,
     MODE: tl.constexpr, ZERO_CENTER: tl.constexpr, HAS_MEANS: tl.constexpr,
     IS_BF16: tl.constexpr, ON_GPU: tl.constexpr, BLOCK: tl.constexpr,
-    FAMILY: tl.constexpr = 0,
+    FAMILY: tl.constexpr = 0, RATE: tl.constexpr = False, ALIGNED: tl.constexpr = True,
+    sample_size=1, chunks=1,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # 64-bit offsets
-    mask = offs < n_elements
+    if RATE:
+        within = (pid % chunks) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+        start = (pid // chunks) * sample_size
+        offs = start + within
+        mask = within < sample_size
+        first = start + (pid % chunks) * BLOCK + index_base
+    else:
+        offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # 64-bit offsets
+        mask = offs < n_elements
+        first = pid * BLOCK + index_base
     if ON_GPU:  # Inductor passes Python floats as fp64, Triton's launcher packs them as fp32:
         scale_bound = scale_bound.to(tl.float32)  # both round to nearest, the same float32
         likelihood_bound = likelihood_bound.to(tl.float32)
     c, v, dist, sigma, s = _load_residual(
-        y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, pid * BLOCK + index_base,
-        scale_bound, MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU, BLOCK)
+        y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, first,
+        scale_bound, MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU, BLOCK, ALIGNED)
     av = _abs(v)
     h, a, b, x = _bin_args(av, s, ON_GPU)
     lik = _lower_bound(_family_bin_probability(av, h, a, b, x, FAMILY, ON_GPU), likelihood_bound)
     _store_from_f32(y_hat_ptr, offs, c + dist, mask, IS_BF16)
-    tl.store(lik_ptr + offs, _canonical_nan(lik), mask=mask)
+    if RATE:
+        neg_log2 = tl.where(mask, -tl.log2(lik.to(tl.float64)), 0.0)
+        tl.store(lik_ptr + pid, tl.sum(neg_log2, axis=0))
+    else:
+        tl.store(lik_ptr + offs, _canonical_nan(lik), mask=mask)
 
 
 @triton.jit
@@ -548,7 +583,7 @@ def quantize_backward_kernel(
     MODE: tl.constexpr, ZERO_CENTER: tl.constexpr, HAS_MEANS: tl.constexpr,
     HAS_GYHAT: tl.constexpr, NEED_GY: tl.constexpr, NEED_GMU: tl.constexpr,
     NEED_GS: tl.constexpr, IS_BF16: tl.constexpr, ON_GPU: tl.constexpr, BLOCK: tl.constexpr,
-    FAMILY: tl.constexpr = 0,
+    FAMILY: tl.constexpr = 0, RATE: tl.constexpr = False, sample_size=1,
 ):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
@@ -556,21 +591,32 @@ def quantize_backward_kernel(
     if ON_GPU:  # fp64 from Inductor (see the forward kernel)
         scale_bound = scale_bound.to(tl.float32)
         likelihood_bound = likelihood_bound.to(tl.float32)
-    g_lik = tl.load(g_lik_ptr + offs, mask=mask, other=-1.0)
+    if RATE:
+        g_bits = tl.load(g_lik_ptr + offs // sample_size, mask=mask, other=0.0)
+    else:
+        g_lik = tl.load(g_lik_ptr + offs, mask=mask, other=-1.0)
     c, v, dist, sigma, s = _load_residual(
         y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, pid * BLOCK + index_base,
-        scale_bound, MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU, BLOCK)
+        scale_bound, MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU, BLOCK, True)
     av = _abs(v)
     h, a, b, x = _bin_args(av, s, ON_GPU)
-    # Likelihood bound (CompressAI's LowerBound): g_P passes where p >= b_p or g_P < 0. Where the
-    # whole block has g_P < 0 (loss = -log P) p is not recomputed; masked lanes count as negative.
-    upward = g_lik < 0.0
-    n_upward = tl.sum(upward.to(tl.int32), axis=0)
-    if n_upward == BLOCK:
-        g_p = g_lik
-    else:
+    if RATE:
+        # g_P = -g / (P ln 2) from the recomputed P (quantize_math.h, backward_element<kRate>).
         p = _family_bin_probability(av, h, a, b, x, FAMILY, ON_GPU)
-        g_p = tl.where((p >= likelihood_bound) | upward, g_lik, _mul(g_lik, 0.0, ON_GPU))
+        g_lik = _div(_neg(g_bits), _mul(_lower_bound(p, likelihood_bound),
+                                        0.693147182464599609375, ON_GPU))
+        g_p = tl.where((p >= likelihood_bound) | (g_lik < 0.0), g_lik, _mul(g_lik, 0.0, ON_GPU))
+    else:
+        # Likelihood bound (CompressAI's LowerBound): g_P passes where p >= b_p or g_P < 0. Where
+        # the whole block has g_P < 0 (loss = -log P) p is not recomputed; masked lanes count as
+        # negative.
+        upward = g_lik < 0.0
+        n_upward = tl.sum(upward.to(tl.int32), axis=0)
+        if n_upward == BLOCK:
+            g_p = g_lik
+        else:
+            p = _family_bin_probability(av, h, a, b, x, FAMILY, ON_GPU)
+            g_p = tl.where((p >= likelihood_bound) | upward, g_lik, _mul(g_lik, 0.0, ON_GPU))
     d_av, d_s = _family_bin_slopes(av, h, a, b, x, FAMILY, ON_GPU)
     dv = _float(_bits(d_av) ^ (_bits(v) & 0x80000000))  # d|v|/dv = sign(v)
     g_v = _mul(g_p, dv, ON_GPU)
@@ -614,6 +660,12 @@ def normal_sf_kernel(x_ptr, out_ptr, n_elements, ON_GPU: tl.constexpr, BLOCK: tl
 # 1024 x 8 warps, 168 / 224 at 2048 x 4, and spill at 4096 x 4, which is therefore left out.
 _GPU_CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w)
                 for b, w in ((512, 4), (1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8))]
+
+
+# rate=True forward on the GPU: one fixed chunk size (autotuning it would change the order of the
+# sums from run to run).
+RATE_BLOCK = 1024
+RATE_WARPS = 8
 
 
 def _interpreted() -> bool:

@@ -101,9 +101,9 @@ def _resolve_backend(backend: str, y: torch.Tensor) -> str:
 
 
 def _quantize(y, scales, means, family, mode, temperature, scale_bound, likelihood_bound,
-              zero_center, seed, backend):
+              zero_center, seed, backend, rate):
     """Every call the C++ eager entry does not take: Python checks, then the backend's op."""
-    check_call(y, scales, means, family, mode, scale_bound, likelihood_bound, zero_center)
+    check_call(y, scales, means, family, mode, scale_bound, likelihood_bound, zero_center, rate)
     backend = _resolve_backend(backend, y)
     seed_t, temp_t = _scalar_tensors(seed, temperature, y.device)
     if backend == "reference":
@@ -113,7 +113,8 @@ def _quantize(y, scales, means, family, mode, temperature, scale_bound, likeliho
         t = temp_t if isinstance(temperature, torch.Tensor) else temperature
         return quantize_reference(y, scales, means, u, family=family, mode=mode,
                                   temperature=t, scale_bound=scale_bound,
-                                  likelihood_bound=likelihood_bound, zero_center=zero_center)
+                                  likelihood_bound=likelihood_bound, zero_center=zero_center,
+                                  rate=rate)
     if backend == "triton":  # _resolve_backend has imported lic_quant.triton_ops
         from .triton_ops import TritonQuantize
 
@@ -125,7 +126,7 @@ def _quantize(y, scales, means, family, mode, temperature, scale_bound, likeliho
     else:
         op = torch.ops.lic_quant.quantize_forward
     return op(y, scales, means, seed_t, temp_t, mode, float(scale_bound), float(likelihood_bound),
-              zero_center, family)
+              zero_center, family, rate)
 
 
 def quantize(
@@ -141,17 +142,19 @@ def quantize(
     zero_center: bool = True,
     seed=None,
     backend: str = "auto",
+    rate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantization surrogate and discretized likelihood of a location-scale `family` in one
     fused op (docs/spec.md sections 1-4, 6). Returns ``(y_hat, likelihoods)`` as CompressAI's
-    GaussianConditional does."""
+    GaussianConditional does. rate=True returns ``(y_hat, bits)`` instead (section 8): bits of
+    shape (y.shape[0],), the sum of -log2 P over each sample, without a likelihood tensor."""
     if _EAGER is not None and not _is_compiling() and not _torch_function_mode_enabled():
         out = _EAGER(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
-                     zero_center, family, backend)
+                     zero_center, family, backend, rate)
         if out is not NotImplemented:
             return out
     return _quantize(y, scales, means, family, mode, temperature, scale_bound, likelihood_bound,
-                     zero_center, seed, backend)
+                     zero_center, seed, backend, rate)
 
 
 def gaussian_quantize(
@@ -166,11 +169,12 @@ def gaussian_quantize(
     zero_center: bool = True,
     seed=None,
     backend: str = "auto",
+    rate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``quantize(..., family="gaussian")``: the mean-scale Gaussian conditional."""
     return quantize(y, scales, means, family="gaussian", mode=mode, temperature=temperature,
                     scale_bound=scale_bound, likelihood_bound=likelihood_bound,
-                    zero_center=zero_center, seed=seed, backend=backend)
+                    zero_center=zero_center, seed=seed, backend=backend, rate=rate)
 
 
 # The backends with mixture kernels; the others raise NotImplementedError rather than run

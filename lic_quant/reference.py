@@ -200,14 +200,28 @@ def _quantize_reference(y, scales, means, noise, bin_mass, *, mode, temperature,
     return y_hat.to(y.dtype), likelihoods
 
 
+def rate_bits(likelihoods: torch.Tensor) -> torch.Tensor:
+    """bits[n] = sum over sample n of -log2 P (docs/spec.md section 8): log2 and the sum in
+    float64, the result (and the gradient into P) in the likelihoods' dtype."""
+    if likelihoods.dim() == 0:
+        raise ValueError("lic_quant: rate=True needs y with at least 1 dimension (bits are per "
+                         "sample along y's dim 0); got a 0-dim y")
+    bits = -torch.log2(likelihoods.double()).reshape(likelihoods.shape[0], -1).sum(1)
+    return bits.to(likelihoods.dtype)
+
+
 def quantize_reference(y, scales, means=None, noise=None, *, family: str = "gaussian",
-                       **settings) -> tuple[torch.Tensor, torch.Tensor]:
+                       rate: bool = False, **settings) -> tuple[torch.Tensor, torch.Tensor]:
     """(y_hat, likelihoods) of docs/spec.md section 6 for a likelihood `family`; settings (mode,
-    temperature, scale_bound, likelihood_bound, zero_center) as gaussian_quantize_reference."""
+    temperature, scale_bound, likelihood_bound, zero_center) as gaussian_quantize_reference.
+    rate=True: (y_hat, bits) of section 8, bits = rate_bits(likelihoods)."""
     check_choice("family", family, FAMILIES)
+    if rate and y.dim() == 0:
+        rate_bits(y)  # raises the message naming y
     settings = {"mode": "sua", "temperature": 1.0, "scale_bound": 0.11, "likelihood_bound": 1e-9,
                 "zero_center": True, **settings}
-    return _quantize_reference(y, scales, means, noise, BIN_MASSES[family], **settings)
+    y_hat, lik = _quantize_reference(y, scales, means, noise, BIN_MASSES[family], **settings)
+    return (y_hat, rate_bits(lik)) if rate else (y_hat, lik)
 
 
 def mixture_quantize_reference(

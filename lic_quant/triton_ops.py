@@ -21,6 +21,12 @@ dtypes. float32, float16 and bfloat16, computed in float32 with the C++ kernels'
 so values and gradients match the C++ kernels bit for bit. float64 would need a float64 erfc
 written in Triton; it raises a TypeError naming the dtype.
 
+rate=True (docs/spec.md section 8): the forward launches one program per chunk of a sample
+(``rate_block``: a fixed chunk size, never autotuned, so the order of the float64 sums depends on
+the shape alone) that writes y_hat and its chunk's sum of -log2 P; the chunks of each sample are
+then added in index order. The backward is the same kernel with RATE set: it reads one bits'
+gradient per sample and forms -g / (P ln 2) from the recomputed P.
+
 The value of a temperature given as a CUDA tensor is not checked (reading it would synchronize the
 GPU); float temperatures are checked by the API, and CPU tensors under the interpreter here.
 """
@@ -33,7 +39,8 @@ import torch
 from torch import Tensor
 
 from ._checks import (FAMILIES, FORWARD_MODE_ERROR, MODES, SECOND_DERIVATIVE_ERROR, check_call,
-                      check_input, check_op_tensor, check_unit_interval, likelihood_dtype)
+                      check_input, check_op_tensor, check_unit_interval, likelihood_dtype,
+                      rate_shape)
 
 try:
     import triton
@@ -128,9 +135,9 @@ def check_available(y: Tensor) -> None:
 
 
 def _check_op(y, scales, means, seed, temperature, family, mode, scale_bound, likelihood_bound,
-              zero_center) -> None:
+              zero_center, rate=False) -> None:
     """The op-level checks of the C++ ops (csrc/lic_quant/op_args.h check_inputs)."""
-    check_call(y, scales, means, family, mode, scale_bound, likelihood_bound, zero_center)
+    check_call(y, scales, means, family, mode, scale_bound, likelihood_bound, zero_center, rate)
     if y.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"lic_quant: backend='triton' supports float32, float16 and bfloat16; "
                         f"y is {y.dtype} (use backend='cpu', 'cuda' or 'reference' for float64)")
@@ -158,13 +165,39 @@ def _launch(name: str, n: int, args: tuple, consts: dict, temperature: Tensor) -
         *args, **consts, ON_GPU=True)
 
 
+def rate_block(sample_size: int) -> int:
+    """Elements per chunk of the rate=True forward: fixed by the device and the sample size alone
+    (never autotuned), so the order of the float64 sums, and the bits, depend on the shape only."""
+    if INTERPRETED:
+        return min(INTERPRETER_BLOCK, max(16, triton.next_power_of_2(sample_size)))
+    return _k.RATE_BLOCK
+
+
+def _launch_rate_forward(samples: int, sample_size: int, args: tuple, consts: dict,
+                         temperature: Tensor) -> None:
+    """The rate=True forward: one program per chunk of a sample (see _triton_kernels)."""
+    block = rate_block(sample_size)
+    chunks = triton.cdiv(sample_size, block)
+    consts = dict(consts, RATE=True, ALIGNED=sample_size % 4 == 0, sample_size=sample_size,
+                  chunks=chunks)
+    if INTERPRETED:
+        check_unit_interval("temperature", float(temperature))
+        _k.quantize_forward_kernel[(samples * chunks,)](*args, **consts, ON_GPU=False, BLOCK=block)
+        return
+    torch.library.wrap_triton(_k.quantize_forward_kernel)[(samples * chunks,)](
+        *args, **consts, ON_GPU=True, BLOCK=block, num_warps=_k.RATE_WARPS)
+
+
 def _forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
              temperature: Tensor, mode: str, scale_bound: float, likelihood_bound: float,
-             zero_center: bool, family: str = "gaussian", launch: bool = True
-             ) -> tuple[Tensor, Tensor]:
+             zero_center: bool, family: str = "gaussian", rate: bool = False,
+             launch: bool = True) -> tuple[Tensor, Tensor]:
     _check_op(y, scales, means, seed, temperature, family, mode, scale_bound, likelihood_bound,
-              zero_center)
+              zero_center, rate)
     y_hat = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+    if rate:
+        return y_hat, _rate_forward(y, scales, means, seed, temperature, mode, scale_bound,
+                                    likelihood_bound, zero_center, family, y_hat, launch)
     lik = torch.empty(y.shape, dtype=likelihood_dtype(y.dtype), device=y.device)
     n = y.numel()
     if n > 0 and launch:
@@ -177,19 +210,52 @@ def _forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
                  float(likelihood_bound)),
                 dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center),
                      HAS_MEANS=m_c is not None, IS_BF16=y.dtype == torch.bfloat16,
-                     FAMILY=FAMILIES.index(family)), temperature)
+                     FAMILY=FAMILIES.index(family), sample_size=1, chunks=1), temperature)
     return y_hat, lik
+
+
+def _rate_forward(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
+                  zero_center, family, y_hat, launch) -> Tensor:
+    """Writes y_hat and returns the bits (docs/spec.md section 8): per-chunk float64 sums from
+    the kernel, added per sample in chunk order."""
+    samples = y.shape[0]
+    sample_size = y.numel() // samples if samples > 0 else 0
+    dtype = likelihood_dtype(y.dtype)
+    if not launch or sample_size == 0:
+        return torch.zeros(rate_shape(y), dtype=dtype, device=y.device)
+    chunks = triton.cdiv(sample_size, rate_block(sample_size))
+    partial = torch.empty((samples, chunks), dtype=torch.float64, device=y.device)
+    y_c = y.contiguous()
+    m_c = means.contiguous() if means is not None else None
+    _launch_rate_forward(
+        samples, sample_size,
+        (_raw(y_c), _raw(m_c if m_c is not None else y_c), _raw(scales.contiguous()), seed,
+         temperature, _raw(y_hat), partial, y.numel(), 0, float(scale_bound),
+         float(likelihood_bound)),
+        dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center), HAS_MEANS=m_c is not None,
+             IS_BF16=y.dtype == torch.bfloat16, FAMILY=FAMILIES.index(family)),
+        temperature)
+    # Chunk sums in index order: a sequential left fold, the same whatever the thread count.
+    bits = partial[:, 0].clone()
+    for c in range(1, chunks):
+        bits += partial[:, c]
+    return bits.to(dtype)
 
 
 def _backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor, scales: Tensor,
               means: Optional[Tensor], seed: Tensor, temperature: Tensor, mode: str,
               scale_bound: float, likelihood_bound: float, zero_center: bool,
-              output_mask: Sequence[bool], family: str = "gaussian", launch: bool = True
-              ) -> tuple[Tensor, Tensor, Tensor]:
+              output_mask: Sequence[bool], family: str = "gaussian", rate: bool = False,
+              launch: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     _check_op(y, scales, means, seed, temperature, family, mode, scale_bound, likelihood_bound,
-              zero_center)
+              zero_center, rate)
     lik_dtype = likelihood_dtype(y.dtype)
-    if grad_likelihoods.shape != y.shape or grad_likelihoods.dtype != lik_dtype or \
+    if rate:
+        if grad_likelihoods.shape != rate_shape(y) or grad_likelihoods.dtype != lik_dtype or \
+                grad_likelihoods.device != y.device:
+            raise ValueError(f"lic_quant: with rate=True, grad_likelihoods (the bits' gradient) "
+                             f"must be {lik_dtype} of shape {rate_shape(y)} on the device of y")
+    elif grad_likelihoods.shape != y.shape or grad_likelihoods.dtype != lik_dtype or \
             grad_likelihoods.device != y.device:
         raise ValueError(f"lic_quant: grad_likelihoods must be {lik_dtype} with the shape and "
                          f"device of y")
@@ -216,7 +282,8 @@ def _backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
                 dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center),
                      HAS_MEANS=m_c is not None, HAS_GYHAT=gyh is not None, NEED_GY=need_y,
                      NEED_GMU=need_m, NEED_GS=need_s, IS_BF16=y.dtype == torch.bfloat16,
-                     FAMILY=FAMILIES.index(family)),
+                     FAMILY=FAMILIES.index(family),
+                     RATE=rate, sample_size=n // y.shape[0] if rate else 1),
                 temperature)
     return gy, gs, gm
 
@@ -248,12 +315,13 @@ def _direct(y: Tensor) -> bool:
 
 def _setup_context(ctx, inputs, output):
     y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center, \
-        family = inputs
+        family, rate = inputs
     # Only the inputs, the seed and the temperature: the backward recomputes the noise.
     ctx.save_for_backward(y, scales, means, seed, temperature)
     ctx.has_means = means is not None
     ctx.args = (mode, scale_bound, likelihood_bound, zero_center)
     ctx.family = family
+    ctx.rate = rate
     ctx.set_materialize_grads(False)
 
 
@@ -261,13 +329,13 @@ def _autograd_backward(ctx, grad_y_hat, grad_likelihoods):
     y, scales, means, seed, temperature = ctx.saved_tensors
     need_y, need_scales = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     need_means = ctx.has_means and ctx.needs_input_grad[2]
-    none = (None,) * 7  # seed, temperature and the non-tensor arguments
+    none = (None,) * 8  # seed, temperature and the non-tensor arguments
     if grad_likelihoods is None:
         # Only y_hat was used: its gradient is the identity, and mu and sigma get none.
         return (grad_y_hat if need_y else None), None, None, *none
     op = _backward if _direct(y) else torch.ops.lic_quant.triton_quantize_backward
     args = (grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, *ctx.args,
-            [need_y, need_scales, need_means], ctx.family)
+            [need_y, need_scales, need_means], ctx.family, ctx.rate)
     if torch.is_grad_enabled() and any(
             t is not None and t.requires_grad
             for t in (grad_y_hat, grad_likelihoods, y, scales, means)):
@@ -285,19 +353,20 @@ if TRITON_ERROR is None:
     def triton_quantize_forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
                                 temperature: Tensor, mode: str, scale_bound: float,
                                 likelihood_bound: float, zero_center: bool,
-                                family: str = "gaussian") -> tuple[Tensor, Tensor]:
+                                family: str = "gaussian", rate: bool = False
+                                ) -> tuple[Tensor, Tensor]:
         return _forward(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
-                        zero_center, family)
+                        zero_center, family, rate)
 
     @_register("lic_quant::triton_quantize_backward", mutates_args=())
     def triton_quantize_backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
                                  scales: Tensor, means: Optional[Tensor], seed: Tensor,
                                  temperature: Tensor, mode: str, scale_bound: float,
                                  likelihood_bound: float, zero_center: bool,
-                                 output_mask: Sequence[bool], family: str = "gaussian"
-                                 ) -> tuple[Tensor, Tensor, Tensor]:
+                                 output_mask: Sequence[bool], family: str = "gaussian",
+                                 rate: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         return _backward(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, mode,
-                         scale_bound, likelihood_bound, zero_center, output_mask, family)
+                         scale_bound, likelihood_bound, zero_center, output_mask, family, rate)
 
     if INTERPRETED:  # a triton_op's fake kernel is its own body; an opaque op needs one
         @triton_quantize_forward.register_fake

@@ -127,7 +127,8 @@ def test_cuda_codegen():
     # the reciprocal estimate only (no mad, no other approximate or flush-to-zero arithmetic)
     entries = [p for p in re.split(r"\n(?=\.visible \.entry|\.entry)", ptx)
                if p.lstrip().startswith((".entry", ".visible .entry"))]
-    float_entries = [p for p in entries if not re.search(r"kernelIdd", p.split("(", 1)[0])]
+    # (float64 kernels: <double, double, ...> or, for the rate forward, <double, family>)
+    float_entries = [p for p in entries if not re.search(r"kernelId[dL]", p.split("(", 1)[0])]
     assert len(float_entries) >= 20, len(float_entries)
     for body in float_entries:
         name = body.split("(", 1)[0].split()[-1]
@@ -145,7 +146,7 @@ def test_cuda_codegen():
         body = _kernel_ptx(ptx, marker)
         assert re.search(r"ld\.global(\.nc)?\.v(4|2)\.(f32|u32|f64|b32|b64)", body), marker
         assert re.search(r"st\.global\.v(4|2)\.(f32|u32|f64|b32|b64)", body), marker
-    body = _kernel_ptx(ptx, "backward_kernelIffLi4E")
+    body = _kernel_ptx(ptx, "backward_kernelIffLi4ELi0ELi0ELb0E")  # rate=False (Lb0E)
     assert len(re.findall(r"ld\.global(\.nc)?\.v4\.f32", body)) >= 5  # g_yhat, g_P, y, mu, sigma
     assert len(re.findall(r"st\.global\.v4\.f32", body)) >= 3
 

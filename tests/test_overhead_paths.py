@@ -211,14 +211,23 @@ sig = {"y_ptr": "*fp32", "mu_ptr": "*fp32", "sigma_ptr": "*fp32", "seed_ptr": "*
        "index_base": "i64", "scale_bound": "fp64", "likelihood_bound": "fp64",
        "MODE": "constexpr", "ZERO_CENTER": "constexpr", "HAS_MEANS": "constexpr",
        "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr",
-       "FAMILY": "constexpr"}
+       "FAMILY": "constexpr", "RATE": "constexpr", "ALIGNED": "constexpr",
+       "sample_size": "constexpr", "chunks": "constexpr"}
+# Every parameter, defaulted ones too (ASTSource takes no defaults). rate=False launches pass
+# sample_size = chunks = 1 (Triton specializes ints equal to 1 as constants); rate=True ones write
+# float64 chunk sums and pass both as integers.
+rate_sig = dict(sig, lik_ptr="*fp64", sample_size="i64", chunks="i64")
 try:
-    for family in range(len(K.FAMILIES)):  # every family's variant
-        const = dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True,
-                     BLOCK=1024, FAMILY=family)
-        src = ASTSource(fn=K.quantize_forward_kernel, signature=sig,
-                        constexprs={(list(sig).index(k),): v for k, v in const.items()})
-        triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    for family in range(len(K.FAMILIES)):  # every family's variant, with and without rate
+        for rate in (False, True):
+            const = dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True,
+                         BLOCK=1024, FAMILY=family, RATE=rate, ALIGNED=not rate)
+            if not rate:
+                const.update(sample_size=1, chunks=1)
+            s = rate_sig if rate else sig
+            src = ASTSource(fn=K.quantize_forward_kernel, signature=s,
+                            constexprs={(list(s).index(k),): v for k, v in const.items()})
+            triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     ok, why = True, ""
 except (TypeError, AttributeError, KeyError) as exc:  # another Triton's compile API
     print(json.dumps({"unavailable": repr(exc)[:300]})); sys.exit(0)

@@ -50,7 +50,8 @@ def main() -> int:
                "index_base": "i64", "scale_bound": "fp32", "likelihood_bound": "fp32",
                "MODE": "constexpr", "ZERO_CENTER": "constexpr", "HAS_MEANS": "constexpr",
                "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr",
-               "FAMILY": "constexpr"}
+               "FAMILY": "constexpr", "RATE": "constexpr", "ALIGNED": "constexpr",
+               "sample_size": "constexpr", "chunks": "constexpr"}
     bwd_sig = {"g_yhat_ptr": "*i16", "g_lik_ptr": "*fp32", "y_ptr": "*i16", "mu_ptr": "*i16",
                "sigma_ptr": "*i16", "seed_ptr": "*i64", "temp_ptr": "*fp64", "gy_ptr": "*i16",
                "gmu_ptr": "*i16", "gs_ptr": "*i16", "n_elements": "i64", "index_base": "i64",
@@ -58,20 +59,36 @@ def main() -> int:
                "ZERO_CENTER": "constexpr", "HAS_MEANS": "constexpr", "HAS_GYHAT": "constexpr",
                "NEED_GY": "constexpr", "NEED_GMU": "constexpr", "NEED_GS": "constexpr",
                "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr",
-               "FAMILY": "constexpr"}
+               "FAMILY": "constexpr", "RATE": "constexpr", "sample_size": "constexpr"}
+    # rate=False launches pass sample_size = chunks = 1, which Triton specializes as constants;
+    # rate=True ones write float64 chunk sums and pass them as integers.
+    plain_fwd = dict(RATE=False, ALIGNED=True, sample_size=1, chunks=1)
+    plain_bwd = dict(RATE=False, sample_size=1)
+    rate_fwd_sig = dict(fwd_sig, lik_ptr="*fp64", sample_size="i64", chunks="i64")
+    rate_bwd_sig = dict(bwd_sig, sample_size="i64")
     noise_sig = {"seed_ptr": "*i64", "out_ptr": "*fp32", "n_elements": "i32",
                  "index_base": "i64", "ON_GPU": "constexpr", "BLOCK": "constexpr"}
     fwd16_sig = dict(fwd_sig, y_ptr="*fp16", mu_ptr="*fp16", sigma_ptr="*fp16", y_hat_ptr="*fp16")
     variants = [
         ("forward mixed fp16", K.quantize_forward_kernel, fwd16_sig,
          dict(MODE=2, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024,
-              FAMILY=0), 4),
+              FAMILY=0, **plain_fwd), 4),
         ("forward sua fp32", K.quantize_forward_kernel, fwd_sig,
          dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024,
-              FAMILY=0), 4),
+              FAMILY=0, **plain_fwd), 4),
         ("backward noise bf16", K.quantize_backward_kernel, bwd_sig,
          dict(MODE=0, ZERO_CENTER=False, HAS_MEANS=True, HAS_GYHAT=True, NEED_GY=True,
-              NEED_GMU=True, NEED_GS=True, IS_BF16=True, ON_GPU=True, BLOCK=4096, FAMILY=0), 8),
+              NEED_GMU=True, NEED_GS=True, IS_BF16=True, ON_GPU=True, BLOCK=4096, FAMILY=0,
+              **plain_bwd), 8),
+        # rate=True (docs/spec.md section 8): chunk sums (an unaligned sample size) and the
+        # backward from one bits' gradient per sample.
+        ("forward sua fp32 rate", K.quantize_forward_kernel, rate_fwd_sig,
+         dict(MODE=3, ZERO_CENTER=True, HAS_MEANS=True, IS_BF16=False, ON_GPU=True, BLOCK=1024,
+              FAMILY=0, RATE=True, ALIGNED=False), 8),
+        ("backward noise bf16 rate", K.quantize_backward_kernel, rate_bwd_sig,
+         dict(MODE=0, ZERO_CENTER=False, HAS_MEANS=True, HAS_GYHAT=True, NEED_GY=True,
+              NEED_GMU=True, NEED_GS=True, IS_BF16=True, ON_GPU=True, BLOCK=4096, FAMILY=0,
+              RATE=True), 8),
         ("noise", K.uniform_noise_kernel, noise_sig, dict(ON_GPU=True, BLOCK=1024), 4),
     ]
     # The other likelihood families: the fp32 sua forward and the bf16 noise backward of each.
@@ -97,12 +114,15 @@ def main() -> int:
             f.flush()
             sass = subprocess.run([nvdisasm, f.name], capture_output=True, text=True).stdout
         rcp = ptx.count("rcp.approx.ftz.f32")
+        # float32 only: the rate forward's float64 log2 and sums (libdevice) may contract and use
+        # a float64 reciprocal estimate; they only order the per-sample sums, which the contract
+        # lets differ across backends (docs/spec.md section 8), never a float32 value.
         res = {
             "kernel": name,
-            "ptx_fma": len(re.findall(r"\bfma\.", ptx)),
-            "ptx_fma_unfused_build": len(re.findall(r"\bfma\.", unfused.asm["ptx"])),
+            "ptx_fma": len(re.findall(r"\bfma\.rn\.f32", ptx)),
+            "ptx_fma_unfused_build": len(re.findall(r"\bfma\.rn\.f32", unfused.asm["ptx"])),
             "ptx_div_approx": ptx.count("div.full") + ptx.count("div.approx"),
-            "ptx_ftz_other": ptx.count(".ftz") - rcp,
+            "ptx_ftz_other": ptx.count(".ftz.f32") - rcp,
             "ptx_rcp_estimate": rcp,
             "ptx_mul_rn": ptx.count("mul.rn.f32"),
             "sass_ffma": len(re.findall(r"\bFFMA\b", sass)),

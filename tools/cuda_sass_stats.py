@@ -27,13 +27,13 @@ def find_cuobjdump():
 
 
 def short_name(mangled: str) -> str:
-    m = re.search(r"(forward_kernel|backward_kernel|uniform_noise_kernel)(I.*?E(Lin?\d+E)+)?",
-                  mangled)
+    m = re.search(r"(forward_rate_kernel|rate_finish_kernel|forward_kernel|backward_kernel|"
+                  r"uniform_noise_kernel)(I.*?(L[ib]n?\d+E)+)?", mangled)
     if not m:
         return mangled[:60]
     name = m.group(1)
     t = m.group(2) or ""
-    dtype = ("f32" if t.startswith("Iff") else "f64" if t.startswith("Idd") else
+    dtype = ("f32" if t.startswith(("Iff", "IfL")) else "f64" if t.startswith(("Idd", "IdL")) else
              "f16" if "Half" in t else "bf16" if "BFloat16" in t else "")
     ints = re.findall(r"Li(n?\d+)E", t)
     ints = [i.replace("n", "-") for i in ints]
@@ -41,9 +41,16 @@ def short_name(mangled: str) -> str:
     # The third template constant is the likelihood family (lic_quant._checks.FAMILIES order);
     # the Gaussian's rows keep the names they had before families existed.
     families = {"0": "", "1": ", family=laplace", "2": ", family=logistic"}
+    # A bool after them is the rate option (rate=True, docs/spec.md section 8); rate=False rows
+    # keep their names.
+    rate = ", rate" if re.search(r"Lb1E", t) else ""
+    if name == "forward_rate_kernel" and len(ints) == 1:
+        # No loop: four elements per thread, then the chunk's reduction.
+        family = families.get(ints[0], f", family={ints[0]}")
+        return f"{name}<{dtype}, 4 per thread{family}>"
     if len(ints) in (2, 3):
         family = families.get(ints[2], f", family={ints[2]}") if len(ints) == 3 else ""
-        return f"{name}<{dtype}, N={ints[0]}, mode={modes.get(ints[1], ints[1])}{family}>"
+        return f"{name}<{dtype}, N={ints[0]}, mode={modes.get(ints[1], ints[1])}{family}{rate}>"
     return name
 
 

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 
 #include "../lic_quant/op_args.h"
@@ -77,7 +78,7 @@ LQ_CLONES void forward_block_f32(const float* __restrict y, const float* __restr
   }
 }
 
-template <int32_t kMode, bool kZeroCenter, bool kSkipLikelihood, int kFamily>
+template <int32_t kMode, bool kZeroCenter, bool kSkipLikelihood, int kFamily, bool kRate = false>
 LQ_CLONES void backward_block_f32(const float* __restrict g_yhat, const float* __restrict g_lik,
                                   const float* __restrict y, const float* __restrict mu,
                                   const float* __restrict sigma, const float* __restrict u,
@@ -86,8 +87,8 @@ LQ_CLONES void backward_block_f32(const float* __restrict g_yhat, const float* _
   p.mode = kMode;
   p.zero_center = kZeroCenter;
   for (int64_t j = 0; j < n; ++j) {
-    const BackwardOut<float> o = backward_element<float, kFamily>(g_yhat[j], g_lik[j], y[j], mu[j],
-                                                                  sigma[j], u[j], p, kSkipLikelihood);
+    const BackwardOut<float> o = backward_element<float, kFamily, kRate>(
+        g_yhat[j], g_lik[j], y[j], mu[j], sigma[j], u[j], p, kSkipLikelihood);
     gy[j] = o.grad_y;
     gmu[j] = o.grad_mu;
     gs[j] = o.grad_sigma;
@@ -126,6 +127,20 @@ bool all_negative(const float* g, int64_t n) {
   bool all = true;
   for (int64_t j = 0; j < n; ++j) all &= g[j] < 0.0f;
   return all;
+}
+
+// rate=True backward: out[j] = g_bits[sample of element i0 + j], j < n.
+template <typename T>
+void spread_sample_grads(const T* g_bits, int64_t sample_size, int64_t i0, int64_t n, T* out) {
+  int64_t sample = i0 / sample_size;
+  int64_t next = (sample + 1) * sample_size;  // the first element of the next sample
+  for (int64_t j = 0; j < n; ++j) {
+    if (i0 + j == next) {
+      ++sample;
+      next += sample_size;
+    }
+    out[j] = g_bits[sample];
+  }
 }
 
 // Loads kBlock elements of a half/bfloat16/float tensor as float. float32 blocks are used in place.
@@ -201,16 +216,18 @@ void forward_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t* sigm
   });
 }
 
+// sample_size > 0: rate=True, g_lik holds one gradient per sample (of its bits), spread over the
+// sample's elements block by block.
 template <typename scalar_t>
 void backward_reduced(const scalar_t* g_yhat, const float* g_lik, const scalar_t* y,
                       const scalar_t* mu, const scalar_t* sigma, scalar_t* gy, scalar_t* gmu,
                       scalar_t* gs, int64_t numel, uint64_t seed, const QuantParams<float>& p,
-                      int32_t family) {
+                      int32_t family, int64_t sample_size = 0) {
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const PhiloxKeys keys = philox_keys(seed);
   const int64_t nblocks = (numel + kBlock - 1) / kBlock;
   at::parallel_for(0, nblocks, kGrain / kBlock, [&](int64_t b_begin, int64_t b_end) {
-    Scratch bg, by, bm, bs, bu, oy, om, os;
+    Scratch bg, by, bm, bs, bu, oy, om, os, bgl;
     std::fill(bg.a, bg.a + kBlock, 0.0f);
     std::fill(bm.a, bm.a + kBlock, 0.0f);
     std::fill(bu.a, bu.a + kBlock, 0.0f);
@@ -226,13 +243,18 @@ void backward_reduced(const scalar_t* g_yhat, const float* g_lik, const scalar_t
       float* py = (kFloat && gy) ? reinterpret_cast<float*>(gy + i) : oy.a;
       float* pm = (kFloat && gmu) ? reinterpret_cast<float*>(gmu + i) : om.a;
       float* ps = (kFloat && gs) ? reinterpret_cast<float*>(gs + i) : os.a;
-      const bool skip = all_negative(g_lik + i, n);
+      const bool rate = sample_size > 0;
+      if (rate) spread_sample_grads(g_lik, sample_size, i, n, bgl.a);
+      const bool skip = !rate && all_negative(g_lik + i, n);
       dispatch_family(family, [&](auto fam) {
         dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
           constexpr int32_t kM = decltype(m)::value;
           constexpr bool kZ = decltype(zc)::value;
           constexpr int kF = decltype(fam)::value;
-          if (skip) {
+          if (rate) {
+            backward_block_f32<kM, kZ, false, kF, true>(fg, bgl.a, fy, fm, fs, bu.a, py, pm, ps, n,
+                                                        p);
+          } else if (skip) {
             backward_block_f32<kM, kZ, true, kF>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
           } else {
             backward_block_f32<kM, kZ, false, kF>(fg, g_lik + i, fy, fm, fs, bu.a, py, pm, ps, n, p);
@@ -284,20 +306,161 @@ void forward_double(const double* y, const double* mu, const double* sigma, doub
   });
 }
 
-template <int kFamily>
+template <int kFamily, bool kRate = false>
 void backward_double(const double* g_yhat, const double* g_lik, const double* y, const double* mu,
                      const double* sigma, double* gy, double* gmu, double* gs, int64_t numel,
-                     uint64_t seed, const QuantParams<double>& p) {
+                     uint64_t seed, const QuantParams<double>& p, int64_t sample_size = 0) {
   for_each_noise_block(numel, p.mode, seed, [&](int64_t i0, int64_t n, const float* u) {
+    double g_rate[kBlock];
+    if constexpr (kRate) spread_sample_grads(g_lik, sample_size, i0, n, g_rate);
     for (int64_t j = 0; j < n; ++j) {
       const int64_t i = i0 + j;
-      const BackwardOut<double> o = backward_element<double, kFamily>(
-          g_yhat ? g_yhat[i] : 0.0, g_lik[i], y[i], mu ? mu[i] : 0.0, sigma[i],
-          static_cast<double>(u[j]), p, g_lik[i] < 0.0);
+      const double gl = kRate ? g_rate[j] : g_lik[i];
+      const BackwardOut<double> o = backward_element<double, kFamily, kRate>(
+          g_yhat ? g_yhat[i] : 0.0, gl, y[i], mu ? mu[i] : 0.0, sigma[i],
+          static_cast<double>(u[j]), p, gl < 0.0);
       if (gy) gy[i] = o.grad_y;
       if (gmu) gmu[i] = o.grad_mu;
       if (gs) gs[i] = o.grad_sigma;
     }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// rate=True forward (docs/spec.md section 8): y_hat as above, and per sample the sum of -log2 P in
+// float64, with P only in a block-sized scratch. The reduction order is fixed by the shape alone:
+// each sample is cut into chunks of kBlock elements (counted from the sample's first element),
+// each chunk's sum is one task's result, and the chunks of a sample are added in index order. So
+// the bits do not depend on the thread count.
+
+// Sum of -log2 P over n float32 likelihoods, in float64. P = 2^e m exactly (m in [1, 2); float32
+// subnormals are normal doubles): the exponents add up exactly as integers and the mantissas
+// multiply in eight float64 lanes (each below 2^32 for n <= 256), so one log2 serves the chunk.
+// 0, negative, inf or NaN P (only possible with a zero likelihood bound, or NaN inputs) take the
+// per-element log2 instead, which gives inf or NaN as -log2 does.
+double chunk_bits(const float* lik, int64_t n) {
+  constexpr int kLanes = 8;
+  double prod[kLanes];
+  uint64_t expo[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    prod[l] = 1.0;
+    expo[l] = 0;
+  }
+  bool special = false;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const uint64_t b = double_bits(static_cast<double>(lik[j + l]));
+      const uint64_t e = b >> 52;  // biased exponent, with the sign bit above it
+      special |= (e - 1) >= 2046;
+      expo[l] += e;
+      prod[l] *= bits_double((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
+    }
+  }
+  for (; j < n; ++j) {
+    const uint64_t b = double_bits(static_cast<double>(lik[j]));
+    const uint64_t e = b >> 52;
+    special |= (e - 1) >= 2046;
+    expo[0] += e;
+    prod[0] *= bits_double((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
+  }
+  if (special) {
+    double sum = 0.0;
+    for (int64_t k = 0; k < n; ++k) sum -= std::log2(static_cast<double>(lik[k]));
+    return sum;
+  }
+  const double m = ((prod[0] * prod[1]) * (prod[2] * prod[3])) *
+                   ((prod[4] * prod[5]) * (prod[6] * prod[7]));
+  uint64_t e = 0;
+  for (int l = 0; l < kLanes; ++l) e += expo[l];
+  const int64_t unbiased = static_cast<int64_t>(e) - 1023 * n;
+  return -(static_cast<double>(unbiased) + std::log2(m));
+}
+
+// float64 likelihoods: the per-element log2, added in order.
+double chunk_bits(const double* lik, int64_t n) {
+  double sum = 0.0;
+  for (int64_t k = 0; k < n; ++k) sum -= std::log2(lik[k]);
+  return sum;
+}
+
+// Runs chunk(task, start, n) for every chunk of every sample over the threads, then adds each
+// sample's chunk results in order into bits (float or double).
+template <typename bits_t, typename Fn>
+void for_each_rate_chunk(int64_t samples, int64_t sample_size, bits_t* bits, Fn&& chunk) {
+  const int64_t per_sample = (sample_size + kBlock - 1) / kBlock;
+  // A tensor rather than a std::vector: the profiler's memory events then show it too.
+  const at::Tensor partial_t = at::empty({samples * per_sample}, at::kDouble);
+  double* partial = partial_t.mutable_data_ptr<double>();
+  at::parallel_for(0, samples * per_sample, kGrain / kBlock, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t sample = t / per_sample, c = t % per_sample;
+      const int64_t start = sample * sample_size + c * kBlock;
+      partial[t] = chunk(start, std::min(kBlock, sample_size - c * kBlock));
+    }
+  });
+  for (int64_t sample = 0; sample < samples; ++sample) {
+    double sum = 0.0;
+    for (int64_t c = 0; c < per_sample; ++c) sum += partial[sample * per_sample + c];
+    bits[sample] = static_cast<bits_t>(sum);
+  }
+}
+
+// u of elements start .. start + n - 1 (n <= kBlock, start any index) into u[0 .. n): the Philox
+// blocks from start rounded down to a multiple of 4; buf holds kBlock + 8 floats.
+const float* chunk_noise(float* buf, int64_t start, int64_t n, const PhiloxKeys& keys) {
+  const int64_t off = start & 3;
+  const int64_t first = std::min(kBlock, n + off);
+  fill_noise_f32(buf, first, keys, static_cast<uint64_t>(start - off));
+  if (n + off > kBlock) {
+    fill_noise_f32(buf + kBlock, n + off - kBlock, keys, static_cast<uint64_t>(start - off + kBlock));
+  }
+  return buf + off;
+}
+
+template <typename scalar_t>
+void forward_rate_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma,
+                          scalar_t* y_hat, float* bits, int64_t samples, int64_t sample_size,
+                          uint64_t seed, const QuantParams<float>& p, int32_t family) {
+  const PhiloxKeys keys = philox_keys(seed);
+  alignas(64) static const float kZeros[kBlock] = {};
+  for_each_rate_chunk(samples, sample_size, bits, [&](int64_t i, int64_t n) {
+    Scratch by, bm, bs, byh, lik;
+    alignas(64) float bu[kBlock + 8];
+    const float* fy = as_float(y + i, by.a, n);
+    const float* fm = mu ? as_float(mu + i, bm.a, n) : kZeros;
+    const float* fs = as_float(sigma + i, bs.a, n);
+    const float* fu = mode_uses_noise(p.mode) ? chunk_noise(bu, i, n, keys) : kZeros;
+    float* out = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(y_hat + i) : byh.a;
+    dispatch_family(family, [&](auto fam) {
+      dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
+        forward_block_f32<decltype(m)::value, decltype(zc)::value, decltype(fam)::value>(
+            fy, fm, fs, fu, out, lik.a, n, p);
+      });
+    });
+    if constexpr (!std::is_same_v<scalar_t, float>) store(byh.a, y_hat + i, n);
+    return chunk_bits(lik.a, n);
+  });
+}
+
+template <int kFamily>
+void forward_rate_double(const double* y, const double* mu, const double* sigma, double* y_hat,
+                         double* bits, int64_t samples, int64_t sample_size, uint64_t seed,
+                         const QuantParams<double>& p) {
+  const PhiloxKeys keys = philox_keys(seed);
+  const bool noisy = mode_uses_noise(p.mode);
+  for_each_rate_chunk(samples, sample_size, bits, [&](int64_t i0, int64_t n) {
+    alignas(64) float bu[kBlock + 8];
+    double lik[kBlock];
+    const float* u = noisy ? chunk_noise(bu, i0, n, keys) : nullptr;
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t i = i0 + j;
+      const ForwardOut<double> o = forward_element<double, kFamily>(
+          y[i], mu ? mu[i] : 0.0, sigma[i], u ? static_cast<double>(u[j]) : 0.0, p);
+      y_hat[i] = o.y_hat;
+      lik[j] = o.likelihood;
+    }
+    return chunk_bits(lik, n);
   });
 }
 
@@ -335,12 +498,35 @@ HostScalars read_scalars(const at::Tensor& seed, const at::Tensor& temperature) 
 std::tuple<at::Tensor, at::Tensor> quantize_forward_cpu(
     const at::Tensor& y_in, const at::Tensor& scales_in, const c10::optional<at::Tensor>& means_in,
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode_name,
-    double scale_bound, double likelihood_bound, bool zero_center, c10::string_view family) {
+    double scale_bound, double likelihood_bound, bool zero_center, c10::string_view family,
+    bool rate) {
   check_cpu(y_in);
   ForwardCall c = prepare_forward(y_in, scales_in, means_in, seed, temperature, family, mode_name,
-                                  scale_bound, likelihood_bound);
+                                  scale_bound, likelihood_bound, rate);
   const HostScalars h = read_scalars(seed, temperature);
   const int64_t numel = c.y.numel();
+  if (rate) {
+    if (numel == 0) return {c.y_hat, c.likelihoods.zero_()};  // an empty sum is 0 bits
+    if (c.y.scalar_type() == at::kDouble) {
+      dispatch_family(c.family, [&](auto fam) {
+        forward_rate_double<decltype(fam)::value>(
+            c.y.const_data_ptr<double>(), data_or_null<double>(c.means),
+            c.scales.const_data_ptr<double>(), c.y_hat.mutable_data_ptr<double>(),
+            c.likelihoods.mutable_data_ptr<double>(), c.samples, c.sample_size, h.seed,
+            make_params<double>(c.mode, h.temperature, scale_bound, likelihood_bound, zero_center));
+      });
+    } else {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.y.scalar_type(), "lic_quant_rate", [&] {
+        forward_rate_reduced<scalar_t>(
+            c.y.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(c.means),
+            c.scales.const_data_ptr<scalar_t>(), c.y_hat.mutable_data_ptr<scalar_t>(),
+            c.likelihoods.mutable_data_ptr<float>(), c.samples, c.sample_size, h.seed,
+            make_params<float>(c.mode, h.temperature, scale_bound, likelihood_bound, zero_center),
+            c.family);
+      });
+    }
+    return {c.y_hat, c.likelihoods};
+  }
   if (numel == 0) return {c.y_hat, c.likelihoods};
   if (c.y.scalar_type() == at::kDouble) {
     dispatch_family(c.family, [&](auto fam) {
@@ -369,23 +555,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cpu(
     const at::Tensor& y_in, const at::Tensor& scales_in, const c10::optional<at::Tensor>& means_in,
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode_name,
     double scale_bound, double likelihood_bound, bool zero_center,
-    std::array<bool, 3> output_mask, c10::string_view family) {
+    std::array<bool, 3> output_mask, c10::string_view family, bool rate) {
   check_cpu(y_in);
   BackwardCall c = prepare_backward(grad_y_hat_in, grad_lik_in, y_in, scales_in, means_in, seed,
                                     temperature, family, mode_name, scale_bound,
-                                    likelihood_bound, output_mask);
+                                    likelihood_bound, output_mask, rate);
   const HostScalars h = read_scalars(seed, temperature);
   const int64_t numel = c.y.numel();
   if (numel == 0) return {c.grad_y, c.grad_scales, c.grad_means};
   if (c.y.scalar_type() == at::kDouble) {
     dispatch_family(c.family, [&](auto fam) {
-      backward_double<decltype(fam)::value>(
-          data_or_null<double>(c.g_yhat), c.g_lik.const_data_ptr<double>(),
-          c.y.const_data_ptr<double>(), data_or_null<double>(c.means),
-          c.scales.const_data_ptr<double>(), mutable_or_null<double>(c.out_y),
-          mutable_or_null<double>(c.out_means), mutable_or_null<double>(c.out_scales), numel,
-          h.seed,
-          make_params<double>(c.mode, h.temperature, scale_bound, likelihood_bound, zero_center));
+      auto run = [&](auto rate_c) {
+        backward_double<decltype(fam)::value, decltype(rate_c)::value>(
+            data_or_null<double>(c.g_yhat), c.g_lik.const_data_ptr<double>(),
+            c.y.const_data_ptr<double>(), data_or_null<double>(c.means),
+            c.scales.const_data_ptr<double>(), mutable_or_null<double>(c.out_y),
+            mutable_or_null<double>(c.out_means), mutable_or_null<double>(c.out_scales), numel,
+            h.seed,
+            make_params<double>(c.mode, h.temperature, scale_bound, likelihood_bound, zero_center),
+            c.sample_size);
+      };
+      if (rate) {
+        run(std::true_type{});
+      } else {
+        run(std::false_type{});
+      }
     });
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.y.scalar_type(), "lic_quant_bwd", [&] {
@@ -396,7 +590,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cpu(
           mutable_or_null<scalar_t>(c.out_means), mutable_or_null<scalar_t>(c.out_scales), numel,
           h.seed,
           make_params<float>(c.mode, h.temperature, scale_bound, likelihood_bound, zero_center),
-          c.family);
+          c.family, c.sample_size);
     });
   }
   return {c.grad_y, c.grad_scales, c.grad_means};

@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(kThreads)
 // whatever p is, so p is not recomputed; the vote keeps the warp on one path, and both paths give
 // the same bits for a negative g_P.
 
-template <int kFamily, typename acc_t, typename scalar_t, typename lik_t, int N>
+template <int kFamily, bool kRate, typename acc_t, typename scalar_t, typename lik_t, int N>
 __device__ __forceinline__ void backward_pack(const Pack<scalar_t, N>& pg, const Pack<lik_t, N>& pl,
                                               const Pack<scalar_t, N>& py,
                                               const Pack<scalar_t, N>& pm,
@@ -208,7 +208,7 @@ __device__ __forceinline__ void backward_pack(const Pack<scalar_t, N>& pg, const
   for (int j = 0; j < N; ++j) {
     const acc_t g = has_gyh ? static_cast<acc_t>(pg.v[j]) : acc_t(0);
     const acc_t m = has_mu ? static_cast<acc_t>(pm.v[j]) : acc_t(0);
-    const BackwardOut<acc_t> o = backward_element<acc_t, kFamily>(
+    const BackwardOut<acc_t> o = backward_element<acc_t, kFamily, kRate>(
         g, static_cast<acc_t>(pl.v[j]), static_cast<acc_t>(py.v[j]), m,
         static_cast<acc_t>(ps.v[j]), static_cast<acc_t>(u[j]), p, skip_likelihood);
     gy.v[j] = to_storage<scalar_t>(o.grad_y);
@@ -217,7 +217,9 @@ __device__ __forceinline__ void backward_pack(const Pack<scalar_t, N>& pg, const
   }
 }
 
-template <typename scalar_t, typename lik_t, int N, int kMode, int kFamily>
+// kRate (rate=True): g_lik holds the gradient of each sample's bits, sample_size elements per
+// sample; each element reads its sample's (the kernel's other parameters keep their offsets).
+template <typename scalar_t, typename lik_t, int N, int kMode, int kFamily, bool kRate = false>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ g_yhat, const lik_t* __restrict__ g_lik,
                     const scalar_t* __restrict__ y, const scalar_t* __restrict__ mu,
@@ -225,7 +227,7 @@ __global__ void __launch_bounds__(kThreads)
                     scalar_t* __restrict__ grad_mu, scalar_t* __restrict__ grad_sigma,
                     int64_t numel, const int64_t* __restrict__ seed_ptr,
                     const double* __restrict__ temperature,
-                    QuantParams<acc_type<scalar_t>> params) {
+                    QuantParams<acc_type<scalar_t>> params, int64_t sample_size = 0) {
   using acc_t = acc_type<scalar_t>;
   const QuantParams<acc_t> p = fix_mode<kMode>(with_temperature(params, temperature));
   const PhiloxKeys keys = philox_keys(static_cast<uint64_t>(*seed_ptr));
@@ -238,7 +240,21 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int64_t k = tid; k < npack; k += stride) {
     const int64_t i0 = k * N;
-    const Pack<lik_t, N> pl = load_pack<lik_t, N>(g_lik + i0);
+    Pack<lik_t, N> pl;
+    if constexpr (kRate) {
+      int64_t sample = i0 / sample_size;
+      int64_t next = (sample + 1) * sample_size;
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        while (i0 + j >= next) {  // a pack may cross sample boundaries
+          ++sample;
+          next += sample_size;
+        }
+        pl.v[j] = g_lik[sample];
+      }
+    } else {
+      pl = load_pack<lik_t, N>(g_lik + i0);
+    }
     const Pack<scalar_t, N> py = load_pack<scalar_t, N>(y + i0);
     const Pack<scalar_t, N> ps = load_pack<scalar_t, N>(sigma + i0);
     Pack<scalar_t, N> pg, pm;
@@ -251,8 +267,9 @@ __global__ void __launch_bounds__(kThreads)
     noise_pack<N>(noisy, keys, i0, u);
     Pack<scalar_t, N> gy, gm, gs;
     // Warp-uniform: the lanes take the p-recomputing code together or skip it together.
-    const bool skip = __all_sync(__activemask(), all_negative);
-    backward_pack<kFamily, acc_t>(pg, pl, py, pm, ps, has_gyh, has_mu, u, p, skip, gy, gm, gs);
+    const bool skip = !kRate && __all_sync(__activemask(), all_negative);
+    backward_pack<kFamily, kRate, acc_t>(pg, pl, py, pm, ps, has_gyh, has_mu, u, p, skip, gy, gm,
+                                         gs);
     if (grad_y != nullptr) store_pack<scalar_t, N>(grad_y + i0, gy);
     if (grad_mu != nullptr) store_pack<scalar_t, N>(grad_mu + i0, gm);
     if (grad_sigma != nullptr) store_pack<scalar_t, N>(grad_sigma + i0, gs);
@@ -262,17 +279,94 @@ __global__ void __launch_bounds__(kThreads)
     if (i < numel) {
       const acc_t g = has_gyh ? static_cast<acc_t>(g_yhat[i]) : acc_t(0);
       const acc_t m = has_mu ? static_cast<acc_t>(mu[i]) : acc_t(0);
-      const acc_t gl = static_cast<acc_t>(g_lik[i]);
+      const acc_t gl = static_cast<acc_t>(g_lik[kRate ? i / sample_size : i]);
       const acc_t yy = static_cast<acc_t>(y[i]);
       const acc_t ss = static_cast<acc_t>(sigma[i]);
       const acc_t u = noise_at<acc_t>(noisy, keys, i);
       const BackwardOut<acc_t> o =
-          backward_element<acc_t, kFamily>(g, gl, yy, m, ss, u, p, gl < acc_t(0));
+          backward_element<acc_t, kFamily, kRate>(g, gl, yy, m, ss, u, p, gl < acc_t(0));
       if (grad_y != nullptr) grad_y[i] = to_storage<scalar_t>(o.grad_y);
       if (grad_mu != nullptr) grad_mu[i] = to_storage<scalar_t>(o.grad_mu);
       if (grad_sigma != nullptr) grad_sigma[i] = to_storage<scalar_t>(o.grad_sigma);
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rate=True forward (docs/spec.md section 8). Block k handles chunk c = k % chunks of sample
+// k / chunks: its elements [c kRateChunk, (c + 1) kRateChunk), four consecutive ones per thread.
+// It writes y_hat and the float64 sum of -log2 P over the chunk (a fixed shared-memory tree), to
+// partial[k]; rate_finish_kernel adds each sample's chunks in index order. The order of every sum
+// depends on the shape alone.
+
+constexpr int kRateChunk = 4 * kThreads;
+
+// -log2 P in float64: log2f (1 ulp) of float32 likelihoods, log2 of float64 ones.
+__device__ __forceinline__ double neg_log2(float p) { return -static_cast<double>(log2f(p)); }
+__device__ __forceinline__ double neg_log2(double p) { return -log2(p); }
+
+template <typename scalar_t, int kFamily>
+__global__ void __launch_bounds__(kThreads)
+    forward_rate_kernel(const scalar_t* __restrict__ y, const scalar_t* __restrict__ mu,
+                        const scalar_t* __restrict__ sigma, scalar_t* __restrict__ y_hat,
+                        double* __restrict__ partial, int64_t sample_size, int64_t chunks,
+                        const int64_t* __restrict__ seed_ptr,
+                        const double* __restrict__ temperature,
+                        QuantParams<acc_type<scalar_t>> params) {
+  using acc_t = acc_type<scalar_t>;
+  __shared__ double sums[kThreads];
+  const QuantParams<acc_t> p = with_temperature(params, temperature);
+  const PhiloxKeys keys = philox_keys(static_cast<uint64_t>(*seed_ptr));
+  const bool noisy = mode_uses_noise(p.mode);
+  const int64_t sample = blockIdx.x / chunks;
+  const int64_t w0 = (blockIdx.x % chunks) * kRateChunk + 4 * threadIdx.x;  // within the sample
+  const int64_t i0 = sample * sample_size + w0;
+  float u[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (noisy) {
+    if (sample_size % 4 == 0 && w0 + 3 < sample_size) {
+      philox_uniform4(keys, static_cast<uint64_t>(i0) >> 2, u);  // i0 is a multiple of 4
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (w0 + j < sample_size) u[j] = philox_uniform(keys, static_cast<uint64_t>(i0 + j));
+      }
+    }
+  }
+  double acc = 0.0;
+  // Not unrolled: with the mode read at run time, four inlined copies of the element (each with
+  // every mode's surrogate) would make the kernel several times larger. The selects keep u in
+  // registers (an indexed array would go to local memory).
+#pragma unroll 1
+  for (int j = 0; j < 4; ++j) {
+    if (w0 + j < sample_size) {
+      const int64_t i = i0 + j;
+      const float uj = j == 0 ? u[0] : j == 1 ? u[1] : j == 2 ? u[2] : u[3];
+      const acc_t m = mu != nullptr ? static_cast<acc_t>(mu[i]) : acc_t(0);
+      const ForwardOut<acc_t> o = forward_element<acc_t, kFamily>(
+          static_cast<acc_t>(y[i]), m, static_cast<acc_t>(sigma[i]), static_cast<acc_t>(uj), p);
+      y_hat[i] = to_storage<scalar_t>(o.y_hat);
+      acc += neg_log2(o.likelihood);
+    }
+  }
+  sums[threadIdx.x] = acc;
+  __syncthreads();
+#pragma unroll
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
+}
+
+template <typename bits_t>
+__global__ void __launch_bounds__(kThreads)
+    rate_finish_kernel(const double* __restrict__ partial, bits_t* __restrict__ bits,
+                       int64_t samples, int64_t chunks) {
+  const int64_t sample = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (sample >= samples) return;
+  double sum = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) sum += partial[sample * chunks + c];
+  bits[sample] = static_cast<bits_t>(sum);
 }
 
 // u for logical indices [0, numel), float32, one Philox block (four elements) per thread step
@@ -350,15 +444,17 @@ void launch_forward_mode(const scalar_t* y, const scalar_t* mu, const scalar_t* 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, typename lik_t, int N, int kMode, int kFamily>
+template <typename scalar_t, typename lik_t, int N, int kMode, int kFamily, bool kRate>
 void launch_backward_mode(const scalar_t* g_yhat, const lik_t* g_lik, const scalar_t* y,
                      const scalar_t* mu, const scalar_t* sigma, scalar_t* gy, scalar_t* gm,
                      scalar_t* gs, int64_t numel, const int64_t* seed, const double* temperature,
-                     const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream) {
-  constexpr auto kernel = backward_kernel<scalar_t, lik_t, N, kMode, kFamily>;
+                     const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream,
+                     int64_t sample_size) {
+  constexpr auto kernel = backward_kernel<scalar_t, lik_t, N, kMode, kFamily, kRate>;
   const int64_t work = std::max<int64_t>(numel / N, numel % N);
   kernel<<<grid_size<kernel>(work), kThreads, 0, stream>>>(g_yhat, g_lik, y, mu, sigma, gy, gm, gs,
-                                                            numel, seed, temperature, p);
+                                                            numel, seed, temperature, p,
+                                                            sample_size);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -392,10 +488,17 @@ template <typename scalar_t, typename lik_t, int N, int kFamily>
 void launch_backward(const scalar_t* g_yhat, const lik_t* g_lik, const scalar_t* y,
                      const scalar_t* mu, const scalar_t* sigma, scalar_t* gy, scalar_t* gm,
                      scalar_t* gs, int64_t numel, const int64_t* seed, const double* temperature,
-                     const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream) {
+                     const QuantParams<acc_type<scalar_t>>& p, cudaStream_t stream,
+                     int64_t sample_size) {
   dispatch_mode<scalar_t, N>(p.mode, [&](auto mode_c) {
-    launch_backward_mode<scalar_t, lik_t, N, decltype(mode_c)::value, kFamily>(
-        g_yhat, g_lik, y, mu, sigma, gy, gm, gs, numel, seed, temperature, p, stream);
+    if (sample_size > 0) {
+      launch_backward_mode<scalar_t, lik_t, N, decltype(mode_c)::value, kFamily, true>(
+          g_yhat, g_lik, y, mu, sigma, gy, gm, gs, numel, seed, temperature, p, stream,
+          sample_size);
+    } else {
+      launch_backward_mode<scalar_t, lik_t, N, decltype(mode_c)::value, kFamily, false>(
+          g_yhat, g_lik, y, mu, sigma, gy, gm, gs, numel, seed, temperature, p, stream, 0);
+    }
   });
 }
 
@@ -436,7 +539,8 @@ template <typename scalar_t, int kFamily>
 void backward_typed(const at::Tensor& g_yhat, const at::Tensor& g_lik, const at::Tensor& y,
                     const at::Tensor& scales, const at::Tensor& means, const at::Tensor& seed,
                     const at::Tensor& temperature, at::Tensor& gy, at::Tensor& gm, at::Tensor& gs,
-                    int32_t mode, double scale_bound, double likelihood_bound, bool zero_center) {
+                    int32_t mode, double scale_bound, double likelihood_bound, bool zero_center,
+                    int64_t sample_size) {
   using acc_t = acc_type<scalar_t>;
   using lik_t = acc_t;
   constexpr int kVec = 16 / sizeof(scalar_t);
@@ -457,11 +561,34 @@ void backward_typed(const at::Tensor& g_yhat, const at::Tensor& g_lik, const at:
   if (aligned16(pg) && aligned16(pl) && aligned16(py) && aligned16(pm) && aligned16(ps) &&
       aligned16(oy) && aligned16(om) && aligned16(os)) {
     launch_backward<scalar_t, lik_t, kVec, kFamily>(pg, pl, py, pm, ps, oy, om, os, numel, sd, tp,
-                                                    p, stream);
+                                                    p, stream, sample_size);
   } else {
     launch_backward<scalar_t, lik_t, 1, kFamily>(pg, pl, py, pm, ps, oy, om, os, numel, sd, tp, p,
-                                                 stream);
+                                                 stream, sample_size);
   }
+}
+
+template <typename scalar_t, int kFamily>
+void forward_rate_typed(const ForwardCall& c, const at::Tensor& seed,
+                        const at::Tensor& temperature, double scale_bound,
+                        double likelihood_bound, bool zero_center) {
+  using acc_t = acc_type<scalar_t>;
+  const QuantParams<acc_t> p =
+      make_params<acc_t>(c.mode, 0.0, scale_bound, likelihood_bound, zero_center);
+  const int64_t chunks = (c.sample_size + kRateChunk - 1) / kRateChunk;
+  at::Tensor partial = at::empty({c.samples * chunks}, c.y.options().dtype(at::kDouble));
+  at::Tensor y_hat = c.y_hat, bits = c.likelihoods;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  forward_rate_kernel<scalar_t, kFamily><<<c.samples * chunks, kThreads, 0, stream>>>(
+      c.y.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(c.means),
+      c.scales.const_data_ptr<scalar_t>(), y_hat.mutable_data_ptr<scalar_t>(),
+      partial.mutable_data_ptr<double>(), c.sample_size, chunks, seed.const_data_ptr<int64_t>(),
+      temperature.const_data_ptr<double>(), p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t blocks = (c.samples + kThreads - 1) / kThreads;
+  rate_finish_kernel<acc_t><<<blocks, kThreads, 0, stream>>>(
+      partial.const_data_ptr<double>(), bits.mutable_data_ptr<acc_t>(), c.samples, chunks);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Calls f(std::integral_constant<int, kFamily>): the family as a template constant, one set of
@@ -489,12 +616,23 @@ void dispatch_dtype(at::ScalarType dt, F&& f) {
 std::tuple<at::Tensor, at::Tensor> quantize_forward_cuda(
     const at::Tensor& y_in, const at::Tensor& scales_in, const c10::optional<at::Tensor>& means_in,
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode_name,
-    double scale_bound, double likelihood_bound, bool zero_center, c10::string_view family) {
+    double scale_bound, double likelihood_bound, bool zero_center, c10::string_view family,
+    bool rate) {
   check_cuda(y_in);
   // The temperature's range is checked by the Python API; reading it here would synchronize.
   const c10::cuda::CUDAGuard guard(y_in.device());
   ForwardCall c = prepare_forward(y_in, scales_in, means_in, seed, temperature, family, mode_name,
-                                  scale_bound, likelihood_bound);
+                                  scale_bound, likelihood_bound, rate);
+  if (rate) {
+    if (c.y.numel() == 0) return {c.y_hat, c.likelihoods.zero_()};  // an empty sum is 0 bits
+    dispatch_dtype(c.y.scalar_type(), [&](auto tag) {
+      dispatch_family(c.family, [&](auto fam) {
+        forward_rate_typed<decltype(tag), decltype(fam)::value>(c, seed, temperature, scale_bound,
+                                                                likelihood_bound, zero_center);
+      });
+    });
+    return {c.y_hat, c.likelihoods};
+  }
   if (c.y.numel() == 0) return {c.y_hat, c.likelihoods};
   dispatch_dtype(c.y.scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -512,12 +650,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cuda(
     const at::Tensor& y_in, const at::Tensor& scales_in, const c10::optional<at::Tensor>& means_in,
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode_name,
     double scale_bound, double likelihood_bound, bool zero_center,
-    std::array<bool, 3> output_mask, c10::string_view family) {
+    std::array<bool, 3> output_mask, c10::string_view family, bool rate) {
   check_cuda(y_in);
   const c10::cuda::CUDAGuard guard(y_in.device());
   BackwardCall c = prepare_backward(grad_y_hat_in, grad_lik_in, y_in, scales_in, means_in, seed,
                                     temperature, family, mode_name, scale_bound,
-                                    likelihood_bound, output_mask);
+                                    likelihood_bound, output_mask, rate);
   if (c.y.numel() == 0 || !(output_mask[0] || output_mask[1] || output_mask[2])) {
     return {c.grad_y, c.grad_scales, c.grad_means};
   }
@@ -527,7 +665,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_backward_cuda(
       backward_typed<scalar_t, decltype(fam)::value>(c.g_yhat, c.g_lik, c.y, c.scales, c.means,
                                                      seed, temperature, c.out_y, c.out_means,
                                                      c.out_scales, c.mode, scale_bound,
-                                                     likelihood_bound, zero_center);
+                                                     likelihood_bound, zero_center,
+                                                     c.sample_size);
     });
   });
   return {c.grad_y, c.grad_scales, c.grad_means};

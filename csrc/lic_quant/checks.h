@@ -108,15 +108,24 @@ struct Choices {
   int32_t mode, family;
 };
 
+// rate=True sums per sample along y's dim 0 (docs/spec.md section 8): y needs one.
+inline void check_rate(const at::Tensor& y, bool rate) {
+  TORCH_CHECK_VALUE(!rate || y.dim() > 0,
+                    "lic_quant: rate=True needs y with at least 1 dimension (bits are per sample "
+                    "along y's dim 0); got a 0-dim y");
+}
+
 inline Choices check_call(const at::Tensor& y, const at::Tensor& scales,
                           const std::optional<at::Tensor>& means, c10::string_view family,
-                          c10::string_view mode, double scale_bound, double likelihood_bound) {
+                          c10::string_view mode, double scale_bound, double likelihood_bound,
+                          bool rate = false) {
   check_floating(y);
   check_like(scales, y, "scales");
   if (means.has_value() && means->defined()) check_like(*means, y, "means");
   const int32_t family_index = parse_family(family);
   const int32_t mode_index = parse_mode(mode);
   check_bounds(scale_bound, likelihood_bound);
+  check_rate(y, rate);
   return {mode_index, family_index};
 }
 

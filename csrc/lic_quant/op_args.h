@@ -21,9 +21,10 @@ namespace lic_quant {
 inline Choices check_inputs(const at::Tensor& y, const at::Tensor& scales,
                             const c10::optional<at::Tensor>& means, const at::Tensor& seed,
                             const at::Tensor& temperature, c10::string_view family,
-                            c10::string_view mode, double scale_bound, double likelihood_bound) {
+                            c10::string_view mode, double scale_bound, double likelihood_bound,
+                            bool rate = false) {
   const Choices choices =
-      check_call(y, scales, means, family, mode, scale_bound, likelihood_bound);
+      check_call(y, scales, means, family, mode, scale_bound, likelihood_bound, rate);
   check_scalar_tensor(seed, y, "seed", at::kLong, "a 0-dim int64 tensor");
   check_scalar_tensor(temperature, y, "temperature", at::kDouble, "a 0-dim float64 tensor");
   return choices;
@@ -58,19 +59,21 @@ inline at::Tensor new_tensor(at::IntArrayRef sizes, const at::TensorOptions& opt
 // One forward call after its checks: the noise index is the logical row-major index, so strided
 // inputs are made contiguous; outputs are allocated contiguous. Device checks and guards are the
 // caller's (before this, so the outputs land on the right device).
+// With rate, `likelihoods` is the bits output, shape (N,), and no P tensor exists.
 struct ForwardCall {
   int32_t mode, family;
   at::Tensor y, scales, means;  // means undefined when absent
   at::Tensor y_hat, likelihoods;
+  int64_t samples = 0, sample_size = 0;  // rate: y.shape[0] and the elements of one sample
 };
 
 inline ForwardCall prepare_forward(const at::Tensor& y, const at::Tensor& scales,
                                    const c10::optional<at::Tensor>& means, const at::Tensor& seed,
                                    const at::Tensor& temperature, c10::string_view family,
                                    c10::string_view mode, double scale_bound,
-                                   double likelihood_bound) {
+                                   double likelihood_bound, bool rate = false) {
   const Choices choices = check_inputs(y, scales, means, seed, temperature, family, mode,
-                                       scale_bound, likelihood_bound);
+                                       scale_bound, likelihood_bound, rate);
   ForwardCall c;
   c.mode = choices.mode;
   c.family = choices.family;
@@ -78,7 +81,14 @@ inline ForwardCall prepare_forward(const at::Tensor& y, const at::Tensor& scales
   c.scales = scales.contiguous();
   c.means = contiguous_or_undefined(means);
   c.y_hat = new_tensor(c.y.sizes(), c.y.options());
-  c.likelihoods = new_tensor(c.y.sizes(), c.y.options().dtype(likelihood_dtype(y.scalar_type())));
+  const auto lik_options = c.y.options().dtype(likelihood_dtype(y.scalar_type()));
+  if (rate) {
+    c.samples = y.size(0);
+    c.sample_size = c.samples > 0 ? y.numel() / c.samples : 0;
+    c.likelihoods = new_tensor({c.samples}, lik_options);
+  } else {
+    c.likelihoods = new_tensor(c.y.sizes(), lik_options);
+  }
   return c;
 }
 
@@ -87,6 +97,7 @@ inline ForwardCall prepare_forward(const at::Tensor& y, const at::Tensor& scales
 // pointers for the gradients they must not write.
 struct BackwardCall {
   int32_t mode, family;
+  int64_t sample_size = 0;  // rate: g_lik is the bits' gradient, one value per sample
   at::Tensor g_yhat, g_lik, y, scales, means;  // g_yhat and means undefined when absent
   at::Tensor grad_y, grad_scales, grad_means;
   at::Tensor out_y, out_scales, out_means;
@@ -98,14 +109,22 @@ inline BackwardCall prepare_backward(const c10::optional<at::Tensor>& grad_y_hat
                                      const c10::optional<at::Tensor>& means, const at::Tensor& seed,
                                      const at::Tensor& temperature, c10::string_view family,
                                      c10::string_view mode, double scale_bound,
-                                     double likelihood_bound, std::array<bool, 3> output_mask) {
+                                     double likelihood_bound, std::array<bool, 3> output_mask,
+                                     bool rate = false) {
   const Choices choices = check_inputs(y, scales, means, seed, temperature, family, mode,
-                                       scale_bound, likelihood_bound);
+                                       scale_bound, likelihood_bound, rate);
   const auto lik_dtype = likelihood_dtype(y.scalar_type());
-  TORCH_CHECK_VALUE(grad_lik.sizes() == y.sizes() && grad_lik.scalar_type() == lik_dtype &&
-                        grad_lik.device() == y.device(),
-                    "lic_quant: grad_likelihoods must be ", lik_dtype,
-                    " with the shape and device of y");
+  if (rate) {
+    TORCH_CHECK_VALUE(grad_lik.dim() == 1 && grad_lik.size(0) == y.size(0) &&
+                          grad_lik.scalar_type() == lik_dtype && grad_lik.device() == y.device(),
+                      "lic_quant: with rate=True, grad_likelihoods (the bits' gradient) must be ",
+                      lik_dtype, " of shape (", y.size(0), ",) on the device of y");
+  } else {
+    TORCH_CHECK_VALUE(grad_lik.sizes() == y.sizes() && grad_lik.scalar_type() == lik_dtype &&
+                          grad_lik.device() == y.device(),
+                      "lic_quant: grad_likelihoods must be ", lik_dtype,
+                      " with the shape and device of y");
+  }
   if (grad_y_hat.has_value() && grad_y_hat->defined()) check_like(*grad_y_hat, y, "grad_y_hat");
   const bool has_means = means.has_value() && means->defined();
   TORCH_CHECK_VALUE(!output_mask[2] || has_means,
@@ -113,6 +132,7 @@ inline BackwardCall prepare_backward(const c10::optional<at::Tensor>& grad_y_hat
   BackwardCall c;
   c.mode = choices.mode;
   c.family = choices.family;
+  if (rate && y.size(0) > 0) c.sample_size = y.numel() / y.size(0);
   c.y = y.contiguous();
   c.scales = scales.contiguous();
   c.means = contiguous_or_undefined(means);

@@ -14,18 +14,18 @@
 namespace lic_quant {
 
 // quantize_forward(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
-// zero_center, family) -> (y_hat, likelihoods)
+// zero_center, family, rate) -> (y_hat, likelihoods), or (y_hat, bits) with rate
 using ForwardFn = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-    const at::Tensor&, c10::string_view, double, double, bool, c10::string_view);
+    const at::Tensor&, c10::string_view, double, double, bool, c10::string_view, bool);
 
 // quantize_backward(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, mode,
-// scale_bound, likelihood_bound, zero_center, output_mask, family)
-// -> (grad_y, grad_scales, grad_means)
+// scale_bound, likelihood_bound, zero_center, output_mask, family, rate)
+// -> (grad_y, grad_scales, grad_means); with rate, grad_likelihoods is the gradient of the bits
 using BackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, c10::string_view,
-    double, double, bool, std::array<bool, 3>, c10::string_view);
+    double, double, bool, std::array<bool, 3>, c10::string_view, bool);
 
 inline const c10::TypedOperatorHandle<ForwardFn>& forward_op() {
   static const auto op = c10::Dispatcher::singleton()

@@ -331,10 +331,25 @@ LQ_HD double with_sign_of(double x, double v) {
   return bits_double(double_bits(x) ^ (double_bits(v) & 0x8000000000000000ull));
 }
 
+// ln 2, rounded to T: the gradient of -log2 P is -g / (P ln 2) (docs/spec.md section 8).
+template <typename T>
+struct Ln2;
+template <>
+struct Ln2<float> {
+  static constexpr float kValue = 0.693147182464599609375f;  // 0x3f317218
+};
+template <>
+struct Ln2<double> {
+  static constexpr double kValue = 0.69314718055994531;
+};
+
 // skip_likelihood: the caller knows every g_P is negative, so the likelihood bound passes the
 // gradient whatever p is and p need not be recomputed (the usual case: loss = -log P). Both
 // paths give the same bits for a negative g_P.
-template <typename T, int kFamily = kGaussian>
+// kRate: g_lik is the gradient g of the sample's bits (rate=True, docs/spec.md section 8); the
+// gradient into P, -g / (P ln 2), is formed here from the recomputed P, so no likelihood tensor is
+// read. skip_likelihood is ignored then (P is needed anyway).
+template <typename T, int kFamily = kGaussian, bool kRate = false>
 LQ_HD BackwardOut<T> backward_element(T g_yhat, T g_lik, T y, T mu, T sigma, T u,
                                       const QuantParams<T>& p, bool skip_likelihood) {
   const T c = p.zero_center ? mu : T(0);
@@ -344,7 +359,11 @@ LQ_HD BackwardOut<T> backward_element(T g_yhat, T g_lik, T y, T mu, T sigma, T u
   const T s = bounded_scale(sigma, p);
   const BinArgs<T> g = bin_args(abs_bits(v), s);
   T g_p = g_lik;
-  if (!skip_likelihood) {
+  if constexpr (kRate) {
+    const T prob = family_bin_probability<kFamily>(g);
+    const T big_p = lower_bound(prob, p.likelihood_bound);
+    g_p = pass_if_towards(-g_lik / (big_p * Ln2<T>::kValue), prob >= p.likelihood_bound);
+  } else if (!skip_likelihood) {
     g_p = pass_if_towards(g_lik, family_bin_probability<kFamily>(g) >= p.likelihood_bound);
   }
   const BinSlopes<T> d = family_bin_slopes<kFamily>(g);
