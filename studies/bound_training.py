@@ -79,7 +79,7 @@ def train(c: float, bound: float, mode: str, sizes: dict, sigma_t, mu, seed: int
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(torch.exp(log_a)), float(gain)
+    return float(torch.exp(log_a.detach())), float(gain.detach())
 
 
 @torch.no_grad()

@@ -136,16 +136,16 @@ def test_gradient_decomposition(outputs):
     rows = common.read_csv(os.path.join(out, "gradient", "gradient_bias_variance.csv"))
     own = {}
     for r in rows:
-        # the two parts add up to the bias
+        # the two parts add up to the bias (the CSV keeps 6 significant digits)
         assert float(r["estimation_bias"]) + float(r["mismatch"]) == pytest.approx(
-            float(r["bias"]), abs=1e-9)
+            float(r["bias"]), rel=1e-5, abs=1e-5)
         if r["mode"] == "ste" and r["zero_center"] == "True":  # ste's objective is rounding's
             assert abs(float(r["mismatch"])) < 1e-9
         own[(r["point"], r["zero_center"], r["param"], r["mode"], float(r["temperature"]))] = \
             float(r["own_grad"])
     for (point, zc, param, mode, t), value in own.items():
         if mode == "sua" and t == 1.0:  # n + (e + u) = r + u: noise's objective
-            assert value == pytest.approx(own[(point, zc, param, "noise", 0.0)], abs=1e-9)
+            assert value == pytest.approx(own[(point, zc, param, "noise", 0.0)], rel=1e-5)
     assert len(check["noise_repeats_wide"]) > 0
 
 
