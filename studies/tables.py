@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Markdown tables of a run_all output folder (the tables of docs/studies.md).
 
-    python studies/tables.py DIR
+    python studies/tables.py DIR                            # print them
+    python studies/tables.py DIR --page docs/studies.md     # refill the page's marked tables
 """
 from __future__ import annotations
 
@@ -191,8 +192,45 @@ def coded_vs_estimated(out: str) -> str:
     return "; ".join(parts)
 
 
+def named_tables(out: str) -> dict:
+    """Every table of docs/studies.md, by the name its marker uses."""
+    means, diffs = paired_table(out)
+    tables = {"mismatch": mismatch_table(out), "bound": bound_table(out),
+              "rd": rd_table(out), "bound_training": bound_training_table(out),
+              "paired_means": means, "paired_diffs": diffs}
+    for point in ("narrow", "wide"):
+        tables[f"gradient_{point}"] = gradient_table(out, point)
+        tables[f"decomposition_{point}"] = decomposition_table(out, point)
+        tables[f"zero_center_{point}"] = zero_center_table(out, point)
+    return tables
+
+
+def fill_page(page: str, out: str) -> None:
+    """Replace the text between ``<!-- table:NAME -->`` and ``<!-- /table -->`` in ``page`` with
+    the table NAME computed from ``out``."""
+    import re
+
+    tables = named_tables(out)
+    text = open(page).read()
+
+    def sub(m):
+        return f"<!-- table:{m.group(1)} -->\n{tables[m.group(1)]}\n<!-- /table -->"
+
+    text, n = re.subn(r"<!-- table:(\w+) -->.*?<!-- /table -->", sub, text, flags=re.S)
+    with open(page, "w") as f:
+        f.write(text)
+    print(f"{page}: {n} tables from {out}")
+
+
 def main(argv=None):
-    out = (argv or sys.argv[1:] or ["studies_out"])[0]
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--page" in args:  # python studies/tables.py DIR --page docs/studies.md
+        i = args.index("--page")
+        page = args[i + 1]
+        del args[i:i + 2]
+        fill_page(page, (args or ["studies_out"])[0])
+        return
+    out = (args or ["studies_out"])[0]
     print("## mismatch (b_sigma = 0.11)\n")
     print(mismatch_table(out))
     print("\n## scale bound\n")
