@@ -158,12 +158,15 @@ def bound_training_table(out: str) -> str:
                    "noise: rate gap", "noise: abs gap"], body)
 
 
+ARM_ORDER = ["noise", "mixed", "sua_tricks"]  # studies/paired_rd.py's ARMS
+
+
 def paired_table(out: str) -> tuple[str, str]:
     """(per-arm means, paired differences with 95 % t intervals)."""
     summary = json.load(open(os.path.join(out, "rd", "paired_rd_summary.json")))
     means = _table(["arm", "seeds", "bpp", "PSNR (dB)", "J"], [
         [a, summary["seeds_per_arm"][a], f"{m['bpp']:.4f}", f"{m['psnr']:.2f}", f"{m['J']:.4f}"]
-        for a, m in summary["means"].items()])
+        for a, m in sorted(summary["means"].items(), key=lambda kv: ARM_ORDER.index(kv[0]))])
     body = []
     for pair, d in summary["paired"].items():
         cells = []
