@@ -164,10 +164,11 @@ def summarize(out: str) -> dict:
         if a not in arms or b not in arms:
             continue
         common_seeds = [s for s in seeds if (s, a) in by and (s, b) in by]
-        summary["paired"][f"{a} - {b}"] = {
-            k: dict(t_interval([float(by[(s, a)][k]) - float(by[(s, b)][k])
-                                for s in common_seeds]), seeds=common_seeds)
-            for k in ("J", "bpp", "psnr")}
+        summary["paired"][f"{a} - {b}"] = {}
+        for k in ("J", "bpp", "psnr"):
+            d = [float(by[(s, a)][k]) - float(by[(s, b)][k]) for s in common_seeds]
+            summary["paired"][f"{a} - {b}"][k] = dict(t_interval(d), seeds=common_seeds,
+                                                      differences=d)
     return summary
 
 

@@ -3,9 +3,10 @@
 zero-centre, sigma bound in training, the paired R-D test.
 
     python studies/run_all.py --quick --out DIR      # 2 shared CPU cores: about 11 min for
-                                                     # the first three studies, 5 min for
-                                                     # zero_center and bound_training, about
-                                                     # 1 h for paired_rd (docs/studies.md)
+                                                     # the first three studies, under 2 min
+                                                     # for zero_center and bound_training,
+                                                     # about 1 h for paired_rd (run_all.json,
+                                                     # rd/paired_rd.csv)
     python studies/run_all.py --full --out DIR       # GPU sizes (--device cuda is the default
                                                      # when one is present)
     python studies/run_all.py --tiny --out DIR       # the smoke test's sizes (under a minute)
