@@ -166,7 +166,10 @@ def photo(name: str) -> torch.Tensor:
     """One bundled RGB photo as a float tensor (3, H, W) in [0, 1]."""
     import skimage.data
 
-    array = getattr(skimage.data, name)()
+    if name == "motorcycle_left":  # the left view of the bundled stereo pair
+        array = skimage.data.stereo_motorcycle()[0]
+    else:
+        array = getattr(skimage.data, name)()
     if array.ndim != 3 or array.shape[2] < 3:
         raise ValueError(f"skimage.data.{name} is not an RGB photo")
     return torch.from_numpy(array[..., :3].copy()).permute(2, 0, 1).float() / 255.0
@@ -237,26 +240,33 @@ def sua_schedule(steps: int):
 
 def train_model(cfg: dict, device: torch.device, cache_dir: str | None = None, desc: str = ""):
     """Train a MeanScaleHyperprior as ``cfg`` says (keys: N, M, mode, lmbda, steps, batch, crop,
-    lr, seed, scale_bound, and optionally init: the cfg of a model to start from, trained or
-    taken from the cache first); reuse a cached checkpoint of the same cfg when there is one.
+    lr, seed, scale_bound, and optionally zero_center (default True), train_photos and init: the
+    cfg of a model to start from, trained or taken from the cache first); reuse a cached
+    checkpoint of the same cfg when there is one.
+
+    ``seed`` alone fixes the initial weights, the crop order and the quantization noise stream:
+    two cfgs that differ only in mode, scale_bound or zero_center start from the same weights and
+    see the same crops in the same order (the pairing of studies/paired_rd.py).
 
     Returns (model in eval mode, training log dict)."""
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"msh_{cfg['mode']}_{key}.pt") if cache_dir else None
-    model = build_model(cfg["N"], cfg["M"], cfg["mode"], cfg.get("scale_bound", 0.11))
+    zero_center = cfg.get("zero_center", True)
+    model = build_model(cfg["N"], cfg["M"], cfg["mode"], cfg.get("scale_bound", 0.11), zero_center)
     if path and os.path.exists(path):
         saved = torch.load(path, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["state"], strict=False)
         return model.to(device).eval(), saved["log"]
 
     torch.manual_seed(cfg["seed"])
-    model = build_model(cfg["N"], cfg["M"], cfg["mode"], cfg.get("scale_bound", 0.11)).to(device)
+    model = build_model(cfg["N"], cfg["M"], cfg["mode"], cfg.get("scale_bound", 0.11),
+                        zero_center).to(device)
     if cfg.get("init"):
         base, _ = train_model(cfg["init"], device, cache_dir,
                               desc=f"train the common start ({cfg['init']['mode']})")
         model.load_state_dict(base.state_dict(), strict=False)
         torch.manual_seed(cfg["seed"])
-    images = [im.to(device) for im in photos(TRAIN_PHOTOS)]
+    images = [im.to(device) for im in photos(cfg.get("train_photos", TRAIN_PHOTOS))]
     aux_params = [p for n, p in model.named_parameters() if n.endswith("quantiles")]
     main_params = [p for n, p in model.named_parameters() if not n.endswith("quantiles")]
     optimizer = torch.optim.Adam(main_params, lr=cfg["lr"])

@@ -4,8 +4,15 @@
 Toy (studies/toy_gradient.py): y = theta * x with x ~ N(0, 1), a Gaussian entropy model N(mu,
 sigma^2) with learned mu and sigma, decoder x_hat = g * y_hat, loss L = R + lam * D in bits. The
 target is the gradient of the expected loss under test-time hard rounding (lattice centred on mu,
-as CompressAI's eval and entropy coder), computed exactly from its closed form and cross-checked by
-central finite differences and, for the loss value, by Monte Carlo through lic_quant's rounding.
+as CompressAI's eval and entropy coder), computed exactly from its closed form and cross-checked
+by central finite differences, by autograd through a quadrature, and (the loss value only) by
+Monte Carlo through lic_quant's rounding.
+
+The bias splits in two: estimation bias, the surrogate's mean gradient minus the gradient of its
+own expected objective (E[L] with L evaluated at the surrogate's forward values: a quadrature,
+toy_gradient.own_objective), and mismatch, that own objective's gradient minus the rounding
+objective's. The quadrature's autograd gradient of ste's own objective (which is the rounding
+objective) is a third, independent computation of the true gradient.
 
 Each surrogate's estimate is lic_quant's autograd gradient of L on one sample: every sample gets
 its own copy of the parameters, so one backward gives N per-sample gradients. Each x is used
@@ -29,7 +36,8 @@ import torch  # noqa: E402
 import lic_quant as lq  # noqa: E402
 from studies import common  # noqa: E402
 from studies.toy_gradient import (PARAMS, exact_gradient, expected_loss,  # noqa: E402
-                                  expected_rate_distortion, finite_difference_gradient)
+                                  expected_rate_distortion, finite_difference_gradient,
+                                  own_gradient)
 
 # Two operating points. "narrow": y = 0.4 x has a spread of 0.4 bins, like most channels of a
 # learned latent at low rate; the rounding error is far from uniform there, which is where
@@ -68,7 +76,15 @@ def per_sample_gradients(point: dict, x: torch.Tensor, mode: str, temperature: f
 
 def estimate(point_name: str, x: torch.Tensor, mode: str, temperature: float, zero_center: bool,
              seed: int, true_grad: dict) -> list[dict]:
+    """Bias and variance of one surrogate's gradient, and the bias split in two with the gradient
+    of the surrogate's own expected objective (toy_gradient.own_objective):
+
+        bias = (mean surrogate gradient - own objective's gradient)     estimation bias
+             + (own objective's gradient - rounding objective's gradient)   mismatch"""
     n = x.numel()
+    own = own_gradient(POINTS[point_name], mode=mode, temperature=temperature,
+                       zero_center=zero_center, lam=LAMBDA, scale_bound=SCALE_BOUND,
+                       likelihood_bound=LIKELIHOOD_BOUND)
     grads, losses = per_sample_gradients(POINTS[point_name], torch.cat([x, x]), mode, temperature,
                                          zero_center, seed)
     first, second = grads[:, :n], grads[:, n:]
@@ -77,12 +93,16 @@ def estimate(point_name: str, x: torch.Tensor, mode: str, temperature: float, ze
     for i, name in enumerate(PARAMS):
         mean = float(grads[i].mean())
         bias = mean - true_grad[name]
+        stderr = float(pair_mean[i].std() / n**0.5)
         rows.append({
             "point": point_name, "mode": mode, "temperature": temperature,
             "zero_center": zero_center,
             "param": name, "true_grad": true_grad[name], "mean_grad": mean, "bias": bias,
             "bias2": bias * bias,
-            "bias_stderr": float(pair_mean[i].std() / n**0.5),
+            "bias_stderr": stderr,
+            "own_grad": own[name], "estimation_bias": mean - own[name],
+            "estimation_z": (mean - own[name]) / stderr if stderr > 0 else 0.0,
+            "mismatch": own[name] - true_grad[name],
             "variance": float(grads[i].var()),
             "noise_variance": float(((first[i] - second[i]) ** 2).mean() / 2),
             "mse": bias * bias + float(grads[i].var()),
@@ -110,7 +130,10 @@ def run(profile: str, out_dir: str, device: torch.device | None = None, seed: in
                                               likelihood_bound=LIKELIHOOD_BOUND)
         _, hard = per_sample_gradients(point, x, "ste", 0.0, True, seed=0)  # test-time rounding
         mc_loss, mc_stderr = float(hard.mean()), float(hard.std() / hard.numel() ** 0.5)
+        quad = own_gradient(point, mode="ste", zero_center=True, **kw)
         checks[name] = {
+            "true_gradient_quadrature_autograd": {k: quad[k] for k in PARAMS},
+            "max_abs_exact_minus_quadrature": max(abs(exact[name][k] - quad[k]) for k in PARAMS),
             "point": point, "true_gradient_exact": exact[name],
             "true_gradient_finite_difference": fd,
             "max_abs_exact_minus_fd": max(abs(exact[name][k] - fd[k]) for k in PARAMS),
@@ -121,15 +144,33 @@ def run(profile: str, out_dir: str, device: torch.device | None = None, seed: in
     for name, mode, t, zc in common.progress(settings, desc="gradient bias/variance"):
         rows += estimate(name, x, mode, t, zc,
                          common.study_seed(seed, "gradient", name, mode, t, zc), exact[name])
+    repeats = noise_repeats(sizes["samples"], seed, exact, device)
     csv_path = common.write_csv(os.path.join(out, "gradient_bias_variance.csv"), rows)
     json_path = common.write_json(os.path.join(out, "true_gradient_check.json"), {
         "lambda": LAMBDA, "scale_bound": SCALE_BOUND, "likelihood_bound": LIKELIHOOD_BOUND,
-        "samples_per_setting": 2 * sizes["samples"], "points": checks})
+        "samples_per_setting": 2 * sizes["samples"], "points": checks,
+        "noise_repeats_wide": repeats})
     paths = {"csv": csv_path, "json": json_path}
     for name in POINTS:
         paths[f"png_{name}"] = plot([r for r in rows if r["point"] == name], name,
                                     os.path.join(out, f"gradient_bias_variance_{name}.png"))
     return paths
+
+
+def noise_repeats(samples: int, seed: int, exact: dict, device, count: int = 4) -> list[dict]:
+    """noise's estimation bias at the wide point again, with fresh x and noise each time: noise's
+    pathwise gradient is unbiased for its own objective, so these show the spread of chance."""
+    out = []
+    for i in range(count):
+        g = torch.Generator().manual_seed(common.study_seed(seed, "gradient-repeat", i))
+        x = torch.randn(samples, generator=g, dtype=torch.float64).to(device or "cpu")
+        for zc in (True, False):
+            rows = estimate("wide", x, "noise", 0.0, zc,
+                            common.study_seed(seed, "gradient-repeat-noise", i, zc), exact["wide"])
+            out += [{"repeat": i, "zero_center": zc, "param": r["param"],
+                     "estimation_bias": r["estimation_bias"], "stderr": r["bias_stderr"],
+                     "z": r["estimation_z"]} for r in rows if r["param"] in ("theta", "g")]
+    return out
 
 
 def plot(rows: list[dict], point_name: str, path: str) -> str:

@@ -16,7 +16,7 @@ pytest.importorskip("compressai")
 pytest.importorskip("matplotlib")
 pytest.importorskip("skimage")
 
-from studies import common, run_all  # noqa: E402
+from studies import common, paired_rd, run_all  # noqa: E402
 from studies.bd_rate import bd_rate  # noqa: E402
 
 EXPECTED = {
@@ -30,6 +30,11 @@ EXPECTED = {
                  "json": "gradient/true_gradient_check.json",
                  "png_narrow": "gradient/gradient_bias_variance_narrow.png",
                  "png_wide": "gradient/gradient_bias_variance_wide.png"},
+    "zero_center": {"csv": "zero_center/zero_center.csv", "json": "zero_center/zero_center.json"},
+    "bound_training": {"csv": "bound_training/bound_training.csv",
+                       "json": "bound_training/bound_training.json"},
+    "paired_rd": {"csv": "rd/paired_rd.csv", "csv_images": "rd/paired_rd_images.csv",
+                  "json": "rd/paired_rd_summary.json"},
 }
 
 
@@ -119,6 +124,73 @@ def test_gradient_study(outputs):
     for r in sua0:  # sua at T = 0 gives ste's gradients bit for bit
         assert r["mean_grad"] == ste[tuple(r[k] for k in key)]["mean_grad"]
         assert float(r["noise_variance"]) == 0.0
+
+
+def test_gradient_decomposition(outputs):
+    out, _ = outputs
+    check = json.load(open(os.path.join(out, "gradient", "true_gradient_check.json")))
+    for point in check["points"].values():
+        # autograd through the quadrature of ste's own (= the rounding) objective: a third
+        # computation of the true gradient, with its boundary terms from the moving bin edges
+        assert point["max_abs_exact_minus_quadrature"] < 1e-8
+    rows = common.read_csv(os.path.join(out, "gradient", "gradient_bias_variance.csv"))
+    own = {}
+    for r in rows:
+        # the two parts add up to the bias (the CSV keeps 6 significant digits)
+        assert float(r["estimation_bias"]) + float(r["mismatch"]) == pytest.approx(
+            float(r["bias"]), rel=1e-5, abs=1e-5)
+        if r["mode"] == "ste" and r["zero_center"] == "True":  # ste's objective is rounding's
+            assert abs(float(r["mismatch"])) < 1e-9
+        own[(r["point"], r["zero_center"], r["param"], r["mode"], float(r["temperature"]))] = \
+            float(r["own_grad"])
+    for (point, zc, param, mode, t), value in own.items():
+        if mode == "sua" and t == 1.0:  # n + (e + u) = r + u: noise's objective
+            assert value == pytest.approx(own[(point, zc, param, "noise", 0.0)], rel=1e-5)
+    assert len(check["noise_repeats_wide"]) > 0
+
+
+def test_zero_center_study(outputs):
+    out, _ = outputs
+    rows = common.read_csv(os.path.join(out, "zero_center", "zero_center.csv"))
+    assert {r["setting"] for r in rows} == {"lattice at 0", "zc, sg on", "zc, sg off"}
+    for r in rows:
+        for key in ("bias", "variance", "data_variance", "noise_variance"):
+            assert math.isfinite(float(r[key])), (key, r)
+        if r["mode"] == "ste":
+            assert float(r["noise_variance"]) == 0.0
+    # the stop-gradient only changes d/dmu (d y_hat / d mu = 0 or 1)
+    by = {(r["point"], r["mode"], r["setting"], r["param"]): float(r["mean_grad"]) for r in rows}
+    for (point, mode, setting, param), value in by.items():
+        if setting == "zc, sg off" and param in ("theta", "sigma", "g"):
+            assert value == pytest.approx(by[(point, mode, "zc, sg on", param)], rel=1e-12)
+
+
+def test_bound_training_study(outputs):
+    out, _ = outputs
+    rows = common.read_csv(os.path.join(out, "bound_training", "bound_training.csv"))
+    assert len(rows) == 3 * 3 * 2
+    for r in rows:
+        for key in ("rate", "distortion", "J", "noise_abs_rate_gap", "a", "g"):
+            assert math.isfinite(float(r[key])), (key, r)
+        if float(r["scale_bound"]) == 0.0:
+            assert float(r["bound_active"]) == 0.0
+
+
+def test_paired_rd(outputs):
+    out, _ = outputs
+    path = os.path.join(out, "rd", "paired_rd.csv")
+    rows = common.read_csv(path)
+    assert {(int(r["seed"]), r["arm"]) for r in rows} == {
+        (s, a) for s in range(paired_rd.SIZES["tiny"]["seeds"]) for a in paired_rd.ARMS}
+    for r in rows:
+        assert float(r["bpp"]) > 0 and 0 < float(r["psnr"]) < 100
+        assert float(r["J"]) == pytest.approx(
+            float(r["bpp"]) + paired_rd.LMBDA * 255**2 * float(r["mse"]), rel=1e-4)
+    summary = json.load(open(os.path.join(out, "rd", "paired_rd_summary.json")))
+    assert set(summary["paired"]) == {"mixed - noise", "sua_tricks - noise", "sua_tricks - mixed"}
+    # a rerun resumes: every (seed, arm) is in the CSV already, nothing is trained again
+    paired_rd.main(["--tiny", "--out", out, "--device", "cpu"])
+    assert len(common.read_csv(path)) == len(rows)
 
 
 def test_rate_distortion(outputs):
