@@ -62,7 +62,7 @@ std::vector<std::pair<std::string, double>> measure(Tensor y, Tensor s, int64_t 
   const Tensor g = at::ones_like(y).detach();
   const Tensor yd = y.detach(), sd = s.detach();
   auto op = [&](const Tensor& a, const Tensor& b) {
-    return fwd.call(a, b, std::nullopt, seed, temp, "sua", 0.11, 1e-9, true, "gaussian");
+    return fwd.call(a, b, std::nullopt, seed, temp, "sua", 0.11, 1e-9, true, "gaussian", false);
   };
   std::vector<std::pair<std::string, double>> out;
   auto add = [&](const char* name, double us) { out.emplace_back(name, us); };
@@ -73,7 +73,7 @@ std::vector<std::pair<std::string, double>> measure(Tensor y, Tensor s, int64_t 
   add("fused backward kernel", per_call_us([&] {
         at::AutoDispatchBelowADInplaceOrView below;
         bwd.call(g, g, yd, sd, std::nullopt, seed, temp, "sua", 0.11, 1e-9, true,
-                 {true, true, false}, "gaussian");
+                 {true, true, false}, "gaussian", false);
       }, n));
   {
     const Tensor m = at::mul(y, s), a = at::add(y, s);

@@ -6,7 +6,8 @@ module builds the extension twice more, CPU kernels only, with fewer clones
 (-DLQ_CPU_CLONES_AVX2: AVX2 and baseline; -DLQ_CPU_CLONES_BASELINE: baseline only, where even fma
 is libm's software one), runs the same forward and backward calls through each build in a
 subprocess, and compares every output bit for bit with the regular build's. Inputs include ties,
-huge and tiny values, NaN and inf, block tails, every mode and dtype. About two minutes on 2
+huge and tiny values, NaN and inf, block tails, every family, mode and dtype, the rate output and
+a K = 3 mixture. About two minutes on 2
 cores (the two builds).
 """
 from __future__ import annotations
@@ -66,15 +67,35 @@ seed = torch.tensor(-7_000_000_000_123, dtype=torch.int64)
 temperature = torch.tensor(0.375, dtype=torch.float64)
 for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
     y, s, m, g_yhat, g_lik = inputs(dtype)
-    for mode in ("noise", "ste", "mixed", "sua"):
-        for zero_center in (True, False):
-            for means in (m, None):
-                key = f"{dtype}-{mode}-{zero_center}-{means is not None}"
-                args = (seed, temperature, mode, 0.11, 1e-9, zero_center)
-                y_hat, lik = ops.quantize_forward(y, s, means, *args)
-                grads = ops.quantize_backward(g_yhat, g_lik, y, s, means, *args,
-                                              [True, True, means is not None])
-                out[key] = [y_hat, lik, *grads]
+    for family in ("gaussian", "laplace", "logistic"):
+        for mode in ("noise", "ste", "mixed", "sua"):
+            for zero_center in (True, False):
+                for means in (m, None):
+                    key = f"{dtype}-{family}-{mode}-{zero_center}-{means is not None}"
+                    args = (seed, temperature, mode, 0.11, 1e-9, zero_center)
+                    y_hat, lik = ops.quantize_forward(y, s, means, *args, family)
+                    grads = ops.quantize_backward(g_yhat, g_lik, y, s, means, *args,
+                                                  [True, True, means is not None], family)
+                    out[key] = [y_hat, lik, *grads]
+    # rate=True (section 8): three samples of 1024 elements, one bits' gradient per sample.
+    yr, sr, mr, gr = (t[:3072].view(3, 1024) for t in (y, s, m, g_yhat))
+    g_bits = torch.tensor([1.0, -0.5, 2.0], dtype=lik.dtype)
+    for family in ("gaussian", "laplace", "logistic"):
+        args = (seed, temperature, "mixed", 0.11, 1e-9, True)
+        y_hat, bits = ops.quantize_forward(yr, sr, mr, *args, family, True)
+        grads = ops.quantize_backward(gr, g_bits, yr, sr, mr, *args, [True, True, True], family,
+                                      True)
+        out[f"{dtype}-{family}-rate"] = [y_hat, bits, *grads]
+    # A K = 3 mixture (section 7), probabilities and logits.
+    ks, km, kw = s.expand(3, N) * torch.tensor([[1.0], [0.5], [2.0]]).to(dtype), \
+        m.expand(3, N) + torch.tensor([[0.0], [1.5], [-2.0]]).to(dtype), \
+        torch.tensor([[0.2], [0.5], [0.3]]).to(dtype).expand(3, N).contiguous()
+    for logits in (False, True):
+        args = (seed, temperature, "sua", 0.11, 1e-9, True, "laplace", logits)
+        y_hat, lik = ops.mixture_quantize_forward(y, ks, km, kw, *args)
+        grads = ops.mixture_quantize_backward(g_yhat, g_lik, y, ks, km, kw, *args,
+                                              [True, True, True, True])
+        out[f"{dtype}-mixture-{logits}"] = [y_hat, lik, *grads]
 out["noise"] = [ops.uniform_noise(seed, [N])]
 torch.save(out, sys.argv[1])
 """
