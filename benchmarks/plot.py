@@ -190,6 +190,16 @@ def main(argv=None):
         "e2e.csv": plot_e2e,
         "gpu.csv": plot_gpu,
         "sass.csv": plot_sass,
+        "entropy_models.csv": lambda rows, out: plot_runs_by_case(
+            [{**r, "case": f"{r['family']}: fused vs {r['provider']}"} for r in rows
+             if r["provider"] != "fused"], out, "entropy_models.png", "fused_speedup",
+            "speedup of the fused op (median ratio, same run)",
+            "The op per family and the K = 3 mixture (gmm3: vs CompressAI's "
+            "GaussianMixtureConditional), forward + backward (entropy_models.csv)"),
+        "rate_output.csv": lambda rows, out: plot_runs_by_case(
+            [{**r, "case": r["provider"]} for r in rows], out, "rate_output.png", "median_ms",
+            "forward + backward, ms (median)",
+            "rate=True against likelihoods then -log2().sum() (rate_output.csv)"),
     }
     written = []
     for name, fn in views.items():
