@@ -19,22 +19,15 @@
 
 #include "../lic_quant/mixture_math.h"
 #include "../lic_quant/op_args.h"
+#include "cpu_kernels.h"
 
 namespace lic_quant {
 namespace {
 
 constexpr int64_t kBlock = 128;
+static_assert(kBlock <= kMaxNoiseBlock && kBlock % 4 == 0, "one noise fill per block");
 constexpr int64_t kGrain = 16384;  // elements per task of at::parallel_for
 
-#if defined(LQ_CPU_CLONES_AVX2)
-#define LQ_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#elif defined(LQ_CPU_CLONES_BASELINE)
-#define LQ_CLONES
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define LQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LQ_CLONES
-#endif
 
 // ---------------------------------------------------------------------------------------------
 // Moving a block of one component between a tensor in its ComponentLayout and scratch.
@@ -75,31 +68,6 @@ void scatter(const T* src, const ComponentLayout& l, int64_t k, int64_t i0, int6
     S* dst = base + off;
     for (int64_t t = 0; t < len; ++t) dst[t] = narrow<S>(src[j + t]);
   });
-}
-
-// u of elements i0 .. i0 + n - 1 (i0 a multiple of 4, n <= kBlock): the noise stream of
-// section 3. The Philox words land in four planes first so that the Philox loop vectorizes.
-LQ_CLONES void fill_noise(float* __restrict u, int64_t n, const PhiloxKeys& keys, int64_t i0) {
-  const PhiloxKeys key = keys;
-  alignas(64) uint32_t w0[kBlock / 4], w1[kBlock / 4], w2[kBlock / 4], w3[kBlock / 4];
-  const int64_t nb = (n + 3) / 4;
-  const uint64_t b0 = static_cast<uint64_t>(i0) >> 2;
-  for (int64_t j = 0; j < nb; ++j) {
-    uint32_t w[4];
-    philox4x32_10(key, b0 + static_cast<uint64_t>(j), w);
-    w0[j] = w[0];
-    w1[j] = w[1];
-    w2[j] = w[2];
-    w3[j] = w[3];
-  }
-  alignas(64) float all[kBlock];
-  for (int64_t j = 0; j < nb; ++j) {
-    all[4 * j] = word_to_uniform(w0[j]);
-    all[4 * j + 1] = word_to_uniform(w1[j]);
-    all[4 * j + 2] = word_to_uniform(w2[j]);
-    all[4 * j + 3] = word_to_uniform(w3[j]);
-  }
-  for (int64_t j = 0; j < n; ++j) u[j] = all[j];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,8 +278,8 @@ void load(const MixtureCall& c, Block<T>& b, int64_t i0, int64_t n, const Philox
   const S* y = c.y.const_data_ptr<S>();
   for (int64_t j = 0; j < n; ++j) b.y[j] = static_cast<T>(y[i0 + j]);
   if (mode_uses_noise(c.mode)) {
-    float u[kBlock];
-    fill_noise(u, n, keys, i0);
+    float u[kBlock];  // kBlock, a multiple of 4, has room for n rounded up to a multiple of 4
+    fill_noise_block(u, n, keys, static_cast<uint64_t>(i0));
     for (int64_t j = 0; j < n; ++j) b.u[j] = static_cast<T>(u[j]);
   }
   for (int k = 0; k < c.K; ++k) {

@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "../lic_quant/op_args.h"
+#include "cpu_kernels.h"
 
 namespace lic_quant {
 namespace {
@@ -25,42 +26,7 @@ constexpr int64_t kBlock = 256;
 // Elements per task of at::parallel_for: large enough to hide the scheduling cost.
 constexpr int64_t kGrain = 32768;
 
-// Builds with fewer clones run another ISA's code on this machine: tests/test_cpu_isa_variants.py
-// checks that every clone gives the same bits, and the AVX2 one can be timed on an AVX-512 host.
-#if defined(LQ_CPU_CLONES_AVX2)  // no AVX-512 clone
-#define LQ_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#elif defined(LQ_CPU_CLONES_BASELINE)  // baseline x86-64 (SSE2) code only
-#define LQ_CLONES
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define LQ_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define LQ_CLONES
-#endif
-
-// u of the n elements index0 .. index0 + n - 1, index0 a multiple of 4: one Philox block per four
-// elements (noise stream v2). The words land in four planes first, so the Philox loop has no
-// interleaved stores and vectorizes; the second loop interleaves them into u (n <= kBlock).
-LQ_CLONES void fill_noise_f32(float* __restrict u, int64_t n, const PhiloxKeys& keys,
-                              uint64_t index0) {
-  const PhiloxKeys key = keys;
-  alignas(64) uint32_t w0[kBlock / 4], w1[kBlock / 4], w2[kBlock / 4], w3[kBlock / 4];
-  const int64_t nb = (n + 3) / 4;
-  const uint64_t b0 = index0 >> 2;
-  for (int64_t j = 0; j < nb; ++j) {
-    uint32_t w[4];
-    philox4x32_10(key, b0 + static_cast<uint64_t>(j), w);
-    w0[j] = w[0];
-    w1[j] = w[1];
-    w2[j] = w[2];
-    w3[j] = w[3];
-  }
-  for (int64_t j = 0; j < nb; ++j) {
-    u[4 * j] = word_to_uniform(w0[j]);
-    u[4 * j + 1] = word_to_uniform(w1[j]);
-    u[4 * j + 2] = word_to_uniform(w2[j]);
-    u[4 * j + 3] = word_to_uniform(w3[j]);
-  }
-}
+static_assert(kBlock <= kMaxNoiseBlock, "one noise fill per block");
 
 // Mode, centring and family are template constants so the per-element switch folds away and the
 // loop body is straight-line code the vectorizer accepts.
@@ -203,7 +169,7 @@ void forward_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t* sigm
       const float* fy = as_float(y + i, by.a, n);
       const float* fm = mu ? as_float(mu + i, bm.a, n) : bm.a;
       const float* fs = as_float(sigma + i, bs.a, n);
-      if (mode_uses_noise(p.mode)) fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i));
+      if (mode_uses_noise(p.mode)) fill_noise_block(bu.a, n, keys, static_cast<uint64_t>(i));
       float* out = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(y_hat + i) : byh.a;
       dispatch_family(family, [&](auto fam) {
         dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
@@ -238,7 +204,7 @@ void backward_reduced(const scalar_t* g_yhat, const float* g_lik, const scalar_t
       const float* fy = as_float(y + i, by.a, n);
       const float* fm = mu ? as_float(mu + i, bm.a, n) : bm.a;
       const float* fs = as_float(sigma + i, bs.a, n);
-      if (mode_uses_noise(p.mode)) fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i));
+      if (mode_uses_noise(p.mode)) fill_noise_block(bu.a, n, keys, static_cast<uint64_t>(i));
       // Gradients nobody asked for land in scratch, never in memory that is read back.
       float* py = (kFloat && gy) ? reinterpret_cast<float*>(gy + i) : oy.a;
       float* pm = (kFloat && gmu) ? reinterpret_cast<float*>(gmu + i) : om.a;
@@ -283,7 +249,7 @@ void for_each_noise_block(int64_t numel, int32_t mode, uint64_t seed, Fn&& fn) {
   for_each_block(numel, [&](int64_t i0, int64_t n) {
     Scratch bu;
     if (noisy) {
-      fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i0));
+      fill_noise_block(bu.a, n, keys, static_cast<uint64_t>(i0));
     } else {
       std::fill(bu.a, bu.a + n, 0.0f);
     }
@@ -411,9 +377,10 @@ void for_each_rate_chunk(int64_t samples, int64_t sample_size, bits_t* bits, Fn&
 const float* chunk_noise(float* buf, int64_t start, int64_t n, const PhiloxKeys& keys) {
   const int64_t off = start & 3;
   const int64_t first = std::min(kBlock, n + off);
-  fill_noise_f32(buf, first, keys, static_cast<uint64_t>(start - off));
+  fill_noise_block(buf, first, keys, static_cast<uint64_t>(start - off));
   if (n + off > kBlock) {
-    fill_noise_f32(buf + kBlock, n + off - kBlock, keys, static_cast<uint64_t>(start - off + kBlock));
+    fill_noise_block(buf + kBlock, n + off - kBlock, keys,
+                     static_cast<uint64_t>(start - off + kBlock));
   }
   return buf + off;
 }
@@ -604,10 +571,10 @@ at::Tensor uniform_noise_cpu(const at::Tensor& seed, c10::SymIntArrayRef size) {
   float* out = u.mutable_data_ptr<float>();
   for_each_block(u.numel(), [&](int64_t i, int64_t n) {
     if (n == kBlock) {
-      fill_noise_f32(out + i, n, keys, static_cast<uint64_t>(i));
+      fill_noise_block(out + i, n, keys, static_cast<uint64_t>(i));
     } else {  // the last block: the fill writes whole groups of four
       Scratch bu;
-      fill_noise_f32(bu.a, n, keys, static_cast<uint64_t>(i));
+      fill_noise_block(bu.a, n, keys, static_cast<uint64_t>(i));
       std::copy(bu.a, bu.a + n, out + i);
     }
   });
