@@ -40,19 +40,20 @@ LQ_HD T component_mass(T v, T sigma, const QuantParams<T>& p) {
   return family_bin_probability<kFamily>(bin_args(abs_bits(v), bounded_scale(sigma, p)));
 }
 
+// The component's slopes: d mass_k / d v_k (signed) in d_av, d mass_k / d s_k in d_s.
+template <int kFamily, typename T>
+LQ_HD BinSlopes<T> component_bin_slopes(T v, T sigma, const QuantParams<T>& p) {
+  const BinSlopes<T> d =
+      family_bin_slopes<kFamily>(bin_args(abs_bits(v), bounded_scale(sigma, p)));
+  return {with_sign_of(d.d_av, v), d.d_s};
+}
+
 template <typename T>
 struct ComponentSlopes {
   T mass;  // mass_k
   T d_v;   // d mass_k / d v_k (signed)
   T d_s;   // d mass_k / d s_k
 };
-
-template <int kFamily, typename T>
-LQ_HD ComponentSlopes<T> component_slopes(T v, T sigma, const QuantParams<T>& p) {
-  const BinArgs<T> g = bin_args(abs_bits(v), bounded_scale(sigma, p));
-  const BinSlopes<T> d = family_bin_slopes<kFamily>(g);
-  return {family_bin_probability<kFamily>(g), with_sign_of(d.d_av, v), d.d_s};
-}
 
 // The gradients of component k given g_p (the gradient of p after the likelihood bound's rule)
 // and gw = g_p * w_k: dmu_k = -gw dv, dsigma_k = gw ds through the scale bound's rule, and the
