@@ -28,7 +28,6 @@ constexpr int64_t kBlock = 128;
 static_assert(kBlock <= kMaxNoiseBlock && kBlock % 4 == 0, "one noise fill per block");
 constexpr int64_t kGrain = 16384;  // elements per task of at::parallel_for
 
-
 // ---------------------------------------------------------------------------------------------
 // Moving a block of one component between a tensor in its ComponentLayout and scratch.
 
@@ -195,15 +194,6 @@ LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logit
   }
   const T* __restrict g_yhat = g.g_yhat;
   for (int64_t j = 0; j < n; ++j) gy[j] = canonical_nan(g_yhat[j] + gy[j]);
-}
-
-template <typename Fn>
-void dispatch_family(int32_t family, Fn&& fn) {
-  switch (family) {
-    case kLaplace: return fn(std::integral_constant<int, kLaplace>{});
-    case kLogistic: return fn(std::integral_constant<int, kLogistic>{});
-    default: return fn(std::integral_constant<int, kGaussian>{});
-  }
 }
 
 template <typename T>

@@ -79,16 +79,6 @@ void dispatch_mode(int32_t mode, bool zero_center, Fn&& fn) {
   }
 }
 
-// Calls fn(std::integral_constant<int, kFamily>): the family as a compile-time constant.
-template <typename Fn>
-void dispatch_family(int32_t family, Fn&& fn) {
-  switch (family) {
-    case kLaplace: return fn(std::integral_constant<int, kLaplace>{});
-    case kLogistic: return fn(std::integral_constant<int, kLogistic>{});
-    default: return fn(std::integral_constant<int, kGaussian>{});
-  }
-}
-
 bool all_negative(const float* g, int64_t n) {
   bool all = true;
   for (int64_t j = 0; j < n; ++j) all &= g[j] < 0.0f;

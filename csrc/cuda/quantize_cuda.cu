@@ -591,17 +591,6 @@ void forward_rate_typed(const ForwardCall& c, const at::Tensor& seed,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Calls f(std::integral_constant<int, kFamily>): the family as a template constant, one set of
-// kernels per family.
-template <typename F>
-void dispatch_family(int32_t family, F&& f) {
-  switch (family) {
-    case kLaplace: return f(std::integral_constant<int, kLaplace>{});
-    case kLogistic: return f(std::integral_constant<int, kLogistic>{});
-    default: return f(std::integral_constant<int, kGaussian>{});
-  }
-}
-
 template <typename F>
 void dispatch_dtype(at::ScalarType dt, F&& f) {
   switch (dt) {

@@ -11,6 +11,7 @@
 
 #include <array>
 #include <string>
+#include <type_traits>
 
 #include "checks.h"
 #include "quantize_math.h"
@@ -54,6 +55,17 @@ inline at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {
 inline at::Tensor new_tensor(at::IntArrayRef sizes, const at::TensorOptions& options) {
   if (options.device().is_cpu()) return at::Tensor(at::detail::empty_cpu(sizes, options));
   return at::empty(sizes, options);
+}
+
+// Calls fn(std::integral_constant<int, kFamily>): the family index of a call as a template
+// constant, one instantiation of the kernels per family (CPU, mixture and CUDA launches).
+template <typename Fn>
+void dispatch_family(int32_t family, Fn&& fn) {
+  switch (family) {
+    case kLaplace: return fn(std::integral_constant<int, kLaplace>{});
+    case kLogistic: return fn(std::integral_constant<int, kLogistic>{});
+    default: return fn(std::integral_constant<int, kGaussian>{});
+  }
 }
 
 // One forward call after its checks: the noise index is the logical row-major index, so strided
