@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ._checks import FAMILIES, MODES, check_choice, likelihood_dtype
+from ._checks import FAMILIES, MODES, check_choice, check_rate, likelihood_dtype
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -176,16 +176,20 @@ def gaussian_quantize_reference(
                                likelihood_bound=likelihood_bound, zero_center=zero_center)
 
 
-def _quantize_reference(y, scales, means, noise, bin_mass, *, mode, temperature, scale_bound,
-                        likelihood_bound, zero_center):
+def _computed_inputs(y, scales, noise, mode, scale_bound):
+    """The mode checked, then (compute dtype, y, the bounded scales, u) in the compute dtype."""
     check_choice("mode", mode, MODES)
     if mode != "ste" and noise is None:
         raise ValueError(f"lic_quant: noise is required for mode={mode!r}")
     cdt = compute_dtype(y.dtype)
-    yc = y.to(cdt)
-    s = lower_bound(scales.to(cdt), scale_bound)
-    mu = means.to(cdt) if means is not None else None
     u = noise.to(cdt) if noise is not None else None
+    return cdt, y.to(cdt), lower_bound(scales.to(cdt), scale_bound), u
+
+
+def _quantize_reference(y, scales, means, noise, bin_mass, *, mode, temperature, scale_bound,
+                        likelihood_bound, zero_center):
+    cdt, yc, s, u = _computed_inputs(y, scales, noise, mode, scale_bound)
+    mu = means.to(cdt) if means is not None else None
 
     c = mu if (zero_center and mu is not None) else None
     r = yc - c if c is not None else yc
@@ -203,9 +207,7 @@ def _quantize_reference(y, scales, means, noise, bin_mass, *, mode, temperature,
 def rate_bits(likelihoods: torch.Tensor) -> torch.Tensor:
     """bits[n] = sum over sample n of -log2 P (docs/spec.md section 8): log2 and the sum in
     float64, the result (and the gradient into P) in the likelihoods' dtype."""
-    if likelihoods.dim() == 0:
-        raise ValueError("lic_quant: rate=True needs y with at least 1 dimension (bits are per "
-                         "sample along y's dim 0); got a 0-dim y")
+    check_rate(likelihoods, True)  # P has y's shape
     bits = -torch.log2(likelihoods.double()).reshape(likelihoods.shape[0], -1).sum(1)
     return bits.to(likelihoods.dtype)
 
@@ -216,8 +218,7 @@ def quantize_reference(y, scales, means=None, noise=None, *, family: str = "gaus
     temperature, scale_bound, likelihood_bound, zero_center) as gaussian_quantize_reference.
     rate=True: (y_hat, bits) of section 8, bits = rate_bits(likelihoods)."""
     check_choice("family", family, FAMILIES)
-    if rate and y.dim() == 0:
-        rate_bits(y)  # raises the message naming y
+    check_rate(y, rate)
     settings = {"mode": "sua", "temperature": 1.0, "scale_bound": 0.11, "likelihood_bound": 1e-9,
                 "zero_center": True, **settings}
     y_hat, lik = _quantize_reference(y, scales, means, noise, BIN_MASSES[family], **settings)
@@ -243,17 +244,11 @@ def mixture_quantize_reference(
     weights have shape (K, *y.shape). The sums over k run in the order k = 0 .. K-1 from 0, as
     CompressAI's GaussianMixtureConditional and the kernels accumulate them."""
     check_choice("family", family, FAMILIES)
-    check_choice("mode", mode, MODES)
-    if mode != "ste" and noise is None:
-        raise ValueError(f"lic_quant: noise is required for mode={mode!r}")
-    cdt = compute_dtype(y.dtype)
-    yc = y.to(cdt)
-    s = lower_bound(scales.to(cdt), scale_bound)
+    cdt, yc, s, u = _computed_inputs(y, scales, noise, mode, scale_bound)
     mu = means.to(cdt)
     w = weights.to(cdt)
     if weights_are_logits:
         w = torch.softmax(w, dim=0)
-    u = noise.to(cdt) if noise is not None else None
     n_components = scales.shape[0]
 
     # The centre only places the lattice: a constant in the backward (its gradient would cancel
