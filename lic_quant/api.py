@@ -179,7 +179,7 @@ def gaussian_quantize(
 
 # The backends with mixture kernels; the others raise NotImplementedError rather than run
 # something slower than the caller asked for.
-MIXTURE_BACKENDS = ("reference", "cpu")
+MIXTURE_BACKENDS = ("reference", "cpu", "cuda")
 
 
 def mixture_quantize(

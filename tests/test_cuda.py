@@ -31,7 +31,8 @@ from helpers import (DTYPES, EPS, LIKELIHOOD_BOUND as LB, SCALE_BOUND as SB, ass
                      error_bounds, make_inputs, make_upstream, rate_residual64, run)
 from helpers import kernel_fn as _kernel_fn
 
-OPS = ("quantize_forward", "quantize_backward", "uniform_noise")
+OPS = ("quantize_forward", "quantize_backward", "uniform_noise", "mixture_quantize_forward",
+       "mixture_quantize_backward")
 DEVICE = os.environ.get("LIC_QUANT_CUDA_TEST_DEVICE", "cuda")
 BACKEND = "cuda" if DEVICE == "cuda" else "cpu"
 ON_GPU = DEVICE == "cuda"
@@ -228,6 +229,107 @@ def test_cuda_paths_match_cpu_kernels(mode, zero_center, dtype, layout):
         assert (((cpu(a) - b).abs() <= tol) | ambiguous).all()
 
 
+# -------------------------------------------------------------------------------------------------
+# Mixtures (docs/spec.md section 7): the CUDA kernels against the CPU kernels, every family, mode
+# and dtype; K = 1, 3, 8; probabilities and logits; with and without zero_center; the parameters
+# contiguous, channel-blocked views (inner sizes that are not multiples of the four elements a
+# thread takes, so groups cross blocks) and weights broadcast over the batch, read in place.
+
+MIXTURE_CONFIGS = [  # K, logits, zero_center, layout, shape
+    (1, False, True, "contiguous", (2, 3, 5, 7)),
+    (3, False, False, "blocked", (3, 5, 7, 9)),
+    (3, True, True, "broadcast", (2, 3, 5, 7)),
+    (8, True, False, "blocked", (2, 2, 3, 5)),
+]
+
+
+def mixture_inputs(K, logits, layout, shape, dtype, device, seed=31):
+    """y and the (K, *shape) parameters, built on `device` in the layout asked for (so the copy to
+    the device keeps it)."""
+    g = torch.Generator().manual_seed(seed)
+    full = (shape[0], K * shape[1], *shape[2:]) if layout == "blocked" else (K, *shape)
+    y = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    sc = torch.rand(full, generator=g, dtype=torch.float64) * 2
+    mu = torch.randn(full, generator=g, dtype=torch.float64) * 2
+    w = torch.randn(full, generator=g, dtype=torch.float64)
+    ts = [t.to(device=device, dtype=dtype) for t in (y, sc, mu, w)]
+    if layout == "blocked":
+        ts[1:] = [t.unflatten(1, (K, shape[1])).movedim(1, 0) for t in ts[1:]]
+    if not logits:
+        ts[3] = torch.softmax(ts[3].double(), 0).to(dtype)
+    if layout == "broadcast":
+        ts[3] = ts[3][:, :1].expand_as(ts[3])
+    return ts
+
+
+def mixture_ops(ins, g_yhat, g_lik, mask, family, mode, logits, zero_center, seed, temperature):
+    dev_ = ins[0].device
+    seed_t = lq.make_seed(seed, dev_)
+    temp_t = torch.tensor(temperature, dtype=torch.float64, device=dev_)
+    args = (seed_t, temp_t, mode, SB, LB, zero_center, family, logits)
+    y_hat, lik = torch.ops.lic_quant.mixture_quantize_forward(*ins, *args)
+    grads = torch.ops.lic_quant.mixture_quantize_backward(g_yhat, g_lik, *ins, *args, mask)
+    return y_hat, lik, grads
+
+
+@needs_device
+@pytest.mark.parametrize("family", lq.FAMILIES)
+@pytest.mark.parametrize("mode", lq.MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mixture_matches_cpu_kernels(family, mode, dtype):
+    """y_hat bit for bit; likelihoods and the four gradients bit for bit except float64 (libm);
+    the parameters' gradients in the parameters' own strides where those are dense."""
+    for K, logits, zero_center, layout, shape in MIXTURE_CONFIGS:
+        what = f"{family} {mode} {dtype} K={K} logits={logits} zc={zero_center} {layout}"
+        seed, temperature = -123456789, 0.45
+        c_ins = mixture_inputs(K, logits, layout, shape, dtype, "cpu")
+        k_ins = mixture_inputs(K, logits, layout, shape, dtype, DEVICE)
+        g_yhat, g_lik = make_upstream(shape, dtype, lik_dtype(dtype), seed=K)
+        for mask in ([True, True, True, True], [False, True, False, True]):
+            want = mixture_ops(c_ins, g_yhat, g_lik, mask, family, mode, logits, zero_center, seed,
+                               temperature)
+            got = mixture_ops(k_ins, *dev(g_yhat, g_lik), mask, family, mode, logits,
+                              zero_center, seed, temperature)
+            assert_same_bits(cpu(got[0]), want[0], f"{what} y_hat")
+            pairs = [("likelihoods", got[1], want[1])] + [
+                (f"grad {n}", a, b) for n, a, b, m in
+                zip(("y", "scales", "means", "weights"), got[2], want[2], mask) if m]
+            for name, a, b in pairs:
+                if dtype == torch.float64:  # erfc/exp/expm1 of glibc vs CUDA: a few ulps
+                    torch.testing.assert_close(cpu(a), b, rtol=1e-12, atol=1e-300,
+                                               equal_nan=True, msg=f"{what} {name}")
+                else:
+                    assert_same_bits(cpu(a), b, f"{what} {name}")
+            for g, t, m in zip(got[2][1:], k_ins[1:], mask[1:]):
+                if m and 0 not in t.stride():  # dense (the broadcast weights are not)
+                    assert g.stride() == t.stride(), what
+
+
+@needs_device
+def test_mixture_grid_stride_loop():
+    """Several grid-stride steps per thread and an odd tail, float32, against the CPU kernels."""
+    shape, K = (3, 40, 97, 101), 3
+    ins = mixture_inputs(K, True, "blocked", shape, torch.float32, "cpu", seed=5)
+    g_yhat, g_lik = make_upstream(shape, torch.float32, torch.float32, seed=6)
+    mask = [True, True, True, True]
+    want = mixture_ops(ins, g_yhat, g_lik, mask, "gaussian", "sua", True, True, 77, 0.3)
+    k_ins = mixture_inputs(K, True, "blocked", shape, torch.float32, DEVICE, seed=5)
+    got = mixture_ops(k_ins, *dev(g_yhat, g_lik), mask, "gaussian", "sua", True, True, 77, 0.3)
+    for a, b, name in zip((got[0], got[1], *got[2]), (want[0], want[1], *want[2]),
+                          ("y_hat", "likelihoods", "y", "scales", "means", "weights")):
+        assert_same_bits(cpu(a), b, name)
+
+
+@needs_gpu
+def test_mixture_api_selects_cuda():
+    y, sc, mu, w = mixture_inputs(3, False, "blocked", (2, 4, 6, 6), torch.float32, "cuda")
+    out = lq.mixture_quantize(y, sc, mu, w, seed=3)
+    ref = lq.mixture_quantize(*(t.cpu() for t in (y, sc, mu, w)), seed=3, backend="cpu")
+    assert out[0].is_cuda
+    assert_same_bits(out[0].cpu(), ref[0], "y_hat")
+    assert_same_bits(out[1].cpu(), ref[1], "likelihoods")
+
+
 @needs_gpu
 def test_no_host_synchronization():
     y, s, m = dev(*make_inputs((8, 64, 32), torch.float32))
@@ -334,11 +436,9 @@ def test_more_than_2_31_elements(dtype):
             assert ((got - want).abs() <= 1e-2 * want.abs() + 1e-4 * want.abs().max()).all()
 
 
-def test_sass_instruction_budget():
-    """Issue-bound on the GPU, so the static SASS count per element of the hot loops is the speed
-    budget (docs/design/cuda_kernels.md): float32 forward <= 150 (mixed, sua), float32 backward
-    <= 220 (every path of the loop), float16/bfloat16 within 10 % of float32. Counted on sm_90 by
-    tools/cuda_sass_stats.py from the extension this run built."""
+def sass_table():
+    """tools/cuda_sass_stats.py on the extension this run built (sm_90): {kernel: (reg, stack,
+    sass, loop, per element or None)}; skips where there is nothing to count."""
     if not (lq.extension_available() and extension_has_device_code()):
         pytest.skip("lic_quant._C was built CPU-only")
     if find_cuobjdump() is None:
@@ -348,16 +448,57 @@ def test_sass_instruction_budget():
                           extension_path()], capture_output=True, text=True)
     if "sm_90" not in out.stdout or "forward_kernel<f32" not in out.stdout:
         pytest.skip("no sm_90 machine code in this build (TORCH_CUDA_ARCH_LIST)")
-    per = {}
+    table = {}
     for line in out.stdout.splitlines():
-        m = re.match(r"(\w+_kernel<(\w+), N=\d+, mode=(\w+)>)\s.*\s(\d+)\s*$", line)
+        m = re.match(r"(\w+<[^>]*>)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*(\d*)\s*$", line)
+        if m:
+            table[m.group(1)] = (*(int(g) for g in m.groups()[1:5]),
+                                 int(m.group(6)) if m.group(6) else None)
+    return table
+
+
+def test_sass_instruction_budget():
+    """Issue-bound on the GPU, so the static SASS count per element of the hot loops is the speed
+    budget (docs/design/cuda_kernels.md): float32 forward <= 150 (mixed, sua), float32 backward
+    <= 220 (every path of the loop), float16/bfloat16 within 10 % of float32; the Laplace and
+    logistic forwards within 10 % of the Gaussian's. Counted on sm_90 by tools/cuda_sass_stats.py
+    from the extension this run built."""
+    table = sass_table()
+    per = {}
+    for name, row in table.items():
+        m = re.match(r"(\w+_kernel)<(\w+), N=\d+, mode=(\w+)>$", name)
         if m and m.group(3) != "runtime":
-            per[(m.group(1).split("<")[0], m.group(2), m.group(3))] = int(m.group(4))
-    assert len(per) == 24, out.stdout  # 2 passes x 3 dtypes x 4 modes on the aligned path
+            per[m.groups()] = row[4]
+    assert len(per) == 24, table  # 2 passes x 3 dtypes x 4 modes on the aligned path
     for mode in ("mixed", "sua"):
         assert per[("forward_kernel", "f32", mode)] <= 150, per
+        for family in ("laplace", "logistic"):
+            row = table[f"forward_kernel<f32, N=4, mode={mode}, family={family}>"]
+            assert row[4] <= 1.1 * per[("forward_kernel", "f32", mode)], (family, mode, row)
     for mode in ("noise", "ste", "mixed", "sua"):
         assert per[("backward_kernel", "f32", mode)] <= 220, per
         for kind in ("forward_kernel", "backward_kernel"):
             for half in ("f16", "bf16"):
                 assert per[(kind, half, mode)] <= 1.1 * per[(kind, "f32", mode)], (kind, half, mode)
+
+
+def test_mixture_sass():
+    """The mixture kernels (docs/design/cuda_kernels.md, "Mixtures"): every family, dtype and
+    rate option built; no stack frame (so no local memory) in the float-compute kernels; one
+    element at K = 3 (tools/cuda_sass_stats.py's mixture_path) at most its recorded ceiling in
+    float32, float16/bfloat16 within 10 % of float32."""
+    table = sass_table()
+    rows = {k: v for k, v in table.items() if k.startswith("mixture_")}
+    assert len(rows) == 48, sorted(rows)  # 2 passes x 4 dtypes x 3 families x rate or not
+    for name, (reg, stack, sass, loop, per) in rows.items():
+        assert per is not None and loop > 0, name
+        if "f64" not in name:
+            assert stack == 0, name
+    # Regression ceilings (the counts of the first version plus a margin; the rate=True forward
+    # carries the chunk's reduction and a per-element noise path for unaligned samples).
+    ceiling = {"mixture_forward_kernel": 850, "mixture_backward_kernel": 1150}
+    for name, row in rows.items():
+        if "<f32" in name:
+            assert row[4] <= ceiling[name.split("<")[0]], (name, row)
+            for half in ("f16", "bf16"):
+                assert rows[name.replace("f32", half)][4] <= 1.1 * row[4], (name, half)

@@ -27,8 +27,9 @@ def find_cuobjdump():
 
 
 def short_name(mangled: str) -> str:
-    m = re.search(r"(forward_rate_kernel|rate_finish_kernel|forward_kernel|backward_kernel|"
-                  r"uniform_noise_kernel)(I.*?(L[ib]n?\d+E)+)?", mangled)
+    m = re.search(r"(mixture_forward_kernel|mixture_backward_kernel|forward_rate_kernel|"
+                  r"rate_finish_kernel|forward_kernel|backward_kernel|uniform_noise_kernel)"
+                  r"(I.*?(L[ib]n?\d+E)+)?", mangled)
     if not m:
         return mangled[:60]
     name = m.group(1)
@@ -44,6 +45,10 @@ def short_name(mangled: str) -> str:
     # A bool after them is the rate option (rate=True, docs/spec.md section 8); rate=False rows
     # keep their names.
     rate = ", rate" if re.search(r"Lb1E", t) else ""
+    if name.startswith("mixture_") and len(ints) == 1:
+        # Four elements per thread step, K read at run time (docs/design/cuda_kernels.md).
+        family = families.get(ints[0], f", family={ints[0]}")
+        return f"{name}<{dtype}, N=4, any K{family}{rate}>"
     if name == "forward_rate_kernel" and len(ints) == 1:
         # No loop: four elements per thread, then the chunk's reduction.
         family = families.get(ints[0], f", family={ints[0]}")
@@ -52,6 +57,33 @@ def short_name(mangled: str) -> str:
         family = families.get(ints[2], f", family={ints[2]}") if len(ints) == 3 else ""
         return f"{name}<{dtype}, N={ints[0]}, mode={modes.get(ints[1], ints[1])}{family}{rate}>"
     return name
+
+
+def mixture_path(ins, loops, name, K=3):
+    """(element loop span, instructions per element at K) of a mixture kernel. Its loops nest:
+    [grid-stride loop >] element loop (four elements per group) > component loops (K iterations
+    each, rolled). The count per element at K is the group's own code / 4 + the element loop's
+    code outside its component loops (every path: an upper bound of what one element runs) + K x
+    the component loops that run for probabilities without zero_center (the forward's last loop,
+    the mass; the backward's last two, the masses and slopes, then the gradients). The softmax
+    and zero_center loops are left out (they run only with logits or zero_center)."""
+    if not loops:
+        return None, None
+    spans = sorted(loops, key=lambda l: l[1] - l[0], reverse=True)
+    def size(l):
+        return sum(1 for a, _ in ins if l[0] <= a <= l[1])
+    def inside(a, b):
+        return b[0] <= a[0] and a[1] <= b[1] and a != b
+    elem = next((l for l in reversed(spans) if any(inside(c, l) for c in loops)), None)
+    if elem is None:
+        return None, None
+    comps = sorted((c for c in loops if inside(c, elem)
+                    and not any(inside(d, c) for d in loops)), key=lambda c: c[0])
+    outer = next((l for l in reversed(spans) if inside(elem, l)), None)
+    group = (size(outer) if outer else len(ins)) - size(elem)
+    hot = comps[-1:] if "forward" in name else comps[-2:]
+    own = size(elem) - sum(size(c) for c in comps)
+    return size(elem), group / 4 + own + K * sum(size(c) for c in hot)
 
 
 def nvcc_release() -> str:
@@ -90,21 +122,31 @@ def main(argv=None) -> int:
         mangled = f.split("\n", 1)[0].strip()
         ins = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", f)]
         loop = None
+        loops = []
         for a, t in ins:
             b = re.search(r"BRA (0x[0-9a-f]+)", t)
-            if b and int(b.group(1), 16) < a and (loop is None or a - int(b.group(1), 16) > loop[1] - loop[0]):
-                loop = (int(b.group(1), 16), a)
+            if b and int(b.group(1), 16) < a:
+                loops.append((int(b.group(1), 16), a))
+                if loop is None or a - int(b.group(1), 16) > loop[1] - loop[0]:
+                    loop = (int(b.group(1), 16), a)
         body = [t for a, t in ins if loop and loop[0] <= a <= loop[1]]
-        n = re.search(r"N=(\d+)", short_name(mangled))
+        name = short_name(mangled)
+        n = re.search(r"N=(\d+)", name)
         per = len(body) / int(n.group(1)) if n else None
+        nbody = len(body)
+        if name.startswith("mixture_"):
+            nbody, per = mixture_path(ins, loops, name)
+            nbody = nbody or 0
         reg, stack = regs.get(mangled, (None, None))
-        rows.append((short_name(mangled), reg, stack, len(ins), len(body), per))
+        rows.append((name, reg, stack, len(ins), nbody, per))
     print(f"{'kernel (' + args.arch + ')':68s} {'REG':>4s} {'STACK':>5s} {'SASS':>6s} {'loop':>6s} {'loop/elem':>9s}")
     for r in sorted(rows):
         per = "" if r[5] is None else f"{r[5]:.0f}"
         print(f"{r[0]:68s} {r[1]!s:>4s} {r[2]!s:>5s} {r[3]:6d} {r[4]:6d} {per:>9s}")
     print("loop = the longest backward branch's span: every path of the main loop (the backward "
           "holds both the p-skipping and the full path; a thread runs one), not the tail.")
+    print("mixture_* rows: loop = the element loop, each component loop once; loop/elem = one "
+          "element at K = 3 (mixture_path: probabilities, no zero_center).")
     if args.csv:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
             os.path.abspath(__file__))), "benchmarks"))

@@ -209,66 +209,34 @@ void center(Block<T>& b, int K, int64_t n, int32_t mode, bool zero_center, T tem
 // ---------------------------------------------------------------------------------------------
 // One call.
 
-struct MixtureCall {
-  int32_t mode = 0, family = 0;
-  int K = 0;
+// The CPU's view of a call: the shared preparation (op_args.h) and the seed and temperature,
+// read on the host.
+struct CpuMixtureCall : MixtureCall {
   bool logits = false, zero_center = false;
   uint64_t seed = 0;
   double temperature = 0.0;
-  at::Tensor y, scales, means, weights;
-  ComponentLayout ls{}, lm{}, lw{};
 };
 
-// The parameter as the kernels read it: in place when component_layout takes it, else a
-// contiguous copy.
-at::Tensor in_place_or_copy(const at::Tensor& t, ComponentLayout& layout) {
-  if (auto l = component_layout(t)) {
-    layout = *l;
-    return t;
-  }
-  at::Tensor c = t.contiguous();
-  layout = *component_layout(c);
-  return c;
-}
-
-// A gradient for parameter t (as read): t's own strides where it is dense, so the gradient of a
-// view flows back through the view's backward without a copy; contiguous otherwise.
-at::Tensor grad_like(const at::Tensor& t, bool asked, ComponentLayout& layout) {
-  if (!asked) return at::empty({0}, t.options());
-  at::Tensor g = t.is_non_overlapping_and_dense() ? at::empty_like(t) : at::empty(t.sizes(), t.options());
-  layout = *component_layout(g);
-  return g;
-}
-
-MixtureCall prepare(const at::Tensor& y, const at::Tensor& scales, const at::Tensor& means,
-                    const at::Tensor& weights, const at::Tensor& seed,
-                    const at::Tensor& temperature, c10::string_view mode,
-                    c10::string_view family, double scale_bound, double likelihood_bound,
-                    bool zero_center, bool logits) {
+CpuMixtureCall prepare(const at::Tensor& y, const at::Tensor& scales, const at::Tensor& means,
+                       const at::Tensor& weights, const at::Tensor& seed,
+                       const at::Tensor& temperature, c10::string_view mode,
+                       c10::string_view family, double scale_bound, double likelihood_bound,
+                       bool zero_center, bool logits) {
   TORCH_CHECK(y.device().is_cpu(), "lic_quant: the CPU kernels got y on ", y.device());
-  const Choices ch =
-      check_mixture_call(y, scales, means, weights, family, mode, scale_bound, likelihood_bound);
-  check_scalar_tensor(seed, y, "seed", at::kLong, "a 0-dim int64 tensor");
-  check_scalar_tensor(temperature, y, "temperature", at::kDouble, "a 0-dim float64 tensor");
-  MixtureCall c;
-  c.mode = ch.mode;
-  c.family = ch.family;
-  c.K = static_cast<int>(scales.size(0));
+  CpuMixtureCall c;
+  static_cast<MixtureCall&>(c) = prepare_mixture(y, scales, means, weights, seed, temperature,
+                                                 mode, family, scale_bound, likelihood_bound);
   c.logits = logits;
   c.zero_center = zero_center;
   c.seed = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
   c.temperature = *temperature.const_data_ptr<double>();
   check_unit_interval("temperature", c.temperature);
-  c.y = y.contiguous();
-  c.scales = in_place_or_copy(scales, c.ls);
-  c.means = in_place_or_copy(means, c.lm);
-  c.weights = in_place_or_copy(weights, c.lw);
   return c;
 }
 
 // Loads block [i0, i0 + n) of the call into b (compute type T, inputs of type S).
 template <typename S, typename T>
-void load(const MixtureCall& c, Block<T>& b, int64_t i0, int64_t n, const PhiloxKeys& keys) {
+void load(const CpuMixtureCall& c, Block<T>& b, int64_t i0, int64_t n, const PhiloxKeys& keys) {
   const S* y = c.y.const_data_ptr<S>();
   for (int64_t j = 0; j < n; ++j) b.y[j] = static_cast<T>(y[i0 + j]);
   if (mode_uses_noise(c.mode)) {
@@ -286,7 +254,7 @@ void load(const MixtureCall& c, Block<T>& b, int64_t i0, int64_t n, const Philox
 }
 
 template <typename S, typename T>
-void forward_impl(const MixtureCall& c, at::Tensor& y_hat, at::Tensor& lik,
+void forward_impl(const CpuMixtureCall& c, at::Tensor& y_hat, at::Tensor& lik,
                   const QuantParams<T>& prm) {
   const int64_t numel = c.y.numel();
   const PhiloxKeys keys = philox_keys(c.seed);
@@ -313,7 +281,7 @@ struct GradOutputs {
 };
 
 template <typename S, typename T>
-void backward_impl(const MixtureCall& c, const at::Tensor& g_yhat, const at::Tensor& g_lik,
+void backward_impl(const CpuMixtureCall& c, const at::Tensor& g_yhat, const at::Tensor& g_lik,
                    GradOutputs& o, std::array<bool, 4> mask, const QuantParams<T>& prm) {
   const int64_t numel = c.y.numel();
   const PhiloxKeys keys = philox_keys(c.seed);
@@ -362,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor> mixture_forward_cpu(
     const at::Tensor& weights, const at::Tensor& seed, const at::Tensor& temperature,
     c10::string_view mode, double scale_bound, double likelihood_bound, bool zero_center,
     c10::string_view family, bool weights_are_logits) {
-  const MixtureCall c = prepare(y, scales, means, weights, seed, temperature, mode, family,
+  const CpuMixtureCall c = prepare(y, scales, means, weights, seed, temperature, mode, family,
                                 scale_bound, likelihood_bound, zero_center, weights_are_logits);
   at::Tensor y_hat = at::empty(c.y.sizes(), c.y.options());
   at::Tensor lik = at::empty(c.y.sizes(), c.y.options().dtype(likelihood_dtype(y.scalar_type())));
@@ -383,13 +351,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_backward_cpu(
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode,
     double scale_bound, double likelihood_bound, bool zero_center, c10::string_view family,
     bool weights_are_logits, std::array<bool, 4> output_mask) {
-  const MixtureCall c = prepare(y, scales, means, weights, seed, temperature, mode, family,
+  const CpuMixtureCall c = prepare(y, scales, means, weights, seed, temperature, mode, family,
                                 scale_bound, likelihood_bound, zero_center, weights_are_logits);
-  const auto lik_dtype = likelihood_dtype(y.scalar_type());
-  TORCH_CHECK_VALUE(grad_lik.sizes() == y.sizes() && grad_lik.scalar_type() == lik_dtype &&
-                        grad_lik.device() == y.device(),
-                    "lic_quant: grad_likelihoods must be ", lik_dtype,
-                    " with the shape and device of y");
+  check_mixture_grad_likelihoods(grad_lik, y);
   at::Tensor g_yhat;
   if (grad_y_hat.has_value() && grad_y_hat->defined()) {
     check_like(*grad_y_hat, y, "grad_y_hat");

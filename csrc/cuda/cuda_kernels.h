@@ -111,21 +111,21 @@ inline int64_t multiprocessor_count(int dev) {
   return n;
 }
 
-// Blocks for `work` thread-steps: one full wave, every multiprocessor filled at the kernel's
-// occupancy (per device, computed once per kernel), fewer when there is less work; the kernels
-// loop over the rest. A template per kernel, so each has its own cache.
-template <auto kKernel>
+// Blocks of kBlock threads for `work` thread-steps: one full wave, every multiprocessor filled at
+// the kernel's occupancy (per device, computed once per kernel), fewer when there is less work;
+// the kernels loop over the rest. A template per kernel, so each has its own cache.
+template <auto kKernel, int kBlock = kThreads>
 int64_t grid_size(int64_t work) {
   static std::atomic<int> blocks_per_sm[kMaxDevices];  // zero-initialized: not computed yet
   const int dev = c10::cuda::current_device();
   int per_sm = dev < kMaxDevices ? blocks_per_sm[dev].load(std::memory_order_relaxed) : 0;
   if (per_sm == 0) {
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, kThreads, 0));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, kBlock, 0));
     per_sm = std::max(per_sm, 1);
     if (dev < kMaxDevices) blocks_per_sm[dev].store(per_sm, std::memory_order_relaxed);
   }
   const int64_t sms = multiprocessor_count(dev);
-  const int64_t needed = (work + kThreads - 1) / kThreads;
+  const int64_t needed = (work + kBlock - 1) / kBlock;
   return std::max<int64_t>(1, std::min<int64_t>(needed, sms * per_sm));
 }
 

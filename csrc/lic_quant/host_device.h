@@ -9,6 +9,15 @@
 #define LQ_HD inline __attribute__((always_inline))
 #endif
 
+// A loop the device compiler must not unroll (loops over a run-time count of mixture components:
+// unrolled copies would multiply the kernel's size for no gain). The host compilers vectorize
+// their own way and get no pragma.
+#if defined(__CUDA_ARCH__)
+#define LQ_ROLLED _Pragma("unroll 1")
+#else
+#define LQ_ROLLED
+#endif
+
 namespace lic_quant {
 
 // Bit casts without memcpy so they inline identically on host and device.

@@ -5,6 +5,7 @@
 #include <ATen/EmptyTensor.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 #include <c10/util/string_view.h>
@@ -159,6 +160,69 @@ inline BackwardCall prepare_backward(const c10::optional<at::Tensor>& grad_y_hat
   c.out_scales = output_mask[1] ? c.grad_scales : at::Tensor();
   c.out_means = output_mask[2] ? c.grad_means : at::Tensor();
   return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mixtures (docs/spec.md section 7).
+
+// The parameter as the kernels read it: in place when component_layout takes it, else a
+// contiguous copy.
+inline at::Tensor in_place_or_copy(const at::Tensor& t, ComponentLayout& layout) {
+  if (auto l = component_layout(t)) {
+    layout = *l;
+    return t;
+  }
+  at::Tensor c = t.contiguous();
+  layout = *component_layout(c);
+  return c;
+}
+
+// A gradient for parameter t (as read): t's own strides where it is dense, so the gradient of a
+// view flows back through the view's backward without a copy; contiguous otherwise.
+inline at::Tensor grad_like(const at::Tensor& t, bool asked, ComponentLayout& layout) {
+  if (!asked) return at::empty({0}, t.options());
+  at::Tensor g =
+      t.is_non_overlapping_and_dense() ? at::empty_like(t) : at::empty(t.sizes(), t.options());
+  layout = *component_layout(g);
+  return g;
+}
+
+// One mixture call after its checks: y contiguous, the parameters as the kernels read them. The
+// seed and temperature are checked, not read (on CUDA they stay on the device).
+struct MixtureCall {
+  int32_t mode = 0, family = 0;
+  int K = 0;
+  at::Tensor y, scales, means, weights;
+  ComponentLayout ls{}, lm{}, lw{};
+};
+
+inline MixtureCall prepare_mixture(const at::Tensor& y, const at::Tensor& scales,
+                                   const at::Tensor& means, const at::Tensor& weights,
+                                   const at::Tensor& seed, const at::Tensor& temperature,
+                                   c10::string_view mode, c10::string_view family,
+                                   double scale_bound, double likelihood_bound) {
+  const Choices ch =
+      check_mixture_call(y, scales, means, weights, family, mode, scale_bound, likelihood_bound);
+  check_scalar_tensor(seed, y, "seed", at::kLong, "a 0-dim int64 tensor");
+  check_scalar_tensor(temperature, y, "temperature", at::kDouble, "a 0-dim float64 tensor");
+  MixtureCall c;
+  c.mode = ch.mode;
+  c.family = ch.family;
+  c.K = static_cast<int>(scales.size(0));
+  c.y = y.contiguous();
+  c.scales = in_place_or_copy(scales, c.ls);
+  c.means = in_place_or_copy(means, c.lm);
+  c.weights = in_place_or_copy(weights, c.lw);
+  return c;
+}
+
+// grad_likelihoods of a mixture backward: the likelihoods' dtype, y's shape and device.
+inline void check_mixture_grad_likelihoods(const at::Tensor& grad_lik, const at::Tensor& y) {
+  const auto lik_dtype = likelihood_dtype(y.scalar_type());
+  TORCH_CHECK_VALUE(grad_lik.sizes() == y.sizes() && grad_lik.scalar_type() == lik_dtype &&
+                        grad_lik.device() == y.device(),
+                    "lic_quant: grad_likelihoods must be ", lik_dtype,
+                    " with the shape and device of y");
 }
 
 }  // namespace lic_quant
