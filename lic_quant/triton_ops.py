@@ -205,10 +205,11 @@ def rate_block(sample_size: int) -> int:
     return _k.RATE_BLOCK
 
 
-def _run_forward(name: str, y: Tensor, make_args, consts: dict, temperature: Tensor, rate: bool,
+def _run_forward(name: str, y: Tensor, make_args, temperature: Tensor, rate: bool,
                  launch: bool) -> Tensor:
     """Launches forward kernel `name` and returns its second output. make_args(out) gives the
-    kernel's arguments with `out` as its likelihood pointer. rate=False: out is P, y's shape.
+    kernel's arguments, with `out` as its likelihood pointer, and its constexprs; it is called
+    only to launch (fake tensors never reach it). rate=False: out is P, y's shape.
     rate=True (docs/spec.md section 8): one program per chunk of a sample, out one float64 sum of
     -log2 P per chunk, whose chunks are then added per sample in index order: the bits."""
     n = y.numel()
@@ -216,7 +217,7 @@ def _run_forward(name: str, y: Tensor, make_args, consts: dict, temperature: Ten
     if not rate:
         lik = torch.empty(y.shape, dtype=dtype, device=y.device)
         if n > 0 and launch:
-            _launch(name, n, make_args(lik), consts, temperature)
+            _launch(name, n, *make_args(lik), temperature)
         return lik
     samples = y.shape[0]
     sample_size = n // samples if samples > 0 else 0
@@ -225,15 +226,16 @@ def _run_forward(name: str, y: Tensor, make_args, consts: dict, temperature: Ten
     block = rate_block(sample_size)
     chunks = triton.cdiv(sample_size, block)
     partial = torch.empty((samples, chunks), dtype=torch.float64, device=y.device)
+    args, consts = make_args(partial)
     consts = dict(consts, RATE=True, ALIGNED=sample_size % 4 == 0, sample_size=sample_size,
                   chunks=chunks)
     kernel = _k.KERNELS[name]
     if INTERPRETED:
         check_unit_interval("temperature", float(temperature))
-        kernel[(samples * chunks,)](*make_args(partial), **consts, ON_GPU=False, BLOCK=block)
+        kernel[(samples * chunks,)](*args, **consts, ON_GPU=False, BLOCK=block)
     else:
         torch.library.wrap_triton(kernel)[(samples * chunks,)](
-            *make_args(partial), **consts, ON_GPU=True, BLOCK=block, num_warps=_k.RATE_WARPS)
+            *args, **consts, ON_GPU=True, BLOCK=block, num_warps=_k.RATE_WARPS)
     # Chunk sums in index order: a sequential left fold, the same whatever the thread count.
     bits = partial[:, 0].clone()
     for c in range(1, chunks):
@@ -253,11 +255,12 @@ def _forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
     m_c = means.contiguous() if means is not None else None
     lik = _run_forward(
         "quantize_forward", y,
-        lambda out: (_raw(y_c), _raw(m_c if m_c is not None else y_c), _raw(scales.contiguous()),
-                     seed, temperature, _raw(y_hat), out, y.numel(), 0, float(scale_bound),
-                     float(likelihood_bound)),
-        dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center), HAS_MEANS=m_c is not None,
-             IS_BF16=y.dtype == torch.bfloat16, FAMILY=FAMILIES.index(family)),
+        lambda out: ((_raw(y_c), _raw(m_c if m_c is not None else y_c), _raw(scales.contiguous()),
+                      seed, temperature, _raw(y_hat), out, y.numel(), 0, float(scale_bound),
+                      float(likelihood_bound)),
+                     dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center),
+                          HAS_MEANS=m_c is not None, IS_BF16=y.dtype == torch.bfloat16,
+                          FAMILY=FAMILIES.index(family))),
         temperature, rate, launch)
     return y_hat, lik
 
@@ -340,17 +343,16 @@ def _mixture_forward(y: Tensor, scales: Tensor, means: Tensor, weights: Tensor, 
     _check_mixture_op(y, scales, means, weights, seed, temperature, family, weights_are_logits,
                       mode, scale_bound, likelihood_bound, zero_center, rate)
     y_hat = torch.empty(y.shape, dtype=y.dtype, device=y.device)
-    y_c = y.contiguous()
-    mu, sigma, w = (_in_place_or_copy(t) for t in (means, scales, weights))
-    layout, inner, strides = _layout_args((mu, sigma, w), y.numel())
-    lik = _run_forward(
-        "mixture_forward", y,
-        lambda out: (_raw(y_c), _raw(mu), _raw(sigma), _raw(w), seed, temperature, _raw(y_hat),
-                     out, y.numel(), 0, float(scale_bound), float(likelihood_bound),
-                     scales.shape[0], inner, *(s for triple in strides for s in triple)),
-        _mixture_consts(y, mode, zero_center, family, weights_are_logits, layout),
-        temperature, rate, launch)
-    return y_hat, lik
+
+    def make_args(out):
+        mu, sigma, w = (_in_place_or_copy(t) for t in (means, scales, weights))
+        layout, inner, strides = _layout_args((mu, sigma, w), y.numel())
+        return ((_raw(y.contiguous()), _raw(mu), _raw(sigma), _raw(w), seed, temperature,
+                 _raw(y_hat), out, y.numel(), 0, float(scale_bound), float(likelihood_bound),
+                 scales.shape[0], inner, *(s for triple in strides for s in triple)),
+                _mixture_consts(y, mode, zero_center, family, weights_are_logits, layout))
+
+    return y_hat, _run_forward("mixture_forward", y, make_args, temperature, rate, launch)
 
 
 def _mixture_backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
@@ -365,11 +367,12 @@ def _mixture_backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y:
     if grad_y_hat is not None:
         check_input("grad_y_hat", grad_y_hat, y)
     need = [bool(b) for b in output_mask]
-    mu, sigma, w = (_in_place_or_copy(t) for t in (means, scales, weights))
     gy = torch.empty(y.shape if need[0] else (0,), dtype=y.dtype, device=y.device)
-    gs, gm, gw = (parameter_grad(t, needed) for t, needed in zip((sigma, mu, w), need[1:]))
+    gs, gm, gw = (parameter_grad(t, needed)
+                  for t, needed in zip((scales, means, weights), need[1:]))
     n = y.numel()
     if n > 0 and launch and any(need):
+        mu, sigma, w = (_in_place_or_copy(t) for t in (means, scales, weights))
         y_c = y.contiguous()
         gyh = grad_y_hat.contiguous() if grad_y_hat is not None else None
         # A gradient not asked for is never written: its parameter stands in for it (pointer and

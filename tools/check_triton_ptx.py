@@ -102,7 +102,8 @@ def main() -> int:
                    "seed_ptr": "*i64", "temp_ptr": "*fp64", "y_hat_ptr": "*fp32",
                    "lik_ptr": "*fp32", "n_elements": "i32", "index_base": "i64",
                    "scale_bound": "fp32", "likelihood_bound": "fp32", "K": "i32", "inner": "i32",
-                   **{f"{t}_{part}": "i32" for t in strides for part in ("stride", "outer", "inner")},
+                   **{f"{t}_{part}": "i32" for t in strides
+                      for part in ("stride", "outer", "inner")},
                    **dict.fromkeys(("MODE", "ZERO_CENTER", "LOGITS", "IS_BF16", "ON_GPU", "BLOCK",
                                     "FAMILY", "LAYOUT", "RATE", "ALIGNED", "sample_size",
                                     "chunks"), "constexpr")}
