@@ -1,13 +1,14 @@
-"""Triton kernels of lic_quant (docs/spec.md sections 1-3): one fused pass forward, one fused pass
-backward.
+"""Triton kernels of lic_quant (docs/spec.md sections 1-3, 6-8): one fused pass forward, one fused
+pass backward, for one likelihood family and for K-component mixtures of one.
 
 Imported by lic_quant/triton_ops.py, itself imported on the first ``backend="triton"`` call;
 ``triton.jit`` reads TRITON_INTERPRET when a kernel is decorated: set it before then to run these
 kernels on CPU tensors in Triton's interpreter.
 
 Every per-element function below is a line-by-line port of csrc/lic_quant/{philox,normal_dist,
-quantize_math}.h, float32 only, written with IEEE operations, explicit fused multiply-adds, bit
-casts and selects, never libdevice (unavailable in the interpreter). What keeps the bits equal to
+neg_exp,laplace_dist,logistic_dist,quantize_math,mixture_math}.h, float32 only, written with IEEE
+operations, explicit fused multiply-adds, bit casts and selects, never libdevice (unavailable in
+the interpreter). What keeps the bits equal to
 the C++/CUDA kernels:
 
 * Fused multiply-adds. ``_fma`` is ``tl.fma`` (one rounding) on the GPU. The interpreter's fma

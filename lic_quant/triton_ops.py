@@ -1,14 +1,18 @@
-"""backend="triton": the fused kernels of lic_quant/_triton_kernels.py as one pair of torch ops.
+"""backend="triton": the fused kernels of lic_quant/_triton_kernels.py as torch ops.
 
 ``torch.ops.lic_quant.triton_quantize_forward`` / ``triton_quantize_backward`` have the C++ ops'
-schemas (csrc/ops.cpp) and one launch helper, ``_launch``. On the GPU they are
+schemas (csrc/ops.cpp); the mixture ops (docs/spec.md section 7)
+``triton_mixture_quantize_forward`` / ``triton_mixture_quantize_backward`` the C++ mixture ops'
+schemas plus ``rate`` (as the single-family ones). All four share one launch helper, ``_launch``
+(and ``_run_forward`` for the likelihoods or the bits), one registration helper,
+``_register_ops``, and one autograd.Function factory, ``_autograd_function``. On the GPU they are
 ``torch.library.triton_op``s: torch.compile traces into the kernels (no graph break), and eager
 calls launch them directly. Under Triton's interpreter the kernels are plain Python that a graph
 cannot capture, so the same functions are registered as opaque ``torch.library.custom_op``s with a
-fake kernel. Autograd (``_setup_context`` and ``_autograd_backward``, bound to the op by
-``register_autograd`` and to ``TritonQuantize``, the API's entry): the forward saves only y, scales, means, the seed
-and the temperature, the backward recomputes u (docs/spec.md section 2) and is once
-differentiable.
+fake kernel. Autograd (``_setup_context`` and ``_autograd_backward``, and their ``_mixture_``
+twins, bound to the op by ``register_autograd`` and to ``TritonQuantize`` /
+``TritonMixtureQuantize``, the API's entries): the forward saves only its inputs, the seed and the
+temperature, the backward recomputes u (docs/spec.md section 2) and is once differentiable.
 
 Devices. CUDA tensors run the compiled kernels, autotuned over BLOCK x num_warps in (512, 4),
 (1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8) (4096 x 4 spills registers);
@@ -25,7 +29,11 @@ rate=True (docs/spec.md section 8): the forward launches one program per chunk o
 (``rate_block``: a fixed chunk size, never autotuned, so the order of the float64 sums depends on
 the shape alone) that writes y_hat and its chunk's sum of -log2 P; the chunks of each sample are
 then added in index order. The backward is the same kernel with RATE set: it reads one bits'
-gradient per sample and forms -g / (P ln 2) from the recomputed P.
+gradient per sample and forms -g / (P ln 2) from the recomputed P. The mixture kernels do the same.
+
+Mixture parameters are read in place where ``_checks.component_layout`` takes them (contiguous
+copies otherwise); their gradients come back in the parameters' strides where those are dense
+(``_ops.parameter_grad``), as from the CPU kernel.
 
 The value of a temperature given as a CUDA tensor is not checked (reading it would synchronize the
 GPU); float temperatures are checked by the API, and CPU tensors under the interpreter here.
@@ -320,11 +328,14 @@ def _layout_args(tensors: Sequence[Tensor], n: int) -> tuple[int, int, list]:
     needs no division (LAYOUT 0); several inners, one division per tensor (LAYOUT 2)."""
     layouts = [component_layout(t) for t in tensors]
     plain = [outer == inner or inner >= n for _, outer, inner in layouts]
-    inners = {inner for (_, _, inner), p in zip(layouts, plain) if not p}
+    inners = []  # a list, not a set: traced sizes (SymInts) do not hash
+    for (_, _, inner), p in zip(layouts, plain):
+        if not p and not any(inner == i for i in inners):
+            inners.append(inner)
     if not inners:
         return 0, 1, [(k, 0, 1) for k, _, _ in layouts]
     if len(inners) == 1:
-        shared = inners.pop()
+        shared = inners[0]
         return 1, shared, [(k, shared if p else outer, shared)
                            for (k, outer, _), p in zip(layouts, plain)]
     return 2, 1, list(layouts)
