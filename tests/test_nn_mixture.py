@@ -378,3 +378,140 @@ def test_replaced_model_trains_like_compressai_with_the_same_noise(backend, monk
     for (name, p), q in zip(theirs.named_parameters(), ours.parameters()):
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------------------------------------------------
+# rate=True, bits_per_pixel and RateDistortionLoss
+# ------------------------------------------------------------------------------------------
+
+def _module_pair(kind, backend):
+    if kind == "gaussian":
+        return (lnn.GaussianConditional(None, mode="mixed", backend=backend),
+                lnn.GaussianConditional(None, mode="mixed", backend=backend, rate=True))
+    return (lnn.GaussianMixtureConditional(mode="mixed", backend=backend),
+            lnn.GaussianMixtureConditional(mode="mixed", backend=backend, rate=True))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["gaussian", "mixture"])
+def test_rate_option_returns_per_sample_bits(kind, backend):
+    y, scales, means, weights = blocked_inputs(seed=11)
+    args = (y, scales[:, :M], means[:, :M]) if kind == "gaussian" else (y, scales, means, weights)
+    plain, rated = _module_pair(kind, backend)
+    a, b = leaves(*args), leaves(*args)
+    for training in (True, False):
+        torch.manual_seed(2)
+        y_hat, lik = plain(*a, training=training)
+        torch.manual_seed(2)
+        y_hat_r, bits = rated(*b, training=training)
+        assert torch.equal(y_hat, y_hat_r)
+        assert bits.shape == (SHAPE[0],) and bits.dtype == torch.float32
+        expected = -torch.log2(lik.double()).flatten(1).sum(1)
+        torch.testing.assert_close(bits.double(), expected, rtol=1e-6, atol=0)
+    (y_hat.square().sum() - torch.log2(lik).sum()).backward()
+    (y_hat_r.square().sum() + bits.sum()).backward()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_bits_per_pixel_reads_likelihoods_and_bits():
+    g = torch.Generator().manual_seed(0)
+    lik_y = torch.rand(2, 4, 3, 3, generator=g) * 0.9 + 0.05
+    lik_z = torch.rand(2, 2, 1, 1, generator=g) * 0.9 + 0.05
+    pixels = 2 * 24 * 24
+    expected = CaiRDLoss()({"likelihoods": {"y": lik_y, "z": lik_z},
+                            "x_hat": torch.zeros(2, 3, 24, 24)},
+                           torch.zeros(2, 3, 24, 24))["bpp_loss"]
+    assert torch.equal(lnn.bits_per_pixel({"y": lik_y, "z": lik_z}, pixels), expected)
+    bits_y = -torch.log2(lik_y.double()).flatten(1).sum(1).float()
+    mixed = lnn.bits_per_pixel({"y": bits_y, "z": lik_z}, pixels)
+    torch.testing.assert_close(mixed, expected, rtol=1e-6, atol=0)
+    # nested dicts and lists (latent codecs such as ELIC's), a bare tensor
+    nested = lnn.bits_per_pixel({"y": [bits_y], "z": {"z": lik_z}}, pixels)
+    torch.testing.assert_close(nested, expected, rtol=1e-6, atol=0)
+    assert torch.equal(lnn.bits_per_pixel(bits_y, 4), bits_y.sum() / 4)
+    with pytest.raises(ValueError, match="no likelihoods"):
+        lnn.bits_per_pixel({}, pixels)
+    with pytest.raises(TypeError, match="str"):
+        lnn.bits_per_pixel({"y": "a"}, pixels)
+
+
+@pytest.mark.parametrize("metric", ["mse", "ms-ssim"])
+def test_rate_distortion_loss_equals_compressais(metric):
+    torch.manual_seed(0)
+    model = MeanScaleHyperprior(N=8, M=8).train()
+    size = 192 if metric == "ms-ssim" else 64  # MS-SSIM: 5 scales (> 160), a multiple of 64
+    x = torch.rand(2, 3, size, size)
+    out = model(x)
+    theirs = CaiRDLoss(lmbda=0.02, metric=metric)(out, x)
+    ours = lnn.RateDistortionLoss(lmbda=0.02, metric=metric)(out, x)
+    assert ours.keys() == theirs.keys()
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+    assert torch.equal(lnn.RateDistortionLoss(0.02, metric, return_type="loss")(out, x),
+                       theirs["loss"])
+    with pytest.raises(NotImplementedError):
+        lnn.RateDistortionLoss(metric="psnr")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("model_kind", ["hyperprior", "mixture"])
+def test_rate_true_training_step_matches_compressais_loss(model_kind, backend):
+    """The swap the README describes: lic_quant.nn.RateDistortionLoss and
+    replace_gaussian_conditionals(model, rate=True) give CompressAI's RateDistortionLoss on the
+    likelihoods of the same model (same weights, same noise), loss and gradients."""
+    torch.manual_seed(0)
+    make = (lambda: MeanScaleHyperprior(N=8, M=8)) if model_kind == "hyperprior" else TinyGMMModel
+    reference, rated = make().train(), make().train()
+    rated.load_state_dict(reference.state_dict())
+    lnn.replace_gaussian_conditionals(reference, mode="mixed", backend=backend)
+    lnn.replace_gaussian_conditionals(rated, mode="mixed", backend=backend, rate=True)
+    x = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(3)
+    out_ref = reference(x)
+    torch.manual_seed(3)
+    out_rate = rated(x)
+    assert out_rate["likelihoods"]["y"].shape == (2,)
+    theirs = CaiRDLoss(lmbda=0.01)(out_ref, x)
+    ours = lnn.RateDistortionLoss(lmbda=0.01)(out_rate, x)
+    for key in ("bpp_loss", "mse_loss", "loss"):
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-6, atol=0, msg=key)
+    theirs["loss"].backward()
+    ours["loss"].backward()
+    for (name, p), q in zip(reference.named_parameters(), rated.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rate", [False, True])
+def test_compile_fullgraph_equals_eager(rate):
+    """The module under torch.compile(fullgraph=True): no graph break, the eager values (inductor
+    told to draw eager's random numbers, so both runs get the same seed), no recompilation for
+    a new temperature."""
+    if not lic_quant.extension_available():
+        pytest.skip("lic_quant._C is not built")
+    y, scales, means, weights = blocked_inputs(seed=12)
+    gmc = lnn.GaussianMixtureConditional(mode="sua", temperature=0.7, rate=rate)
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(gmc, fullgraph=True, backend=counter)
+    frames = None
+    with torch._inductor.config.patch(fallback_random=True):
+        for temperature in (0.7, 0.2):
+            gmc.temperature = temperature
+            a, b = leaves(y, scales, means, weights), leaves(y, scales, means, weights)
+            torch.manual_seed(9)
+            want = gmc(*a)
+            torch.manual_seed(9)
+            got = compiled(*b)
+            for w, g in zip(want, got):
+                torch.testing.assert_close(g, w, rtol=1e-6, atol=0)
+            sum(t.sum() for t in want).backward()
+            sum(t.sum() for t in got).backward()
+            for p, q in zip(a, b):
+                torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7)
+            frames = frames if temperature != 0.7 else counter.frame_count
+    assert counter.frame_count == frames, "a new temperature recompiled the graph"
