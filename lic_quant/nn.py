@@ -1,4 +1,5 @@
-"""A drop-in ``GaussianConditional`` for learned-image-compression models.
+"""Drop-ins for CompressAI's ``GaussianConditional`` and ``GaussianMixtureConditional``, and the
+rate term of its ``RateDistortionLoss``, on lic_quant's fused ops.
 
 ``lic_quant.nn.GaussianConditional`` has the constructor, ``forward(inputs, scales, means=None,
 training=None) -> (outputs, likelihoods)`` and the attributes of CompressAI's class of that name,
@@ -21,8 +22,14 @@ and adds the settings of the fused op: ``family`` (``"gaussian"``, ``"laplace"``
   distribution that was trained. Changing ``family`` after ``update()`` needs
   ``update(force=True)`` (CompressAI: ``update_scale_table(..., force=True)``).
 
-:func:`replace_gaussian_conditionals` swaps every CompressAI ``GaussianConditional`` of an
-existing model for this one, buffers included.
+``lic_quant.nn.GaussianMixtureConditional`` does the same for CompressAI's mixture class on
+:func:`lic_quant.mixture_quantize` (CompressAI's channel-blocked parameters read in place as
+views). :func:`replace_gaussian_conditionals` swaps every CompressAI ``GaussianConditional`` and
+``GaussianMixtureConditional`` of an existing model for these, buffers included.
+
+With ``rate=True`` both modules return per-sample bits (docs/spec.md section 8) in place of the
+likelihoods; :func:`bits_per_pixel` and :class:`RateDistortionLoss` (CompressAI's loss) read
+likelihoods and bits alike.
 """
 from __future__ import annotations
 
