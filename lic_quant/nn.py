@@ -588,13 +588,39 @@ class _FusedMixtureMixin(_FusedQuantizationMixin):
                                     seed=shared[1])
         return self._mixture_op(inputs, scales, means, weights, self.mode, self.zero_center)
 
-    # -- entropy coding: CompressAI's, on probabilities of the Gaussian family -----------------
+    # -- entropy coding: CompressAI's, on probabilities; the family's bins in the CDFs ----------
+
+    @torch.no_grad()
+    def _build_cdf(self, scales, means, weights, abs_max):
+        """One CDF per latent over the symbols 0 .. 2*abs_max (values -abs_max .. abs_max) plus
+        the coder's escape symbol. The Gaussian family's are CompressAI's own. The others take
+        the family's bin masses at the same clamped scales, and give every symbol at least one
+        of the 2**precision - 1 counts, the rest in proportion to its mass (the largest mass
+        takes what flooring leaves over) and the escape symbol the last count."""
+        if self.family == "gaussian":
+            return super()._build_cdf(scales, means, weights, abs_max)
+        dtype = torch.float64
+        n_symbols = 2 * abs_max + 1
+        values = torch.arange(-abs_max, abs_max + 1, device=scales.device, dtype=dtype)
+        s = scales.to(dtype).clamp(0.11, 256).unsqueeze(-1)  # (K, L, 1), as CompressAI clamps
+        v = values - means.to(dtype).unsqueeze(-1)
+        bins = (self._standardized_cumulative((v + 0.5) / s)
+                - self._standardized_cumulative((v - 0.5) / s))
+        pmf = (weights.to(dtype).unsqueeze(-1) * bins).sum(0).clamp_min(0)  # (L, n_symbols)
+        total = 2**self.entropy_coder_precision - 1  # the escape symbol gets the last count
+        free = total - n_symbols
+        if free < 0:
+            raise ValueError(f"lic_quant.nn: {n_symbols} symbols do not fit "
+                             f"{self.entropy_coder_precision}-bit CDFs")
+        counts = torch.floor(pmf * (free / pmf.sum(1, keepdim=True).clamp_min(1e-300))) + 1
+        counts = counts.to(torch.int64)
+        left = total - counts.sum(1)
+        counts[torch.arange(counts.shape[0], device=counts.device), pmf.argmax(1)] += left
+        cdf = torch.nn.functional.pad(torch.cumsum(counts, 1), (1, 0))
+        cdf = torch.nn.functional.pad(cdf, (0, 1), value=total + 1)
+        return cdf.int()
 
     def _coding_weights(self, weights: Tensor, scales: Tensor) -> Tensor:
-        if self.family != "gaussian":
-            raise NotImplementedError(
-                f"lic_quant.nn: GaussianMixtureConditional codes Gaussian mixtures only "
-                f"(CompressAI's _build_cdf); family={self.family!r} trains but does not code")
         if not self._weights_are_logits:
             return weights
         K = self.K
@@ -633,7 +659,8 @@ if HAVE_COMPRESSAI:
         Args beyond CompressAI's: ``mode``, ``temperature``, ``backend``, ``rate`` as for
         :class:`GaussianConditional`; ``zero_center`` (default False, CompressAI's lattice at 0):
         True centres the training lattice at the mixture mean sum_k w_k mu_k;
-        ``family``: the components' family (coding supports ``"gaussian"`` only);
+        ``family``: the components' family (``compress`` builds the CDFs of the same family;
+        the Gaussian's are CompressAI's own);
         ``weights_are_logits``: the kernel softmaxes the weights over K (forward and backward),
         and ``compress``/``decompress`` softmax them before CompressAI's CDFs.
         """

@@ -231,8 +231,6 @@ def test_other_families_train():
         assert torch.equal(y_hat, want[0]) and torch.equal(lik, want[1])
         (y_hat.sum() - lik.log().sum()).backward()
         assert all(torch.isfinite(t.grad).all() for t in p)
-    with pytest.raises(NotImplementedError, match="codes Gaussian mixtures only"):
-        lnn.GaussianMixtureConditional(family="laplace").compress(y, scales, means, weights)
 
 
 def test_schedule_drives_the_mixture_temperature():
@@ -278,6 +276,47 @@ def test_compress_gives_compressais_strings(logits):
     assert torch.equal(dec, torch.round(y))
     # eval forward's outputs are what the decoder rebuilds
     assert torch.equal(ours.eval()(y, scales, means, weights)[0], dec)
+
+
+def _mixture_samples(family, scales, means, weights, g):
+    """Draws of the K-component mixture of `family` (channel-blocked parameters)."""
+    sc, mu, w = (t.unflatten(1, (K, -1)).movedim(1, 0).double() for t in (scales, means, weights))
+    pick = torch.multinomial(w.movedim(0, -1).reshape(-1, K), 1, generator=g)
+    pick = pick.reshape(w.shape[1:]).unsqueeze(0)
+    u = torch.rand(w.shape[1:], generator=g, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    if family == "laplace":
+        x = -torch.sign(u - 0.5) * torch.log1p(-2 * (u - 0.5).abs())
+    elif family == "logistic":
+        x = torch.log(u) - torch.log1p(-u)
+    else:
+        x = torch.special.ndtri(u)
+    return (mu.gather(0, pick)[0] + x * sc.gather(0, pick)[0]).float()
+
+
+@pytest.mark.parametrize("family", lic_quant.FAMILIES)
+def test_compress_codes_each_familys_mixture(family):
+    """compress/decompress round-trip the rounded latents for every family, and the bitstream
+    is about the bits the eval likelihoods estimate; the Gaussian tables (CompressAI's) on data
+    of another family cost more. Measured here (6144 latents): coded / estimate = 1.0085
+    (Gaussian), 1.0047 (Laplace), 1.0057 (logistic); the Gaussian tables cost 1.035x the Laplace
+    tables' bits on Laplace data and 1.084x on logistic data."""
+    g = torch.Generator().manual_seed(13)
+    m = 8
+    full = (1, K * m, 16, 16)
+    scales = torch.rand(full, generator=g) * 3 + 0.3
+    means = torch.randn(full, generator=g) * 3
+    weights = torch.randn(full, generator=g).unflatten(1, (K, m)).softmax(1).flatten(1, 2)
+    y = _mixture_samples(family, scales, means, weights, g)
+    gmc = lnn.GaussianMixtureConditional(family=family).eval()
+    enc, y_q = gmc.compress(y, scales, means, weights)
+    dec = gmc.decompress(*enc, scales, means, weights)
+    assert torch.equal(dec, torch.round(y)) and torch.equal(y_q, torch.round(y))
+    coded = len(enc[0]) * 8
+    estimate = float(-gmc(y, scales, means, weights)[1].log2().sum())
+    assert estimate * 0.98 < coded < estimate * 1.02 + 64, (coded, estimate)
+    if family != "gaussian":
+        gaussian = lnn.GaussianMixtureConditional(family="gaussian")
+        assert len(gaussian.compress(y, scales, means, weights)[0][0]) * 8 > coded * 1.02
 
 
 # ------------------------------------------------------------------------------------------
