@@ -262,13 +262,14 @@ def mixture_inputs(K, logits, layout, shape, dtype, device, seed=31):
     return ts
 
 
-def mixture_ops(ins, g_yhat, g_lik, mask, family, mode, logits, zero_center, seed, temperature):
+def mixture_ops(ins, g_yhat, g_lik, mask, family, mode, logits, zero_center, seed, temperature,
+                rate=False):
     dev_ = ins[0].device
     seed_t = lq.make_seed(seed, dev_)
     temp_t = torch.tensor(temperature, dtype=torch.float64, device=dev_)
     args = (seed_t, temp_t, mode, SB, LB, zero_center, family, logits)
-    y_hat, lik = torch.ops.lic_quant.mixture_quantize_forward(*ins, *args)
-    grads = torch.ops.lic_quant.mixture_quantize_backward(g_yhat, g_lik, *ins, *args, mask)
+    y_hat, lik = torch.ops.lic_quant.mixture_quantize_forward(*ins, *args, rate)
+    grads = torch.ops.lic_quant.mixture_quantize_backward(g_yhat, g_lik, *ins, *args, mask, rate)
     return y_hat, lik, grads
 
 
@@ -318,6 +319,39 @@ def test_mixture_grid_stride_loop():
     for a, b, name in zip((got[0], got[1], *got[2]), (want[0], want[1], *want[2]),
                           ("y_hat", "likelihoods", "y", "scales", "means", "weights")):
         assert_same_bits(cpu(a), b, name)
+
+
+@needs_device
+@pytest.mark.parametrize("family", lq.FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_mixture_rate_matches_cpu_kernels(family, dtype):
+    """rate=True (docs/spec.md section 8): y_hat bit for bit, the bits within 1e-6 relative (the
+    same P; only the log2 and the order of the float64 sums differ), the gradients from the bits'
+    gradient bit for bit except float64. Samples of 35 elements (not a multiple of the four a
+    thread takes) and of 1540 (two chunks of the CUDA reduction)."""
+    for shape, K, logits, layout in (((3, 5, 7), 3, True, "contiguous"),
+                                     ((2, 4, 5, 77), 2, False, "blocked")):
+        what = f"{family} {dtype} {shape}"
+        c_ins = mixture_inputs(K, logits, layout, shape, dtype, "cpu")
+        k_ins = mixture_inputs(K, logits, layout, shape, dtype, DEVICE)
+        g_yhat = make_upstream(shape, dtype, dtype, seed=3)[0]
+        g_bits = torch.randn(shape[0], generator=torch.Generator().manual_seed(4),
+                             dtype=torch.float64).to(lik_dtype(dtype))
+        mask = [True, True, True, True]
+        kw = dict(family=family, mode="mixed", logits=logits, zero_center=False, seed=5,
+                  temperature=1.0, rate=True)
+        want = mixture_ops(c_ins, g_yhat, g_bits, mask, **kw)
+        got = mixture_ops(k_ins, *dev(g_yhat, g_bits), mask, **kw)
+        assert_same_bits(cpu(got[0]), want[0], f"{what} y_hat")
+        assert got[1].shape == (shape[0],)
+        torch.testing.assert_close(cpu(got[1]).double(), want[1].double(), rtol=1e-6, atol=0,
+                                   msg=f"{what} bits")
+        for name, a, b in zip(("y", "scales", "means", "weights"), got[2], want[2]):
+            if dtype == torch.float64:
+                torch.testing.assert_close(cpu(a), b, rtol=1e-12, atol=1e-300,
+                                           msg=f"{what} grad {name}")
+            else:
+                assert_same_bits(cpu(a), b, f"{what} grad {name}")
 
 
 @needs_gpu

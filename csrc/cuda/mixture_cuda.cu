@@ -359,11 +359,13 @@ struct CudaMixtureCall : MixtureCall {
 CudaMixtureCall prepare(const at::Tensor& y, const at::Tensor& scales, const at::Tensor& means,
                         const at::Tensor& weights, const at::Tensor& seed,
                         const at::Tensor& temperature, c10::string_view mode,
-                        c10::string_view family, double scale_bound, double likelihood_bound) {
+                        c10::string_view family, double scale_bound, double likelihood_bound,
+                        bool rate) {
   check_cuda(y);
   CudaMixtureCall c;
   static_cast<MixtureCall&>(c) = prepare_mixture(y, scales, means, weights, seed, temperature,
-                                                 mode, family, scale_bound, likelihood_bound);
+                                                 mode, family, scale_bound, likelihood_bound,
+                                                 rate);
   const int64_t numel = c.y.numel();
   c.inner = common_inner({&c.ls, &c.lm, &c.lw}, numel);
   to_common(c.scales, c.ls, c.inner, numel);
@@ -398,12 +400,11 @@ std::tuple<at::Tensor, at::Tensor> mixture_forward_cuda(
     const at::Tensor& y, const at::Tensor& scales, const at::Tensor& means,
     const at::Tensor& weights, const at::Tensor& seed, const at::Tensor& temperature,
     c10::string_view mode, double scale_bound, double likelihood_bound, bool zero_center,
-    c10::string_view family, bool weights_are_logits) {
-  const bool rate = false;
+    c10::string_view family, bool weights_are_logits, bool rate) {
   check_cuda(y);
   const c10::cuda::CUDAGuard guard(y.device());
   const CudaMixtureCall c = prepare(y, scales, means, weights, seed, temperature, mode, family,
-                                    scale_bound, likelihood_bound);
+                                    scale_bound, likelihood_bound, rate);
   at::Tensor y_hat = at::empty(c.y.sizes(), c.y.options());
   const auto lik_options = c.y.options().dtype(likelihood_dtype(y.scalar_type()));
   const int64_t samples = rate ? y.size(0) : 0;
@@ -447,13 +448,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_backward_cuda
     const at::Tensor& scales, const at::Tensor& means, const at::Tensor& weights,
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode,
     double scale_bound, double likelihood_bound, bool zero_center, c10::string_view family,
-    bool weights_are_logits, std::array<bool, 4> output_mask) {
-  const bool rate = false;
+    bool weights_are_logits, std::array<bool, 4> output_mask, bool rate) {
   check_cuda(y);
   const c10::cuda::CUDAGuard guard(y.device());
   const CudaMixtureCall c = prepare(y, scales, means, weights, seed, temperature, mode, family,
-                                    scale_bound, likelihood_bound);
-  check_mixture_grad_likelihoods(grad_lik, y);
+                                    scale_bound, likelihood_bound, rate);
+  check_grad_likelihoods(grad_lik, y, rate);
   at::Tensor g_yhat;
   if (output_mask[0] && grad_y_hat.has_value() && grad_y_hat->defined()) {
     check_like(*grad_y_hat, y, "grad_y_hat");

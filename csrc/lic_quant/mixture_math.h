@@ -148,13 +148,8 @@ LQ_HD T mixture_backward_element(T g_yhat, T g_lik, T y, T u, int K, bool logits
     prob = prob + it.weight() * mass;
     it.keep(ComponentSlopes<T>{mass, d.d_av, d.d_s});
   }
-  T g_p;
-  if constexpr (kRate) {
-    const T big_p = lower_bound(prob, p.likelihood_bound);
-    g_p = pass_if_towards(-g_lik / (big_p * Ln2<T>::kValue), prob >= p.likelihood_bound);
-  } else {
-    g_p = pass_if_towards(g_lik, prob >= p.likelihood_bound);
-  }
+  const T g_p = kRate ? rate_grad_p(g_lik, prob, p.likelihood_bound)
+                      : pass_if_towards(g_lik, prob >= p.likelihood_bound);
   T gy = T(0);
   it = comp;
   LQ_ROLLED for (int k = 0; k < K; ++k, it.advance()) {

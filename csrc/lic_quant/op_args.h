@@ -126,18 +126,7 @@ inline BackwardCall prepare_backward(const c10::optional<at::Tensor>& grad_y_hat
                                      bool rate = false) {
   const Choices choices = check_inputs(y, scales, means, seed, temperature, family, mode,
                                        scale_bound, likelihood_bound, rate);
-  const auto lik_dtype = likelihood_dtype(y.scalar_type());
-  if (rate) {
-    TORCH_CHECK_VALUE(grad_lik.dim() == 1 && grad_lik.size(0) == y.size(0) &&
-                          grad_lik.scalar_type() == lik_dtype && grad_lik.device() == y.device(),
-                      "lic_quant: with rate=True, grad_likelihoods (the bits' gradient) must be ",
-                      lik_dtype, " of shape (", y.size(0), ",) on the device of y");
-  } else {
-    TORCH_CHECK_VALUE(grad_lik.sizes() == y.sizes() && grad_lik.scalar_type() == lik_dtype &&
-                          grad_lik.device() == y.device(),
-                      "lic_quant: grad_likelihoods must be ", lik_dtype,
-                      " with the shape and device of y");
-  }
+  check_grad_likelihoods(grad_lik, y, rate);
   if (grad_y_hat.has_value() && grad_y_hat->defined()) check_like(*grad_y_hat, y, "grad_y_hat");
   const bool has_means = means.has_value() && means->defined();
   TORCH_CHECK_VALUE(!output_mask[2] || has_means,
@@ -200,9 +189,9 @@ inline MixtureCall prepare_mixture(const at::Tensor& y, const at::Tensor& scales
                                    const at::Tensor& means, const at::Tensor& weights,
                                    const at::Tensor& seed, const at::Tensor& temperature,
                                    c10::string_view mode, c10::string_view family,
-                                   double scale_bound, double likelihood_bound) {
-  const Choices ch =
-      check_mixture_call(y, scales, means, weights, family, mode, scale_bound, likelihood_bound);
+                                   double scale_bound, double likelihood_bound, bool rate) {
+  const Choices ch = check_mixture_call(y, scales, means, weights, family, mode, scale_bound,
+                                        likelihood_bound, rate);
   check_scalar_tensor(seed, y, "seed", at::kLong, "a 0-dim int64 tensor");
   check_scalar_tensor(temperature, y, "temperature", at::kDouble, "a 0-dim float64 tensor");
   MixtureCall c;
@@ -214,15 +203,6 @@ inline MixtureCall prepare_mixture(const at::Tensor& y, const at::Tensor& scales
   c.means = in_place_or_copy(means, c.lm);
   c.weights = in_place_or_copy(weights, c.lw);
   return c;
-}
-
-// grad_likelihoods of a mixture backward: the likelihoods' dtype, y's shape and device.
-inline void check_mixture_grad_likelihoods(const at::Tensor& grad_lik, const at::Tensor& y) {
-  const auto lik_dtype = likelihood_dtype(y.scalar_type());
-  TORCH_CHECK_VALUE(grad_lik.sizes() == y.sizes() && grad_lik.scalar_type() == lik_dtype &&
-                        grad_lik.device() == y.device(),
-                    "lic_quant: grad_likelihoods must be ", lik_dtype,
-                    " with the shape and device of y");
 }
 
 }  // namespace lic_quant
