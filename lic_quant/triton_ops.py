@@ -225,7 +225,8 @@ def _run_forward(name: str, y: Tensor, make_args, temperature: Tensor, rate: boo
     if not rate:
         lik = torch.empty(y.shape, dtype=dtype, device=y.device)
         if n > 0 and launch:
-            _launch(name, n, *make_args(lik), temperature)
+            args, consts = make_args(lik)
+            _launch(name, n, args, dict(consts, sample_size=1, chunks=1), temperature)
         return lik
     samples = y.shape[0]
     sample_size = n // samples if samples > 0 else 0
