@@ -8,8 +8,10 @@ mode=...)`), eager and under torch.compile. Reported per configuration: step tim
 (torch.cuda.max_memory_allocated above what is allocated before the step).
 
 Models: MeanScaleHyperprior (mbt2018-mean), JointAutoregressiveHierarchicalPriors (mbt2018,
-masked-convolution context model) and Elic2022Official (ELIC: uneven channel groups, each with a
-checkerboard context; CompressAI's latent-codec API).
+masked-convolution context model), Elic2022Official (ELIC: uneven channel groups, each with a
+checkerboard context; CompressAI's latent-codec API) and Cheng2020GMM (CompressAI's
+Cheng2020Anchor with Cheng et al.'s K = 3 Gaussian mixture: its entropy parameters widened to
+3*K*M outputs, CompressAI's GaussianMixtureConditional against lic_quant's).
 
     python benchmarks/bench_e2e.py            # batch 16 of 256x256 on the GPU (CUDA if present)
     python benchmarks/bench_e2e.py --quick    # tiny sizes; about 2 minutes on 2 CPU cores
@@ -41,13 +43,50 @@ import lic_quant  # noqa: E402
 import lic_quant.nn as lqnn  # noqa: E402
 import results_csv  # noqa: E402  (benchmarks/ is the script's own directory)
 from report import quantile  # noqa: E402
+from compressai.entropy_models import GaussianMixtureConditional  # noqa: E402
 from compressai.models import (  # noqa: E402
+    Cheng2020Anchor,
     Elic2022Official,
     JointAutoregressiveHierarchicalPriors,
     MeanScaleHyperprior,
 )
+from torch import nn  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Cheng2020GMM(Cheng2020Anchor):
+    """Cheng2020Anchor with the discretized Gaussian mixture of Cheng et al. (2020): the last
+    layer of entropy_parameters gives 3*K*M channels (scales, means and weight logits, each in
+    CompressAI's channel-blocked layout), the weights are softmaxed over the K components, and
+    CompressAI's GaussianMixtureConditional gives the likelihoods of y."""
+
+    def __init__(self, N=192, K=3):
+        super().__init__(N=N)
+        M = N
+        self.K = K
+        self.entropy_parameters = nn.Sequential(
+            nn.Conv2d(M * 12 // 3, M * 10 // 3, 1),
+            nn.LeakyReLU(inplace=True),
+            nn.Conv2d(M * 10 // 3, M * 8 // 3, 1),
+            nn.LeakyReLU(inplace=True),
+            nn.Conv2d(M * 8 // 3, 3 * K * M, 1),
+        )
+        self.gaussian_conditional = GaussianMixtureConditional(K=K)
+
+    def forward(self, x):
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z)
+        params = self.h_s(z_hat)
+        y_hat = self.gaussian_conditional.quantize(y, "noise" if self.training else "dequantize")
+        ctx_params = self.context_prediction(y_hat)
+        mixture_params = self.entropy_parameters(torch.cat((params, ctx_params), dim=1))
+        scales, means, logits = mixture_params.chunk(3, 1)
+        weights = logits.unflatten(1, (self.K, self.M)).softmax(1).flatten(1, 2)
+        _, y_likelihoods = self.gaussian_conditional(y, scales, means, weights)
+        x_hat = self.g_s(y_hat)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
 # name -> (constructor at full size, constructor at --quick size)
 MODELS = {
@@ -57,7 +96,17 @@ MODELS = {
                             lambda: JointAutoregressiveHierarchicalPriors(N=32, M=48)),
     "ELIC": (lambda: Elic2022Official(N=192, M=320),
              lambda: Elic2022Official(N=32, M=64, groups=[8, 8, 16, 32])),
+    "Cheng2020GMM": (lambda: Cheng2020GMM(N=192), lambda: Cheng2020GMM(N=32)),
 }
+MIXTURE_MODELS = {"Cheng2020GMM"}
+
+
+def lic_quant_runs(model_name, device):
+    """Whether lic_quant has kernels for this model's entropy model on `device` (the mixture
+    kernels' backends are lic_quant.api.MIXTURE_BACKENDS)."""
+    if model_name not in MIXTURE_MODELS:
+        return True
+    return ("cuda" if device.type == "cuda" else "cpu") in lic_quant.api.MIXTURE_BACKENDS
 
 
 def all_likelihoods(obj):
@@ -225,6 +274,11 @@ def main(argv=None):
 
     rows = []
     for i, model_name in enumerate(args.models):
+        if not lic_quant_runs(model_name, device):
+            print(f"  {model_name:<20} skipped: lic_quant has no mixture kernels for "
+                  f"{device.type} tensors (lic_quant.api.MIXTURE_BACKENDS = "
+                  f"{lic_quant.api.MIXTURE_BACKENDS})", flush=True)
+            continue
         compile_it = args.compile == "all" or (args.compile == "first" and i == 0)
         for compiled in ([False, True] if compile_it else [False]):
             t0 = time.perf_counter()

@@ -108,16 +108,18 @@ if extension_available():
 
     @torch.library.register_fake("lic_quant::mixture_quantize_forward")
     def _mixture_forward_fake(y, scales, means, weights, seed, temperature, mode, scale_bound,
-                              likelihood_bound, zero_center, family, weights_are_logits):
+                              likelihood_bound, zero_center, family, weights_are_logits,
+                              rate=False):
         check_mixture_call(y, scales, means, weights, family, weights_are_logits, mode,
-                           scale_bound, likelihood_bound, zero_center)
+                           scale_bound, likelihood_bound, zero_center, rate)
         return (torch.empty(y.shape, dtype=y.dtype, device=y.device),
-                torch.empty(y.shape, dtype=likelihood_dtype(y.dtype), device=y.device))
+                torch.empty(rate_shape(y) if rate else y.shape, dtype=likelihood_dtype(y.dtype),
+                            device=y.device))
 
     @torch.library.register_fake("lic_quant::mixture_quantize_backward")
     def _mixture_backward_fake(grad_y_hat, grad_likelihoods, y, scales, means, weights, seed,
                                temperature, mode, scale_bound, likelihood_bound, zero_center,
-                               family, weights_are_logits, output_mask):
+                               family, weights_are_logits, output_mask, rate=False):
         grad_y = torch.empty(y.shape if output_mask[0] else (0,), dtype=y.dtype, device=y.device)
         return (grad_y, parameter_grad(scales, output_mask[1]),
                 parameter_grad(means, output_mask[2]), parameter_grad(weights, output_mask[3]))

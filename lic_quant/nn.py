@@ -1,4 +1,5 @@
-"""A drop-in ``GaussianConditional`` for learned-image-compression models.
+"""Drop-ins for CompressAI's ``GaussianConditional`` and ``GaussianMixtureConditional``, and the
+rate term of its ``RateDistortionLoss``, on lic_quant's fused ops.
 
 ``lic_quant.nn.GaussianConditional`` has the constructor, ``forward(inputs, scales, means=None,
 training=None) -> (outputs, likelihoods)`` and the attributes of CompressAI's class of that name,
@@ -21,8 +22,14 @@ and adds the settings of the fused op: ``family`` (``"gaussian"``, ``"laplace"``
   distribution that was trained. Changing ``family`` after ``update()`` needs
   ``update(force=True)`` (CompressAI: ``update_scale_table(..., force=True)``).
 
-:func:`replace_gaussian_conditionals` swaps every CompressAI ``GaussianConditional`` of an
-existing model for this one, buffers included.
+``lic_quant.nn.GaussianMixtureConditional`` does the same for CompressAI's mixture class on
+:func:`lic_quant.mixture_quantize` (CompressAI's channel-blocked parameters read in place as
+views). :func:`replace_gaussian_conditionals` swaps every CompressAI ``GaussianConditional`` and
+``GaussianMixtureConditional`` of an existing model for these, buffers included.
+
+With ``rate=True`` both modules return per-sample bits (docs/spec.md section 8) in place of the
+likelihoods; :func:`bits_per_pixel` and :class:`RateDistortionLoss` (CompressAI's loss) read
+likelihoods and bits alike.
 """
 from __future__ import annotations
 
@@ -34,23 +41,29 @@ from torch import Tensor, nn
 
 import math
 
-from ._checks import (BACKENDS, FAMILIES, MODES, check_bool, check_choice, check_host_tensor,
-                      check_unit_interval)
-from .api import make_seed, quantize
+from ._checks import (BACKENDS, FAMILIES, MAX_COMPONENTS, MODES, check_bool, check_choice,
+                      check_host_tensor, check_unit_interval)
+from .api import make_seed, mixture_quantize, quantize
 
 try:  # CompressAI is optional: it prints deprecation warnings of torch.jit on import
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         from compressai.entropy_models import GaussianConditional as _CompressAIGaussianConditional
+        from compressai.entropy_models import (
+            GaussianMixtureConditional as _CompressAIGaussianMixtureConditional)
     HAVE_COMPRESSAI = True
 except ImportError:  # pragma: no cover - exercised where compressai is absent
-    _CompressAIGaussianConditional = None
+    _CompressAIGaussianConditional = _CompressAIGaussianMixtureConditional = None
     HAVE_COMPRESSAI = False
 
 __all__ = [
     "GaussianConditional",
+    "GaussianMixtureConditional",
     "HAVE_COMPRESSAI",
+    "RateDistortionLoss",
     "StandaloneGaussianConditional",
+    "StandaloneGaussianMixtureConditional",
+    "bits_per_pixel",
     "replace_gaussian_conditionals",
 ]
 
@@ -232,17 +245,23 @@ class _FusedQuantizationMixin:
         zero_center: bool = True,
         backend: str = "auto",
         family: str = "gaussian",
+        rate: bool = False,
         **kwargs: Any,
     ):
-        check_choice("family", family, FAMILIES)
         self.family = family  # before CompressAI's constructor, which may tabulate the CDFs
         super().__init__(scale_table, *args, scale_bound=scale_bound, tail_mass=tail_mass,
                          likelihood_bound=likelihood_bound, **kwargs)
+        self._init_fused(mode, temperature, zero_center, backend, rate)
+
+    def _init_fused(self, mode, temperature, zero_center, backend, rate) -> None:
+        """The settings and buffers of the fused op, set after the CompressAI base's own
+        constructor (GaussianMixtureConditional calls it with its own constructor's order)."""
         check_choice("mode", mode, MODES)
         check_bool("zero_center", zero_center)
         self.mode = mode
         self.zero_center = zero_center
         self.backend = backend  # checked by the setter: an unknown name fails here, not later
+        self.rate = rate
         # The temperature lives in a 0-dim float64 buffer that is updated in place: the op reads
         # it as a tensor, so a compiled graph (or a CUDA graph) sees each new value without
         # recompiling. It is not saved in state_dict (checkpoints stay loadable by CompressAI's
@@ -302,6 +321,20 @@ class _FusedQuantizationMixin:
         return self._likelihood_bound_value
 
     @property
+    def rate(self) -> bool:
+        """False: forward returns ``(outputs, likelihoods)``, as CompressAI's. True: ``(outputs,
+        bits)`` with ``bits`` of shape ``(inputs.shape[0],)``, the sum of -log2 of the
+        likelihoods over each sample, computed inside the op without a likelihood tensor
+        (docs/spec.md section 8); :func:`bits_per_pixel` and :class:`RateDistortionLoss` read
+        either."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: bool) -> None:
+        check_bool("rate", value)
+        self._rate = value
+
+    @property
     def backend(self) -> str:
         """The op's backend: one of ``lic_quant.api.BACKENDS``."""
         return self._backend
@@ -342,16 +375,18 @@ class _FusedQuantizationMixin:
         return (f"family={self.family!r}, mode={self.mode!r}, "
                 f"temperature={float(self._temperature):.4g}, "
                 f"zero_center={self.zero_center}, scale_bound={self._scale_bound_value:.4g}, "
-                f"likelihood_bound={self._likelihood_bound_value:.3g}, backend={self.backend!r}")
+                f"likelihood_bound={self._likelihood_bound_value:.3g}, backend={self.backend!r}"
+                + (", rate=True" if self._rate else ""))
 
     # -- the op ----------------------------------------------------------------------------------
 
-    def _op(self, inputs, scales, means, mode, zero_center, seed=None):
+    def _op(self, inputs, scales, means, mode, zero_center, seed=None, rate=None):
         inputs, scales, means = _broadcast(inputs, scales, means)
         return quantize(
             inputs, scales, means, family=self.family, mode=mode, temperature=self._temperature,
             scale_bound=self._scale_bound_value, likelihood_bound=self._likelihood_bound_value,
-            zero_center=zero_center, seed=seed, backend=self.backend)
+            zero_center=zero_center, seed=seed, backend=self.backend,
+            rate=self._rate if rate is None else rate)
 
     def forward(
         self,
@@ -394,7 +429,9 @@ class _FusedQuantizationMixin:
             return super().quantize(inputs, mode, means)
         seed = make_seed(None, inputs.device)  # from torch's generator, as the op's own draw
         ones = torch.ones_like(inputs)
-        outputs, _ = self._op(inputs, ones, None, self.mode, False, seed=seed)
+        # Only y_hat is used: rate=True skips writing a likelihood tensor.
+        outputs, _ = self._op(inputs, ones, None, self.mode, False, seed=seed,
+                              rate=inputs.dim() > 0)
         self._shared_noise = (inputs, seed)
         return outputs
 
@@ -432,10 +469,222 @@ else:  # pragma: no cover - exercised where compressai is absent
 
 
 # --------------------------------------------------------------------------------------------
+# Mixtures: CompressAI's GaussianMixtureConditional on lic_quant.mixture_quantize
+# --------------------------------------------------------------------------------------------
+
+def _component_view(name: str, t: Tensor, n_components: int, inputs: Tensor) -> Tensor:
+    """CompressAI's channel-blocked parameter (N, K*M, ...) (component k in channels k*M to
+    (k+1)*M - 1) as the (K, N, M, ...) view that mixture_quantize reads in place."""
+    channels = n_components * inputs.shape[1]
+    if t.dim() != inputs.dim() or t.shape[1] != channels:
+        raise ValueError(
+            f"lic_quant.nn: {name} must have K*M = {n_components}*{inputs.shape[1]} = {channels} "
+            f"channels in dim 1 (CompressAI's channel-blocked layout) and inputs' "
+            f"{inputs.dim()} dims; got {tuple(t.shape)} for inputs {tuple(inputs.shape)}")
+    shape = (inputs.shape[0], channels, *inputs.shape[2:])
+    if t.shape != shape:
+        try:  # broadcast as CompressAI's elementwise math does (e.g. per-channel weights)
+            t = t.expand(shape)
+        except RuntimeError as exc:
+            raise ValueError(f"lic_quant.nn: {name} {tuple(t.shape)} does not broadcast to "
+                             f"{shape}") from exc
+    return t.unflatten(1, (n_components, inputs.shape[1])).movedim(1, 0)
+
+
+def _mixture_supports_rate() -> bool:
+    import inspect
+
+    return "rate" in inspect.signature(mixture_quantize).parameters
+
+
+class _FusedMixtureMixin(_FusedQuantizationMixin):
+    """Settings and forward of lic_quant's GaussianMixtureConditional (see its docstring)."""
+
+    def __init__(
+        self,
+        K: int = 3,
+        scale_table=None,
+        *args: Any,
+        mode: str = "noise",
+        temperature: float = 1.0,
+        zero_center: bool = False,
+        backend: str = "auto",
+        family: str = "gaussian",
+        weights_are_logits: bool = False,
+        rate: bool = False,
+        **kwargs: Any,
+    ):
+        if isinstance(K, bool) or not isinstance(K, int) or not 1 <= K <= MAX_COMPONENTS:
+            raise ValueError(f"lic_quant.nn: K must be an int in [1, {MAX_COMPONENTS}] (the "
+                             f"mixture kernels' limit); got {K!r}")
+        self.family = family
+        # The CompressAI base's own constructor, in its own argument order (the single-Gaussian
+        # mixin's constructor takes scale_table first).
+        if HAVE_COMPRESSAI and isinstance(self, _CompressAIGaussianMixtureConditional):
+            _CompressAIGaussianMixtureConditional.__init__(self, K, scale_table, *args, **kwargs)
+        else:
+            _StandaloneEntropyModel.__init__(self, scale_table, *args, **kwargs)
+            self.K = K
+        self.weights_are_logits = weights_are_logits
+        self._init_fused(mode, temperature, zero_center, backend, rate)
+
+    @property
+    def weights_are_logits(self) -> bool:
+        """False: ``weights`` are probabilities (CompressAI's convention); True: logits, which
+        the kernel softmaxes over the K components (the model then skips its own softmax)."""
+        return self._weights_are_logits
+
+    @weights_are_logits.setter
+    def weights_are_logits(self, value: bool) -> None:
+        check_bool("weights_are_logits", value)
+        self._weights_are_logits = value
+
+    def extra_repr(self) -> str:
+        return (f"K={self.K}, " + super().extra_repr()
+                + (", weights_are_logits=True" if self._weights_are_logits else ""))
+
+    def _mixture_op(self, inputs, scales, means, weights, mode, zero_center, seed=None):
+        K = self.K
+        if inputs.dim() < 2:
+            raise ValueError(f"lic_quant.nn: GaussianMixtureConditional needs inputs with a "
+                             f"channel dim (N, M, ...); got {tuple(inputs.shape)}")
+        views = [_component_view(name, t, K, inputs)
+                 for name, t in (("scales", scales), ("means", means), ("weights", weights))]
+        kwargs = dict(family=self.family, weights_are_logits=self._weights_are_logits, mode=mode,
+                      temperature=self._temperature, zero_center=zero_center,
+                      scale_bound=self._scale_bound_value,
+                      likelihood_bound=self._likelihood_bound_value, seed=seed,
+                      backend=self.backend)
+        if not self._rate:
+            return mixture_quantize(inputs, *views, **kwargs)
+        if _MIXTURE_RATE:
+            return mixture_quantize(inputs, *views, rate=True, **kwargs)
+        from .reference import rate_bits
+
+        outputs, likelihoods = mixture_quantize(inputs, *views, **kwargs)
+        return outputs, rate_bits(likelihoods)
+
+    def forward(
+        self,
+        inputs: Tensor,
+        scales: Tensor,
+        means: Tensor,
+        weights: Tensor,
+        training: Optional[bool] = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``(outputs, likelihoods)`` (``(outputs, bits)`` with ``rate``): the surrogate of
+        ``self.mode`` in training, CompressAI's rounding ``round(inputs)`` otherwise; scales,
+        means and weights in CompressAI's channel-blocked (N, K*M, H, W) layout."""
+        if training is None:
+            training = self.training
+        shared = self._shared_noise
+        if shared is not None:
+            self._shared_noise = None
+        if not training:  # CompressAI's "dequantize" with means=None: round(inputs)
+            return self._mixture_op(inputs, scales, means, weights, "ste", False, seed=0)
+        if shared is not None and shared[0] is inputs:
+            # The noise of the preceding quantize(inputs, "noise"), on its lattice around 0.
+            return self._mixture_op(inputs, scales, means, weights, self.mode, False,
+                                    seed=shared[1])
+        return self._mixture_op(inputs, scales, means, weights, self.mode, self.zero_center)
+
+    # -- entropy coding: CompressAI's, on probabilities; the family's bins in the CDFs ----------
+
+    @torch.no_grad()
+    def _build_cdf(self, scales, means, weights, abs_max):
+        """One CDF per latent over the symbols 0 .. 2*abs_max (values -abs_max .. abs_max) plus
+        the coder's escape symbol. The Gaussian family's are CompressAI's own. The others take
+        the family's bin masses at the same clamped scales, and give every symbol at least one
+        of the 2**precision - 1 counts, the rest in proportion to its mass (the largest mass
+        takes what flooring leaves over) and the escape symbol the last count."""
+        if self.family == "gaussian":
+            return super()._build_cdf(scales, means, weights, abs_max)
+        dtype = torch.float64
+        n_symbols = 2 * abs_max + 1
+        values = torch.arange(-abs_max, abs_max + 1, device=scales.device, dtype=dtype)
+        s = scales.to(dtype).clamp(0.11, 256).unsqueeze(-1)  # (K, L, 1), as CompressAI clamps
+        v = values - means.to(dtype).unsqueeze(-1)
+        bins = (self._standardized_cumulative((v + 0.5) / s)
+                - self._standardized_cumulative((v - 0.5) / s))
+        pmf = (weights.to(dtype).unsqueeze(-1) * bins).sum(0).clamp_min(0)  # (L, n_symbols)
+        total = 2**self.entropy_coder_precision - 1  # the escape symbol gets the last count
+        free = total - n_symbols
+        if free < 0:
+            raise ValueError(f"lic_quant.nn: {n_symbols} symbols do not fit "
+                             f"{self.entropy_coder_precision}-bit CDFs")
+        counts = torch.floor(pmf * (free / pmf.sum(1, keepdim=True).clamp_min(1e-300))) + 1
+        counts = counts.to(torch.int64)
+        left = total - counts.sum(1)
+        counts[torch.arange(counts.shape[0], device=counts.device), pmf.argmax(1)] += left
+        cdf = torch.nn.functional.pad(torch.cumsum(counts, 1), (1, 0))
+        cdf = torch.nn.functional.pad(cdf, (0, 1), value=total + 1)
+        return cdf.int()
+
+    def _coding_weights(self, weights: Tensor, scales: Tensor) -> Tensor:
+        if not self._weights_are_logits:
+            return weights
+        K = self.K
+        M = scales.size(1) // K
+        return weights.unflatten(1, (K, M)).softmax(1).flatten(1, 2)
+
+    def compress(self, y, scales, means, weights):
+        return super().compress(y, scales, means, self._coding_weights(weights, scales))
+
+    def decompress(self, strings, abs_max, zero_bitmap, scales, means, weights):
+        return super().decompress(strings, abs_max, zero_bitmap, scales, means,
+                                  self._coding_weights(weights, scales))
+
+
+_MIXTURE_RATE = _mixture_supports_rate()
+
+
+if HAVE_COMPRESSAI:
+
+    class GaussianMixtureConditional(_FusedMixtureMixin, _CompressAIGaussianMixtureConditional):
+        """CompressAI's GaussianMixtureConditional with lic_quant's fused mixture op.
+
+        ``GaussianMixtureConditional(K=3, scale_table=None, *, scale_bound=0.11,
+        tail_mass=1e-9, likelihood_bound=1e-9, entropy_coder=None, entropy_coder_precision=16,
+        mode="noise", temperature=1.0, zero_center=False, backend="auto", family="gaussian",
+        weights_are_logits=False, rate=False)``.
+
+        ``forward(inputs, scales, means, weights)`` takes CompressAI's channel-blocked
+        (N, K*M, H, W) parameters and hands :func:`lic_quant.mixture_quantize` their
+        (K, N, M, H, W) views, which its kernels read in place (no copy, forward or backward).
+        With the defaults, training equals CompressAI's forward (``inputs + u``, then the mixture
+        likelihood and its bound) given the same noise, and eval rounds ``round(inputs)`` as
+        CompressAI's does. Buffers, state dict keys, ``update()`` and ``compress``/
+        ``decompress`` are CompressAI's.
+
+        Args beyond CompressAI's: ``mode``, ``temperature``, ``backend``, ``rate`` as for
+        :class:`GaussianConditional`; ``zero_center`` (default False, CompressAI's lattice at 0):
+        True centres the training lattice at the mixture mean sum_k w_k mu_k;
+        ``family``: the components' family (``compress`` builds the CDFs of the same family;
+        the Gaussian's are CompressAI's own);
+        ``weights_are_logits``: the kernel softmaxes the weights over K (forward and backward),
+        and ``compress``/``decompress`` softmax them before CompressAI's CDFs.
+        """
+
+    class StandaloneGaussianMixtureConditional(_FusedMixtureMixin, _StandaloneEntropyModel):
+        """The mixture module on the compressai-free base: trains and evaluates, cannot code."""
+
+        compress = decompress = _StandaloneEntropyModel._needs_compressai
+
+else:  # pragma: no cover - exercised where compressai is absent
+
+    class GaussianMixtureConditional(_FusedMixtureMixin, _StandaloneEntropyModel):
+        __doc__ = _FusedMixtureMixin.__doc__
+
+        compress = decompress = _StandaloneEntropyModel._needs_compressai
+
+    StandaloneGaussianMixtureConditional = GaussianMixtureConditional
+
+
+# --------------------------------------------------------------------------------------------
 # Swapping the modules of an existing model
 # --------------------------------------------------------------------------------------------
 
-_SETTINGS = ("family", "mode", "temperature", "zero_center", "backend")
+_SETTINGS = ("family", "mode", "temperature", "zero_center", "backend", "rate")
 
 
 def _convert(old: nn.Module, settings: dict) -> nn.Module:
@@ -446,10 +695,14 @@ def _convert(old: nn.Module, settings: dict) -> nn.Module:
     likelihood_bound = (float(old.likelihood_lower_bound.bound.reshape(-1)[0])
                         if old.use_likelihood_bound else 0.0)
     coder = old.entropy_coder.name if hasattr(old.entropy_coder, "name") else old.entropy_coder
-    new = GaussianConditional(
-        None, scale_bound=float(old.lower_bound_scale.bound.reshape(-1)[0]),
-        tail_mass=old.tail_mass, likelihood_bound=likelihood_bound, entropy_coder=coder,
-        entropy_coder_precision=old.entropy_coder_precision, **settings)
+    common = dict(scale_bound=float(old.lower_bound_scale.bound.reshape(-1)[0]),
+                  tail_mass=old.tail_mass, likelihood_bound=likelihood_bound,
+                  entropy_coder=coder, entropy_coder_precision=old.entropy_coder_precision,
+                  **settings)
+    if isinstance(old, _CompressAIGaussianMixtureConditional):
+        new = GaussianMixtureConditional(old.K, None, **common)
+    else:
+        new = GaussianConditional(None, **common)
     # Copy every buffer (scale table, CDFs, offsets, bounds) as is: sizes may differ from a fresh
     # module's empty ones (after update()), so assign rather than load_state_dict.
     new_buffers = dict(new.named_buffers())
@@ -468,11 +721,14 @@ def _convert(old: nn.Module, settings: dict) -> nn.Module:
 def replace_gaussian_conditionals(model: nn.Module, **settings: Any) -> nn.Module:
     """Swap every CompressAI ``GaussianConditional`` inside ``model`` for lic_quant's, in place.
 
+    Also swaps every CompressAI ``GaussianMixtureConditional`` for lic_quant's (same K).
     ``settings`` are the quantization settings (``family``, ``mode``, ``temperature``,
-    ``zero_center``, ``backend``). The buffers (scale table, bounds, and the CDFs/offsets of ``update()``) are
-    copied, so an updated model still compresses. Modules that are already lic_quant's get the
-    settings applied. Subclasses with another forward (GaussianMixtureConditional) are left alone,
-    with a warning. Returns ``model`` (or the replacement, when ``model`` is one itself).
+    ``zero_center``, ``backend``, ``rate``); those not given keep each class's default (for
+    mixtures, ``zero_center=False`` as CompressAI's lattice). The buffers (scale table, bounds,
+    and the CDFs/offsets of ``update()``) are copied, so an updated model still compresses.
+    Modules that are already lic_quant's get the settings applied. Other subclasses of
+    CompressAI's two classes are left alone, with a warning. Returns ``model`` (or the
+    replacement, when ``model`` is one itself).
     """
     unknown = set(settings) - set(_SETTINGS)
     if unknown:
@@ -482,7 +738,8 @@ def replace_gaussian_conditionals(model: nn.Module, **settings: Any) -> nn.Modul
         raise RuntimeError("replace_gaussian_conditionals needs compressai installed")
 
     def replaceable(m: nn.Module) -> bool:
-        return isinstance(m, _FusedQuantizationMixin) or type(m) is _CompressAIGaussianConditional
+        return isinstance(m, _FusedQuantizationMixin) or type(m) in (
+            _CompressAIGaussianConditional, _CompressAIGaussianMixtureConditional)
 
     memo: dict[int, nn.Module] = {}
 
@@ -502,5 +759,88 @@ def replace_gaussian_conditionals(model: nn.Module, **settings: Any) -> nn.Modul
             elif isinstance(child, _CompressAIGaussianConditional) and id(child) not in memo:
                 memo[id(child)] = child
                 warnings.warn(f"replace_gaussian_conditionals: left {type(child).__name__} "
-                              f"'{name}' as is (its forward differs from GaussianConditional's)")
+                              f"'{name}' as is (a subclass of CompressAI's class whose own "
+                              f"methods lic_quant's module would not have)")
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# The rate term of a rate-distortion loss
+# --------------------------------------------------------------------------------------------
+
+def _rate_entries(obj):
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _rate_entries(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _rate_entries(value)
+    elif obj is not None:
+        raise TypeError(f"bits_per_pixel: expected tensors in dicts, lists or tuples; got "
+                        f"{type(obj).__name__}")
+
+
+def bits_per_pixel(likelihoods, num_pixels: int) -> Tensor:
+    """The rate term of CompressAI's ``RateDistortionLoss``: the bits of every entry of
+    ``likelihoods`` (a tensor, or a dict such as a model's ``output["likelihoods"]``, nested
+    dicts and lists included) divided by ``num_pixels`` (N * H * W of the input images).
+
+    An entry is either likelihoods (any shape but one-dimensional; it costs
+    ``-log2(P).sum()``, computed as CompressAI's ``log(P).sum() / (-ln 2 * num_pixels)``) or
+    per-sample bits of shape (N,), what a module with ``rate=True`` returns in their place (it
+    costs ``bits.sum()``). The result is a 0-dim tensor, as CompressAI's ``bpp_loss``.
+    """
+    total = 0
+    for entry in _rate_entries(likelihoods):
+        if entry.dim() == 1:
+            total = total + entry.sum() / num_pixels
+        else:
+            total = total + torch.log(entry).sum() / (-math.log(2) * num_pixels)
+    if isinstance(total, int):
+        raise ValueError("bits_per_pixel: no likelihoods or bits given")
+    return total
+
+
+class RateDistortionLoss(nn.Module):
+    """CompressAI's ``RateDistortionLoss`` (same constructor, same output dict) whose rate term
+    also reads the per-sample bits of modules with ``rate=True`` (:func:`bits_per_pixel`).
+
+    Swapping ``from compressai.losses import RateDistortionLoss`` for ``from lic_quant.nn import
+    RateDistortionLoss`` changes nothing for likelihoods; then
+    ``replace_gaussian_conditionals(model, rate=True)`` makes the conditionals return bits,
+    summed inside the op (no likelihood tensor written, read back, summed or saved for the
+    backward), and the loss adds them as they are.
+
+    ``forward(output, target)`` returns ``{"bpp_loss", "mse_loss" (or "ms_ssim_loss"),
+    "loss"}`` with ``loss = lmbda * distortion + bpp_loss`` and distortion ``255**2 * MSE`` or
+    ``1 - MS-SSIM``; with ``return_type`` other than ``"all"``, that entry only.
+    """
+
+    def __init__(self, lmbda: float = 0.01, metric: str = "mse", return_type: str = "all"):
+        super().__init__()
+        if metric == "mse":
+            self.metric = nn.MSELoss()
+        elif metric == "ms-ssim":
+            from pytorch_msssim import ms_ssim  # a dependency of compressai
+
+            self.metric = ms_ssim
+        else:
+            raise NotImplementedError(f"{metric} is not implemented!")
+        self.lmbda = lmbda
+        self.return_type = return_type
+
+    def forward(self, output: dict, target: Tensor):
+        N, _, H, W = target.size()
+        out = {"bpp_loss": bits_per_pixel(output["likelihoods"], N * H * W)}
+        if isinstance(self.metric, nn.MSELoss):
+            out["mse_loss"] = self.metric(output["x_hat"], target)
+            distortion = 255**2 * out["mse_loss"]
+        else:
+            out["ms_ssim_loss"] = self.metric(output["x_hat"], target, data_range=1)
+            distortion = 1 - out["ms_ssim_loss"]
+        out["loss"] = self.lmbda * distortion + out["bpp_loss"]
+        if self.return_type == "all":
+            return out
+        return out[self.return_type]

@@ -338,14 +338,20 @@ def test_eval_leaves_the_random_generator_alone():
     assert torch.equal(torch.rand(3), expected)  # as CompressAI's eval: no random draw
 
 
-def test_replace_keeps_shared_modules_shared_and_skips_mixtures():
+def test_replace_keeps_shared_modules_shared_and_swaps_mixtures():
     gc = CaiGC(None)
+
+    class OwnConditional(CaiGC):
+        pass
+
     outer = torch.nn.ModuleDict({"a": gc, "b": torch.nn.ModuleDict({"c": gc}),
-                                 "mix": GaussianMixtureConditional()})
-    with pytest.warns(UserWarning, match="GaussianMixtureConditional"):
+                                 "mix": GaussianMixtureConditional(),
+                                 "own": OwnConditional(None)})
+    with pytest.warns(UserWarning, match="OwnConditional"):
         lnn.replace_gaussian_conditionals(outer, mode="mixed")
     assert isinstance(outer["a"], lnn.GaussianConditional) and outer["a"] is outer["b"]["c"]
-    assert type(outer["mix"]) is GaussianMixtureConditional
+    assert type(outer["mix"]) is lnn.GaussianMixtureConditional and outer["mix"].mode == "mixed"
+    assert type(outer["own"]) is OwnConditional
 
 
 def _train(model, x, steps, schedule=None, lr=1e-2, lmbda=0.05):
