@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from ._checks import (FAMILIES, FORWARD_MODE_ERROR, MODES, SECOND_DERIVATIVE_ERROR, check_call,
-                      check_input, check_mixture_call, check_op_tensor, check_rate,
+                      check_input, check_mixture_call, check_op_tensor,
                       check_unit_interval, component_layout, likelihood_dtype, rate_shape)
 from ._ops import parameter_grad
 
@@ -166,8 +166,7 @@ def _check_mixture_op(y, scales, means, weights, seed, temperature, family, weig
                       mode, scale_bound, likelihood_bound, zero_center, rate) -> None:
     """The op-level checks of the C++ mixture ops (csrc/cpu/mixture_cpu.cpp prepare)."""
     check_mixture_call(y, scales, means, weights, family, weights_are_logits, mode, scale_bound,
-                       likelihood_bound, zero_center)
-    check_rate(y, rate)
+                       likelihood_bound, zero_center, rate)
     _check_dtype(y)
     _check_scalars(y, seed, temperature)
 
