@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from ._checks import (FAMILIES, FORWARD_MODE_ERROR, MODES, SECOND_DERIVATIVE_ERROR, check_call,
-                      check_input, check_mixture_call, check_op_tensor, check_rate,
+                      check_input, check_mixture_call, check_op_tensor,
                       check_unit_interval, component_layout, likelihood_dtype, rate_shape)
 from ._ops import parameter_grad
 
@@ -166,8 +166,7 @@ def _check_mixture_op(y, scales, means, weights, seed, temperature, family, weig
                       mode, scale_bound, likelihood_bound, zero_center, rate) -> None:
     """The op-level checks of the C++ mixture ops (csrc/cpu/mixture_cpu.cpp prepare)."""
     check_mixture_call(y, scales, means, weights, family, weights_are_logits, mode, scale_bound,
-                       likelihood_bound, zero_center)
-    check_rate(y, rate)
+                       likelihood_bound, zero_center, rate)
     _check_dtype(y)
     _check_scalars(y, seed, temperature)
 
@@ -225,7 +224,8 @@ def _run_forward(name: str, y: Tensor, make_args, temperature: Tensor, rate: boo
     if not rate:
         lik = torch.empty(y.shape, dtype=dtype, device=y.device)
         if n > 0 and launch:
-            _launch(name, n, *make_args(lik), temperature)
+            args, consts = make_args(lik)
+            _launch(name, n, args, dict(consts, sample_size=1, chunks=1), temperature)
         return lik
     samples = y.shape[0]
     sample_size = n // samples if samples > 0 else 0

@@ -182,3 +182,24 @@ def test_rate_is_the_likelihoods_path(kernel_backend, family, mode, logits):
     ref = backward(g_yhat, _ln2_grad(g_bits, lik), *args, mask, False)
     for name, x, z in zip(NAMES[2:], ref, got):
         assert_same_bits(z, x, name)
+
+
+@pytest.mark.parametrize("family,mode,logits,zero_center", [("gaussian", "mixed", True, False),
+                                                            ("logistic", "sua", False, True)])
+def test_rate_same_bits_as_the_cpu_kernel(other_kernel, cpu_backend, family, mode, logits,
+                                          zero_center):
+    """rate=True: y_hat and the four gradients bit for bit (both kernels form -g / (P ln 2) from
+    the same P), the bits within section 8's 1e-6 relative (the log2 and the order of the
+    float64 sums differ); NaN samples NaN on both."""
+    other = mixture_kernel(other_kernel)
+    ins = special_mixture_inputs(3, torch.float32, logits)
+    g_yhat, _ = make_upstream(SHAPE, torch.float32, torch.float32, seed=2)
+    g_bits = torch.tensor([0.75, -1.5, 2.0])
+    kw = dict(family=family, mode=mode, weights_are_logits=logits, zero_center=zero_center,
+              temperature=0.6, seed=31, rate=True)
+    a = run(cpu_backend, *ins, g_yhat, g_bits, **kw)
+    b = run(other, *ins, g_yhat, g_bits, **kw)
+    torch.testing.assert_close(b[1].double(), a[1].double(), rtol=1e-6, atol=0, equal_nan=True)
+    for name, x, z in zip(NAMES, a, b):
+        if name != "likelihoods":
+            assert_same_bits(z, x, name)

@@ -397,6 +397,12 @@ def _mixture_call(backend, y, s, m, w, rate=True, **kw):
                                                   (3, True, True), (8, True, False)])
 def test_mixture_values_and_gradients(backend, family, mode, dtype, K, logits, zero_center):
     name, device = _mixture_backend(backend)
+    if backend.is_interpreter and not (dtype == torch.float32 and K == 3 and logits
+                                       and MODES.index(mode) == FAMILIES.index(family)):
+        # About a second per launch: one case per family (every dtype, K and setting of the
+        # Triton mixture kernels is checked against the CPU kernel's bits in
+        # test_mixtures_bit_identity.py).
+        pytest.skip("triton-interpreter: one case per family")
     backend.need_dtype(dtype)
     shape = (3, 5, 7, 11)  # samples of 385 elements: chunks not on Philox blocks
     ins = _mixture_inputs(shape, K, dtype, device, logits=logits)
@@ -487,11 +493,14 @@ def test_mixture_zero_dim_y_raises(backend):
 
 def test_mixture_deterministic(kernel_backend):
     name, device = _mixture_backend(kernel_backend)
-    ins = _mixture_inputs((3, 4, 50, 61), 3, torch.float32, device, logits=True)
+    # The interpreter runs one program whatever the threads: a small case, twice.
+    interpreted = kernel_backend.is_interpreter
+    ins = _mixture_inputs((2, 3, 5, 7) if interpreted else (3, 4, 50, 61), 3, torch.float32,
+                          device, logits=True)
     threads = torch.get_num_threads()
     try:
         runs = []
-        for n in (1, 2, 1, 2):
+        for n in (1, 2) if interpreted else (1, 2, 1, 2):
             torch.set_num_threads(n)
             leaves = _leaves(*ins)
             _, bits = _mixture_call(name, *leaves, weights_are_logits=True)
