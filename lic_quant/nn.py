@@ -454,6 +454,8 @@ if HAVE_COMPRESSAI:
                 eval always rounds ``y - means``, as CompressAI and its entropy coder do.
             backend: the op's backend (``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"``,
                 ``"triton"``).
+            rate: forward returns ``(outputs, bits)``, per-sample bits of shape (N,) in place
+                of the likelihoods (see :func:`bits_per_pixel`).
         """
 
     class StandaloneGaussianConditional(_FusedQuantizationMixin, _StandaloneEntropyModel):
