@@ -261,11 +261,11 @@ std::tuple<Tensor, Tensor> quantize_forward_autograd(
 
 using MixtureForwardFn = std::tuple<Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    c10::string_view, double, double, bool, c10::string_view, bool);
+    c10::string_view, double, double, bool, c10::string_view, bool, bool);
 using MixtureBackwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
     const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     const Tensor&, const Tensor&, const Tensor&, c10::string_view, double, double, bool,
-    c10::string_view, bool, std::array<bool, 4>);
+    c10::string_view, bool, std::array<bool, 4>, bool);
 
 const c10::TypedOperatorHandle<MixtureForwardFn>& mixture_forward_op() {
   static const auto op = c10::Dispatcher::singleton()
@@ -286,7 +286,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mixture_backward_autograd(
     const Tensor& scales, const Tensor& means, const Tensor& weights, const Tensor& seed,
     const Tensor& temperature, c10::string_view mode, double scale_bound,
     double likelihood_bound, bool zero_center, c10::string_view family, bool logits,
-    std::array<bool, 4> output_mask) {
+    std::array<bool, 4> output_mask, bool rate) {
   const Tensor g_yhat = grad_y_hat.has_value() ? *grad_y_hat : Tensor();
   TORCH_CHECK_NOT_IMPLEMENTED(
       !(has_forward_grad(g_yhat) || has_forward_grad(grad_lik) || has_forward_grad(y) ||
@@ -297,7 +297,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> mixture_backward_autograd(
     at::AutoDispatchBelowADInplaceOrView guard;
     out = mixture_backward_op().call(grad_y_hat, grad_lik, y, scales, means, weights, seed,
                                      temperature, mode, scale_bound, likelihood_bound,
-                                     zero_center, family, logits, output_mask);
+                                     zero_center, family, logits, output_mask, rate);
   }
   auto requires_grad = [](const Tensor& t) { return t.defined() && t.requires_grad(); };
   if (!at::GradMode::is_enabled() ||
@@ -321,6 +321,7 @@ struct MixtureQuantizeBackward : Node {
   std::string mode_, family_;
   double scale_bound_ = 0.0, likelihood_bound_ = 0.0;
   bool zero_center_ = false, logits_ = false;
+  bool rate_ = false;  // output 1 is the per-sample bits; its gradient has shape (N,)
 
   std::string name() const override { return "MixtureQuantizeBackward"; }
 
@@ -349,7 +350,8 @@ struct MixtureQuantizeBackward : Node {
     auto g = mixture_backward_op().call(opt(g_yhat), g_lik, y_.unpack(), scales_.unpack(),
                                         means_.unpack(), weights_.unpack(), seed_.unpack(),
                                         temperature_.unpack(), mode_, scale_bound_,
-                                        likelihood_bound_, zero_center_, family_, logits_, mask);
+                                        likelihood_bound_, zero_center_, family_, logits_, mask,
+                                        rate_);
     if (mask[0]) out[0] = std::move(std::get<0>(g));
     if (mask[1]) out[1] = std::move(std::get<1>(g));
     if (mask[2]) out[2] = std::move(std::get<2>(g));
@@ -367,6 +369,7 @@ struct MixtureQuantizeBackward : Node {
     args.collect(likelihood_bound_);
     args.collect(zero_center_);
     args.collect(logits_);
+    args.collect(rate_);
   }
 
   variable_list apply_with_saved(const variable_list& grads,
@@ -385,7 +388,7 @@ struct MixtureQuantizeBackward : Node {
 std::tuple<Tensor, Tensor> mixture_forward_autograd(
     const Tensor& y, const Tensor& scales, const Tensor& means, const Tensor& weights,
     const Tensor& seed, const Tensor& temperature, c10::string_view mode, double scale_bound,
-    double likelihood_bound, bool zero_center, c10::string_view family, bool logits) {
+    double likelihood_bound, bool zero_center, c10::string_view family, bool logits, bool rate) {
   TORCH_CHECK_NOT_IMPLEMENTED(!(has_forward_grad(y) || has_forward_grad(scales) ||
                                 has_forward_grad(means) || has_forward_grad(weights)),
                               kNoForwardMode);
@@ -396,7 +399,8 @@ std::tuple<Tensor, Tensor> mixture_forward_autograd(
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     out = mixture_forward_op().call(y, scales, means, weights, seed, temperature, mode,
-                                    scale_bound, likelihood_bound, zero_center, family, logits);
+                                    scale_bound, likelihood_bound, zero_center, family, logits,
+                                    rate);
   }
   if (!record) return out;
   NodePtr fn = make_node<MixtureQuantizeBackward>();
@@ -414,6 +418,7 @@ std::tuple<Tensor, Tensor> mixture_forward_autograd(
   node->likelihood_bound_ = likelihood_bound;
   node->zero_center_ = zero_center;
   node->logits_ = logits;
+  node->rate_ = rate;
   torch::autograd::set_history(std::get<0>(out), fn);
   torch::autograd::set_history(std::get<1>(out), fn);
   return out;

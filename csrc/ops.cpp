@@ -221,14 +221,17 @@ TORCH_LIBRARY(lic_quant, m) {
       "-> (Tensor, Tensor, Tensor)");
   m.def("uniform_noise(Tensor seed, SymInt[] size) -> Tensor");
   // Mixtures (docs/spec.md section 7; cpu/mixture_cpu.cpp): scales, means and weights have shape
-  // (K, *y.shape); the gradients are (y, scales, means, weights).
+  // (K, *y.shape); the gradients are (y, scales, means, weights). rate=True (section 8): the
+  // second output is the bits, shape (N,), and grad_likelihoods their gradient.
   m.def(
       "mixture_quantize_forward(Tensor y, Tensor scales, Tensor means, Tensor weights, "
       "Tensor seed, Tensor temperature, str mode, float scale_bound, float likelihood_bound, "
-      "bool zero_center, str family, bool weights_are_logits) -> (Tensor, Tensor)");
+      "bool zero_center, str family, bool weights_are_logits, bool rate=False) "
+      "-> (Tensor, Tensor)");
   m.def(
       "mixture_quantize_backward(Tensor? grad_y_hat, Tensor grad_likelihoods, Tensor y, "
       "Tensor scales, Tensor means, Tensor weights, Tensor seed, Tensor temperature, str mode, "
       "float scale_bound, float likelihood_bound, bool zero_center, str family, "
-      "bool weights_are_logits, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool weights_are_logits, bool[4] output_mask, bool rate=False) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -181,7 +181,7 @@ def check_component_input(name: str, t, y: torch.Tensor, first: torch.Tensor | N
 
 
 def check_mixture_call(y, scales, means, weights, family: str, weights_are_logits, mode: str,
-                       scale_bound, likelihood_bound, zero_center) -> None:
+                       scale_bound, likelihood_bound, zero_center, rate=False) -> None:
     """check_call for mixture_quantize, in the order of its arguments."""
     check_input("y", y)
     check_component_input("scales", scales, y)
@@ -192,6 +192,7 @@ def check_mixture_call(y, scales, means, weights, family: str, weights_are_logit
     check_choice("mode", mode, MODES)
     check_bounds(scale_bound, likelihood_bound)
     check_bool("zero_center", zero_center)
+    check_rate(y, rate)
 
 
 def component_layout(t: torch.Tensor) -> tuple[int, int, int] | None:

@@ -4,7 +4,8 @@
   tensors, dispatch, autograd node, all in C++), or ``torch.ops.lic_quant.quantize_forward`` where
   the entry declines (torch.compile, fake tensors, tensor subclasses, torch function modes, seed or
   temperature tensors it cannot take as they are).
-- triton: ``lic_quant.triton_ops.TritonQuantize`` around ``torch.ops.lic_quant.triton_quantize_forward``.
+- triton: ``lic_quant.triton_ops.TritonQuantize`` around ``torch.ops.lic_quant.triton_quantize_forward``
+  (mixtures: ``TritonMixtureQuantize`` around ``triton_mixture_quantize_forward``).
 - reference: lic_quant/reference.py on the same noise.
 Argument rules and messages: lic_quant/_checks.py.
 """
@@ -179,7 +180,7 @@ def gaussian_quantize(
 
 # The backends with mixture kernels; the others raise NotImplementedError rather than run
 # something slower than the caller asked for.
-MIXTURE_BACKENDS = ("reference", "cpu")
+MIXTURE_BACKENDS = ("reference", "cpu", "triton")
 
 
 def mixture_quantize(
@@ -197,11 +198,14 @@ def mixture_quantize(
     likelihood_bound: float = 1e-9,
     seed=None,
     backend: str = "auto",
+    rate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantization surrogate and discretized likelihood of a K-component mixture of a
     location-scale `family` in one fused op (docs/spec.md section 7). Returns
     ``(y_hat, likelihoods)``; with the defaults it is CompressAI's
-    ``GaussianMixtureConditional.forward`` in training.
+    ``GaussianMixtureConditional.forward`` in training. rate=True returns ``(y_hat, bits)``
+    instead (section 8): bits of shape (y.shape[0],), the sum of -log2 P over each sample,
+    without a likelihood tensor.
 
     scales, means and weights have shape (K, *y.shape), 1 <= K <= 8. The kernels read them in
     place where component k's element i lies at k * stride_k + (i // inner) * stride_outer +
@@ -213,7 +217,7 @@ def mixture_quantize(
     weights_are_logits=True.
     """
     check_mixture_call(y, scales, means, weights, family, weights_are_logits, mode, scale_bound,
-                       likelihood_bound, zero_center)
+                       likelihood_bound, zero_center, rate)
     backend = _resolve_backend(backend, y)
     if backend not in MIXTURE_BACKENDS:
         raise NotImplementedError(
@@ -226,10 +230,17 @@ def mixture_quantize(
     if backend == "reference":
         u = uniform_noise(y.shape, seed_t, device=y.device) if mode != "ste" else None
         t = temp_t if isinstance(temperature, torch.Tensor) else temperature
-        return mixture_quantize_reference(y, scales, means, weights, u, temperature=t, **settings)
-    return torch.ops.lic_quant.mixture_quantize_forward(
-        y, scales, means, weights, seed_t, temp_t, mode, float(scale_bound),
-        float(likelihood_bound), zero_center, family, weights_are_logits)
+        return mixture_quantize_reference(y, scales, means, weights, u, temperature=t, rate=rate,
+                                          **settings)
+    args = (y, scales, means, weights, seed_t, temp_t, mode, float(scale_bound),
+            float(likelihood_bound), zero_center, family, weights_are_logits, rate)
+    if backend == "triton":  # as in _quantize
+        from .triton_ops import TritonMixtureQuantize
+
+        if _is_compiling():
+            return torch.ops.lic_quant.triton_mixture_quantize_forward(*args)
+        return TritonMixtureQuantize.apply(*args)
+    return torch.ops.lic_quant.mixture_quantize_forward(*args)
 
 
 def uniform_noise(shape, seed, *, device=None) -> torch.Tensor:

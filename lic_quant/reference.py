@@ -208,7 +208,8 @@ def rate_bits(likelihoods: torch.Tensor) -> torch.Tensor:
     """bits[n] = sum over sample n of -log2 P (docs/spec.md section 8): log2 and the sum in
     float64, the result (and the gradient into P) in the likelihoods' dtype."""
     check_rate(likelihoods, True)  # P has y's shape
-    bits = -torch.log2(likelihoods.double()).reshape(likelihoods.shape[0], -1).sum(1)
+    per_sample = likelihoods.reshape(likelihoods.shape[0], math.prod(likelihoods.shape[1:]))
+    bits = -torch.log2(per_sample.double()).sum(1)
     return bits.to(likelihoods.dtype)
 
 
@@ -239,11 +240,14 @@ def mixture_quantize_reference(
     zero_center: bool = False,
     scale_bound: float = 0.11,
     likelihood_bound: float = 1e-9,
+    rate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(y_hat, likelihoods) of the K-component mixture of docs/spec.md section 7; scales, means and
     weights have shape (K, *y.shape). The sums over k run in the order k = 0 .. K-1 from 0, as
-    CompressAI's GaussianMixtureConditional and the kernels accumulate them."""
+    CompressAI's GaussianMixtureConditional and the kernels accumulate them. rate=True: (y_hat,
+    bits) of section 8, bits = rate_bits(likelihoods)."""
     check_choice("family", family, FAMILIES)
+    check_rate(y, rate)
     cdt, yc, s, u = _computed_inputs(y, scales, noise, mode, scale_bound)
     mu = means.to(cdt)
     w = weights.to(cdt)
@@ -259,12 +263,13 @@ def mixture_quantize_reference(
             c = c + w[k].detach() * mu[k].detach()
     r = yc - c
     rate_value, dist_value = surrogate(mode, r.detach(), u, temperature)
-    rate = straight_through(rate_value, r)
+    r_rate = straight_through(rate_value, r)
     y_hat = c + straight_through(dist_value, r)
 
     bin_mass = BIN_MASSES[family]
     p = torch.zeros_like(yc)
     for k in range(n_components):
-        v = (c - mu[k]) + rate
+        v = (c - mu[k]) + r_rate
         p = p + w[k] * bin_mass(v.abs(), s[k])
-    return y_hat.to(y.dtype), lower_bound(p, likelihood_bound)
+    lik = lower_bound(p, likelihood_bound)
+    return y_hat.to(y.dtype), (rate_bits(lik) if rate else lik)

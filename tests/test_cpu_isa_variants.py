@@ -96,6 +96,14 @@ for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         grads = ops.mixture_quantize_backward(g_yhat, g_lik, y, ks, km, kw, *args,
                                               [True, True, True, True])
         out[f"{dtype}-mixture-{logits}"] = [y_hat, lik, *grads]
+    # The mixture's rate=True: samples of 1023 elements (chunks off the Philox blocks).
+    yr, gr = (t[:3069].view(3, 1023) for t in (y, g_yhat))
+    kr = [t[:, :3069].reshape(3, 3, 1023) for t in (ks, km, kw)]
+    args = (seed, temperature, "mixed", 0.11, 1e-9, False, "gaussian", True)
+    y_hat, bits = ops.mixture_quantize_forward(yr, *kr, *args, True)
+    grads = ops.mixture_quantize_backward(gr, g_bits, yr, *kr, *args, [True, True, True, True],
+                                          True)
+    out[f"{dtype}-mixture-rate"] = [y_hat, bits, *grads]
 out["noise"] = [ops.uniform_noise(seed, [N])]
 torch.save(out, sys.argv[1])
 """

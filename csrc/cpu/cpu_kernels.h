@@ -1,9 +1,17 @@
 // What the CPU translation units (quantize_cpu.cpp, mixture_cpu.cpp) share: the ISA clones their
-// loops are compiled as, and the block fill of the noise stream (docs/spec.md section 3).
+// loops are compiled as, the block fill of the noise stream (docs/spec.md section 3) and the
+// per-sample reduction of rate=True (section 8).
 #pragma once
 
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 
+#include "../lic_quant/host_device.h"
 #include "../lic_quant/philox.h"
 
 // The loops are built as target clones (AVX-512, AVX2, baseline x86-64) and the loader picks one
@@ -49,6 +57,117 @@ LQ_CLONES void fill_noise_block(float* __restrict u, int64_t n, const PhiloxKeys
     u[4 * j + 1] = word_to_uniform(w1[j]);
     u[4 * j + 2] = word_to_uniform(w2[j]);
     u[4 * j + 3] = word_to_uniform(w3[j]);
+  }
+}
+
+// u of elements start .. start + n - 1 (n <= kMaxNoiseBlock, start any index) into u[0 .. n):
+// the Philox blocks from start rounded down to a multiple of 4; buf holds kNoiseAtBuffer floats.
+constexpr int64_t kNoiseAtBuffer = kMaxNoiseBlock + 8;
+inline const float* noise_at(float* buf, int64_t start, int64_t n, const PhiloxKeys& keys) {
+  const int64_t off = start & 3;
+  const int64_t first = std::min(kMaxNoiseBlock, n + off);
+  fill_noise_block(buf, first, keys, static_cast<uint64_t>(start - off));
+  if (n + off > kMaxNoiseBlock) {
+    fill_noise_block(buf + kMaxNoiseBlock, n + off - kMaxNoiseBlock, keys,
+                     static_cast<uint64_t>(start - off + kMaxNoiseBlock));
+  }
+  return buf + off;
+}
+
+// ---------------------------------------------------------------------------------------------
+// rate=True (docs/spec.md section 8): per sample the sum of -log2 P in float64, with P only in a
+// chunk-sized scratch. The reduction order is fixed by the shape alone: each sample is cut into
+// chunks of kRateChunk elements (counted from the sample's first element), each chunk's sum is one
+// task's result, and the chunks of a sample are added in index order. So the bits depend neither
+// on the thread count nor on which kernel (single family or mixture) produced P.
+
+constexpr int64_t kRateChunk = 256;
+
+// Sum of -log2 P over n <= kRateChunk float32 likelihoods, in float64. P = 2^e m exactly (m in
+// [1, 2); float32 subnormals are normal doubles): the exponents add up exactly as integers and the
+// mantissas multiply in eight float64 lanes (each below 2^32 for n <= 256), so one log2 serves the
+// chunk. 0, negative, inf or NaN P (only possible with a zero likelihood bound, or NaN inputs)
+// take the per-element log2 instead, which gives inf or NaN as -log2 does.
+inline double chunk_bits(const float* lik, int64_t n) {
+  constexpr int kLanes = 8;
+  double prod[kLanes];
+  uint64_t expo[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    prod[l] = 1.0;
+    expo[l] = 0;
+  }
+  bool special = false;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const uint64_t b = double_bits(static_cast<double>(lik[j + l]));
+      const uint64_t e = b >> 52;  // biased exponent, with the sign bit above it
+      special |= (e - 1) >= 2046;
+      expo[l] += e;
+      prod[l] *= bits_double((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
+    }
+  }
+  for (; j < n; ++j) {
+    const uint64_t b = double_bits(static_cast<double>(lik[j]));
+    const uint64_t e = b >> 52;
+    special |= (e - 1) >= 2046;
+    expo[0] += e;
+    prod[0] *= bits_double((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
+  }
+  if (special) {
+    double sum = 0.0;
+    for (int64_t k = 0; k < n; ++k) sum -= std::log2(static_cast<double>(lik[k]));
+    return sum;
+  }
+  const double m = ((prod[0] * prod[1]) * (prod[2] * prod[3])) *
+                   ((prod[4] * prod[5]) * (prod[6] * prod[7]));
+  uint64_t e = 0;
+  for (int l = 0; l < kLanes; ++l) e += expo[l];
+  const int64_t unbiased = static_cast<int64_t>(e) - 1023 * n;
+  return -(static_cast<double>(unbiased) + std::log2(m));
+}
+
+// float64 likelihoods: the per-element log2, added in order.
+inline double chunk_bits(const double* lik, int64_t n) {
+  double sum = 0.0;
+  for (int64_t k = 0; k < n; ++k) sum -= std::log2(lik[k]);
+  return sum;
+}
+
+// Runs chunk(start, n) for every chunk of every sample over the threads (grain chunks per task at
+// least), then adds each sample's chunk results in order into bits (float or double).
+template <typename bits_t, typename Fn>
+void for_each_rate_chunk(int64_t samples, int64_t sample_size, int64_t grain, bits_t* bits,
+                         Fn&& chunk) {
+  const int64_t per_sample = (sample_size + kRateChunk - 1) / kRateChunk;
+  // A tensor rather than a std::vector: the profiler's memory events then show it too.
+  const at::Tensor partial_t = at::empty({samples * per_sample}, at::kDouble);
+  double* partial = partial_t.mutable_data_ptr<double>();
+  at::parallel_for(0, samples * per_sample, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t sample = t / per_sample, c = t % per_sample;
+      const int64_t start = sample * sample_size + c * kRateChunk;
+      partial[t] = chunk(start, std::min(kRateChunk, sample_size - c * kRateChunk));
+    }
+  });
+  for (int64_t sample = 0; sample < samples; ++sample) {
+    double sum = 0.0;
+    for (int64_t c = 0; c < per_sample; ++c) sum += partial[sample * per_sample + c];
+    bits[sample] = static_cast<bits_t>(sum);
+  }
+}
+
+// rate=True backward: out[j] = g_bits[sample of element i0 + j], j < n.
+template <typename T>
+void spread_sample_grads(const T* g_bits, int64_t sample_size, int64_t i0, int64_t n, T* out) {
+  int64_t sample = i0 / sample_size;
+  int64_t next = (sample + 1) * sample_size;  // the first element of the next sample
+  for (int64_t j = 0; j < n; ++j) {
+    if (i0 + j == next) {
+      ++sample;
+      next += sample_size;
+    }
+    out[j] = g_bits[sample];
   }
 }
 

@@ -1,6 +1,7 @@
 // Fused CPU kernels of the K-component mixture (docs/spec.md section 7): one pass forward
-// (y, mu_k, sigma_k, w_k -> y_hat, P) and one pass backward (g_yhat, g_P, y, mu_k, sigma_k, w_k ->
-// the four gradients), the noise recomputed from the seed. Work goes in blocks of kBlock
+// (y, mu_k, sigma_k, w_k -> y_hat, P, or with rate=True y_hat and the bits of section 8) and one
+// pass backward (g_yhat, g_P or the bits' gradient, y, mu_k, sigma_k, w_k -> the four gradients),
+// the noise recomputed from the seed. Work goes in blocks of kBlock
 // elements of y: each block's parameters are gathered into scratch (in their own layout, see
 // component_layout), and the per-element math of mixture_math.h runs in loops over the block with
 // the component loop outside, so the element loop is straight-line code GCC vectorizes.
@@ -26,6 +27,7 @@ namespace {
 
 constexpr int64_t kBlock = 128;
 static_assert(kBlock <= kMaxNoiseBlock && kBlock % 4 == 0, "one noise fill per block");
+static_assert(kRateChunk % kBlock == 0, "a rate chunk is whole blocks");
 constexpr int64_t kGrain = 16384;  // elements per task of at::parallel_for
 
 // ---------------------------------------------------------------------------------------------
@@ -141,9 +143,11 @@ struct Grads {
 
 // Pass 1: every component's mass and slopes, and p; pass 2: g_p and the gradients (written over
 // mass -> weight, dv -> mu, ds -> sigma).
+// bits_grad (rate=True): g_lik holds the bits' gradient of each element's sample, and g_p is
+// formed from it and p.
 template <int kFamily, typename T>
 LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logits,
-                          QuantParams<T> prm) {
+                          bool bits_grad, QuantParams<T> prm) {
   // Restricted pointers: the two blocks' arrays never overlap, which GCC cannot see through the
   // references, and without which it does not vectorize.
   T* __restrict p = b.p;
@@ -173,10 +177,12 @@ LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logit
     }
   }
   const T* __restrict g_lik = g.g_lik;
-  for (int64_t j = 0; j < n; ++j) {
-    gp[j] = pass_if_towards(g_lik[j], p[j] >= prm.likelihood_bound);
-    gy[j] = T(0);
+  if (bits_grad) {
+    for (int64_t j = 0; j < n; ++j) gp[j] = rate_grad_p(g_lik[j], p[j], prm.likelihood_bound);
+  } else {
+    for (int64_t j = 0; j < n; ++j) gp[j] = pass_if_towards(g_lik[j], p[j] >= prm.likelihood_bound);
   }
+  for (int64_t j = 0; j < n; ++j) gy[j] = T(0);
   for (int k = 0; k < K; ++k) {
     const T* __restrict sigma = b.sigma[k];
     const T* __restrict w = b.w[k];
@@ -212,7 +218,8 @@ void center(Block<T>& b, int K, int64_t n, int32_t mode, bool zero_center, T tem
 struct MixtureCall {
   int32_t mode = 0, family = 0;
   int K = 0;
-  bool logits = false, zero_center = false;
+  bool logits = false, zero_center = false, rate = false;
+  int64_t samples = 0, sample_size = 0;  // rate: y.shape[0] and the elements of one sample
   uint64_t seed = 0;
   double temperature = 0.0;
   at::Tensor y, scales, means, weights;
@@ -244,10 +251,10 @@ MixtureCall prepare(const at::Tensor& y, const at::Tensor& scales, const at::Ten
                     const at::Tensor& weights, const at::Tensor& seed,
                     const at::Tensor& temperature, c10::string_view mode,
                     c10::string_view family, double scale_bound, double likelihood_bound,
-                    bool zero_center, bool logits) {
+                    bool zero_center, bool logits, bool rate) {
   TORCH_CHECK(y.device().is_cpu(), "lic_quant: the CPU kernels got y on ", y.device());
-  const Choices ch =
-      check_mixture_call(y, scales, means, weights, family, mode, scale_bound, likelihood_bound);
+  const Choices ch = check_mixture_call(y, scales, means, weights, family, mode, scale_bound,
+                                        likelihood_bound, rate);
   check_scalar_tensor(seed, y, "seed", at::kLong, "a 0-dim int64 tensor");
   check_scalar_tensor(temperature, y, "temperature", at::kDouble, "a 0-dim float64 tensor");
   MixtureCall c;
@@ -256,6 +263,11 @@ MixtureCall prepare(const at::Tensor& y, const at::Tensor& scales, const at::Ten
   c.K = static_cast<int>(scales.size(0));
   c.logits = logits;
   c.zero_center = zero_center;
+  c.rate = rate;
+  if (rate) {
+    c.samples = y.size(0);
+    c.sample_size = c.samples > 0 ? y.numel() / c.samples : 0;
+  }
   c.seed = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
   c.temperature = *temperature.const_data_ptr<double>();
   check_unit_interval("temperature", c.temperature);
@@ -266,15 +278,18 @@ MixtureCall prepare(const at::Tensor& y, const at::Tensor& scales, const at::Ten
   return c;
 }
 
-// Loads block [i0, i0 + n) of the call into b (compute type T, inputs of type S).
+// Loads block [i0, i0 + n) of the call into b (compute type T, inputs of type S); i0 is any
+// index (rate=True's chunks start where a sample does).
 template <typename S, typename T>
 void load(const MixtureCall& c, Block<T>& b, int64_t i0, int64_t n, const PhiloxKeys& keys) {
   const S* y = c.y.const_data_ptr<S>();
   for (int64_t j = 0; j < n; ++j) b.y[j] = static_cast<T>(y[i0 + j]);
   if (mode_uses_noise(c.mode)) {
-    float u[kBlock];  // kBlock, a multiple of 4, has room for n rounded up to a multiple of 4
-    fill_noise_block(u, n, keys, static_cast<uint64_t>(i0));
+    alignas(64) float buf[kNoiseAtBuffer];
+    const float* u = noise_at(buf, i0, n, keys);
     for (int64_t j = 0; j < n; ++j) b.u[j] = static_cast<T>(u[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) b.u[j] = T(0);
   }
   for (int k = 0; k < c.K; ++k) {
     gather(c.means.const_data_ptr<S>(), c.lm, k, i0, n, b.mu[k]);
@@ -285,6 +300,16 @@ void load(const MixtureCall& c, Block<T>& b, int64_t i0, int64_t n, const Philox
   center(b, c.K, n, c.mode, c.zero_center, static_cast<T>(c.temperature));
 }
 
+// Block [i0, i0 + n) forward: y_hat written out, p left in b.p.
+template <typename S, typename T>
+void forward_block(const MixtureCall& c, Block<T>& b, int64_t i0, int64_t n,
+                   const PhiloxKeys& keys, const QuantParams<T>& prm, S* yh) {
+  load<S, T>(c, b, i0, n, keys);
+  dispatch_family(c.family, [&](auto fam) { mass_block<decltype(fam)::value>(b, c.K, n, prm); });
+  for (int64_t j = 0; j < n; ++j) yh[i0 + j] = narrow<S>(b.aux[j]);
+}
+
+// lik: P (rate=False, y's shape) or the bits (rate=True, one per sample).
 template <typename S, typename T>
 void forward_impl(const MixtureCall& c, at::Tensor& y_hat, at::Tensor& lik,
                   const QuantParams<T>& prm) {
@@ -292,15 +317,29 @@ void forward_impl(const MixtureCall& c, at::Tensor& y_hat, at::Tensor& lik,
   const PhiloxKeys keys = philox_keys(c.seed);
   S* yh = y_hat.mutable_data_ptr<S>();
   T* pl = lik.mutable_data_ptr<T>();
+  if (c.rate) {
+    // One chunk of section 8 is kRateChunk / kBlock blocks; P stays in `chunk`.
+    for_each_rate_chunk(c.samples, c.sample_size, kGrain / kRateChunk, pl,
+                        [&](int64_t i0, int64_t n) {
+      Block<T> b;
+      alignas(64) T chunk[kRateChunk];
+      for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+        const int64_t m = std::min(kBlock, n - j0);
+        forward_block<S, T>(c, b, i0 + j0, m, keys, prm, yh);
+        for (int64_t j = 0; j < m; ++j) {
+          chunk[j0 + j] = canonical_nan(lower_bound(b.p[j], prm.likelihood_bound));
+        }
+      }
+      return chunk_bits(chunk, n);
+    });
+    return;
+  }
   at::parallel_for(0, (numel + kBlock - 1) / kBlock, kGrain / kBlock, [&](int64_t b0, int64_t b1) {
     Block<T> b;
-    std::fill(b.u, b.u + kBlock, T(0));
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t i0 = blk * kBlock, n = std::min(kBlock, numel - i0);
-      load<S, T>(c, b, i0, n, keys);
-      dispatch_family(c.family, [&](auto fam) { mass_block<decltype(fam)::value>(b, c.K, n, prm); });
+      forward_block<S, T>(c, b, i0, n, keys, prm, yh);
       for (int64_t j = 0; j < n; ++j) {
-        yh[i0 + j] = narrow<S>(b.aux[j]);
         pl[i0 + j] = canonical_nan(lower_bound(b.p[j], prm.likelihood_bound));
       }
     }
@@ -322,16 +361,17 @@ void backward_impl(const MixtureCall& c, const at::Tensor& g_yhat, const at::Ten
   at::parallel_for(0, (numel + kBlock - 1) / kBlock, kGrain / kBlock, [&](int64_t b0, int64_t b1) {
     Block<T> b;
     Grads<T> g;
-    std::fill(b.u, b.u + kBlock, T(0));
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t i0 = blk * kBlock, n = std::min(kBlock, numel - i0);
       load<S, T>(c, b, i0, n, keys);
-      for (int64_t j = 0; j < n; ++j) {
-        g.g_yhat[j] = gyh ? static_cast<T>(gyh[i0 + j]) : T(0);
-        g.g_lik[j] = gl[i0 + j];
+      for (int64_t j = 0; j < n; ++j) g.g_yhat[j] = gyh ? static_cast<T>(gyh[i0 + j]) : T(0);
+      if (c.rate) {
+        spread_sample_grads(gl, c.sample_size, i0, n, g.g_lik);
+      } else {
+        for (int64_t j = 0; j < n; ++j) g.g_lik[j] = gl[i0 + j];
       }
       dispatch_family(c.family, [&](auto fam) {
-        grad_block<decltype(fam)::value>(b, g, c.K, n, c.logits, prm);
+        grad_block<decltype(fam)::value>(b, g, c.K, n, c.logits, c.rate, prm);
       });
       if (mask[0]) {
         S* gy = o.y.mutable_data_ptr<S>();
@@ -361,12 +401,14 @@ std::tuple<at::Tensor, at::Tensor> mixture_forward_cpu(
     const at::Tensor& y, const at::Tensor& scales, const at::Tensor& means,
     const at::Tensor& weights, const at::Tensor& seed, const at::Tensor& temperature,
     c10::string_view mode, double scale_bound, double likelihood_bound, bool zero_center,
-    c10::string_view family, bool weights_are_logits) {
+    c10::string_view family, bool weights_are_logits, bool rate) {
   const MixtureCall c = prepare(y, scales, means, weights, seed, temperature, mode, family,
-                                scale_bound, likelihood_bound, zero_center, weights_are_logits);
+                                scale_bound, likelihood_bound, zero_center, weights_are_logits,
+                                rate);
   at::Tensor y_hat = at::empty(c.y.sizes(), c.y.options());
-  at::Tensor lik = at::empty(c.y.sizes(), c.y.options().dtype(likelihood_dtype(y.scalar_type())));
-  if (c.y.numel() == 0) return {y_hat, lik};
+  const auto lik_options = c.y.options().dtype(likelihood_dtype(y.scalar_type()));
+  at::Tensor lik = rate ? at::empty({c.samples}, lik_options) : at::empty(c.y.sizes(), lik_options);
+  if (c.y.numel() == 0) return {y_hat, rate ? lik.zero_() : lik};  // an empty sum is 0 bits
   dispatch_types(c.y.scalar_type(), [&](auto s, auto t) {
     using S = decltype(s);
     using T = decltype(t);
@@ -382,14 +424,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_backward_cpu(
     const at::Tensor& scales, const at::Tensor& means, const at::Tensor& weights,
     const at::Tensor& seed, const at::Tensor& temperature, c10::string_view mode,
     double scale_bound, double likelihood_bound, bool zero_center, c10::string_view family,
-    bool weights_are_logits, std::array<bool, 4> output_mask) {
+    bool weights_are_logits, std::array<bool, 4> output_mask, bool rate) {
   const MixtureCall c = prepare(y, scales, means, weights, seed, temperature, mode, family,
-                                scale_bound, likelihood_bound, zero_center, weights_are_logits);
-  const auto lik_dtype = likelihood_dtype(y.scalar_type());
-  TORCH_CHECK_VALUE(grad_lik.sizes() == y.sizes() && grad_lik.scalar_type() == lik_dtype &&
-                        grad_lik.device() == y.device(),
-                    "lic_quant: grad_likelihoods must be ", lik_dtype,
-                    " with the shape and device of y");
+                                scale_bound, likelihood_bound, zero_center, weights_are_logits,
+                                rate);
+  check_grad_likelihoods(grad_lik, y, rate);
   at::Tensor g_yhat;
   if (grad_y_hat.has_value() && grad_y_hat->defined()) {
     check_like(*grad_y_hat, y, "grad_y_hat");

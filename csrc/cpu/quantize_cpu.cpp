@@ -27,6 +27,7 @@ constexpr int64_t kBlock = 256;
 constexpr int64_t kGrain = 32768;
 
 static_assert(kBlock <= kMaxNoiseBlock, "one noise fill per block");
+static_assert(kBlock == kRateChunk, "a rate chunk is one block");
 
 // Mode, centring and family are template constants so the per-element switch folds away and the
 // loop body is straight-line code the vectorizer accepts.
@@ -83,20 +84,6 @@ bool all_negative(const float* g, int64_t n) {
   bool all = true;
   for (int64_t j = 0; j < n; ++j) all &= g[j] < 0.0f;
   return all;
-}
-
-// rate=True backward: out[j] = g_bits[sample of element i0 + j], j < n.
-template <typename T>
-void spread_sample_grads(const T* g_bits, int64_t sample_size, int64_t i0, int64_t n, T* out) {
-  int64_t sample = i0 / sample_size;
-  int64_t next = (sample + 1) * sample_size;  // the first element of the next sample
-  for (int64_t j = 0; j < n; ++j) {
-    if (i0 + j == next) {
-      ++sample;
-      next += sample_size;
-    }
-    out[j] = g_bits[sample];
-  }
 }
 
 // Loads kBlock elements of a half/bfloat16/float tensor as float. float32 blocks are used in place.
@@ -283,97 +270,8 @@ void backward_double(const double* g_yhat, const double* g_lik, const double* y,
 }
 
 // ---------------------------------------------------------------------------------------------
-// rate=True forward (docs/spec.md section 8): y_hat as above, and per sample the sum of -log2 P in
-// float64, with P only in a block-sized scratch. The reduction order is fixed by the shape alone:
-// each sample is cut into chunks of kBlock elements (counted from the sample's first element),
-// each chunk's sum is one task's result, and the chunks of a sample are added in index order. So
-// the bits do not depend on the thread count.
-
-// Sum of -log2 P over n float32 likelihoods, in float64. P = 2^e m exactly (m in [1, 2); float32
-// subnormals are normal doubles): the exponents add up exactly as integers and the mantissas
-// multiply in eight float64 lanes (each below 2^32 for n <= 256), so one log2 serves the chunk.
-// 0, negative, inf or NaN P (only possible with a zero likelihood bound, or NaN inputs) take the
-// per-element log2 instead, which gives inf or NaN as -log2 does.
-double chunk_bits(const float* lik, int64_t n) {
-  constexpr int kLanes = 8;
-  double prod[kLanes];
-  uint64_t expo[kLanes];
-  for (int l = 0; l < kLanes; ++l) {
-    prod[l] = 1.0;
-    expo[l] = 0;
-  }
-  bool special = false;
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const uint64_t b = double_bits(static_cast<double>(lik[j + l]));
-      const uint64_t e = b >> 52;  // biased exponent, with the sign bit above it
-      special |= (e - 1) >= 2046;
-      expo[l] += e;
-      prod[l] *= bits_double((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
-    }
-  }
-  for (; j < n; ++j) {
-    const uint64_t b = double_bits(static_cast<double>(lik[j]));
-    const uint64_t e = b >> 52;
-    special |= (e - 1) >= 2046;
-    expo[0] += e;
-    prod[0] *= bits_double((b & 0x000fffffffffffffull) | 0x3ff0000000000000ull);
-  }
-  if (special) {
-    double sum = 0.0;
-    for (int64_t k = 0; k < n; ++k) sum -= std::log2(static_cast<double>(lik[k]));
-    return sum;
-  }
-  const double m = ((prod[0] * prod[1]) * (prod[2] * prod[3])) *
-                   ((prod[4] * prod[5]) * (prod[6] * prod[7]));
-  uint64_t e = 0;
-  for (int l = 0; l < kLanes; ++l) e += expo[l];
-  const int64_t unbiased = static_cast<int64_t>(e) - 1023 * n;
-  return -(static_cast<double>(unbiased) + std::log2(m));
-}
-
-// float64 likelihoods: the per-element log2, added in order.
-double chunk_bits(const double* lik, int64_t n) {
-  double sum = 0.0;
-  for (int64_t k = 0; k < n; ++k) sum -= std::log2(lik[k]);
-  return sum;
-}
-
-// Runs chunk(task, start, n) for every chunk of every sample over the threads, then adds each
-// sample's chunk results in order into bits (float or double).
-template <typename bits_t, typename Fn>
-void for_each_rate_chunk(int64_t samples, int64_t sample_size, bits_t* bits, Fn&& chunk) {
-  const int64_t per_sample = (sample_size + kBlock - 1) / kBlock;
-  // A tensor rather than a std::vector: the profiler's memory events then show it too.
-  const at::Tensor partial_t = at::empty({samples * per_sample}, at::kDouble);
-  double* partial = partial_t.mutable_data_ptr<double>();
-  at::parallel_for(0, samples * per_sample, kGrain / kBlock, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t sample = t / per_sample, c = t % per_sample;
-      const int64_t start = sample * sample_size + c * kBlock;
-      partial[t] = chunk(start, std::min(kBlock, sample_size - c * kBlock));
-    }
-  });
-  for (int64_t sample = 0; sample < samples; ++sample) {
-    double sum = 0.0;
-    for (int64_t c = 0; c < per_sample; ++c) sum += partial[sample * per_sample + c];
-    bits[sample] = static_cast<bits_t>(sum);
-  }
-}
-
-// u of elements start .. start + n - 1 (n <= kBlock, start any index) into u[0 .. n): the Philox
-// blocks from start rounded down to a multiple of 4; buf holds kBlock + 8 floats.
-const float* chunk_noise(float* buf, int64_t start, int64_t n, const PhiloxKeys& keys) {
-  const int64_t off = start & 3;
-  const int64_t first = std::min(kBlock, n + off);
-  fill_noise_block(buf, first, keys, static_cast<uint64_t>(start - off));
-  if (n + off > kBlock) {
-    fill_noise_block(buf + kBlock, n + off - kBlock, keys,
-                     static_cast<uint64_t>(start - off + kBlock));
-  }
-  return buf + off;
-}
+// rate=True forward (docs/spec.md section 8): y_hat as above, and per sample the sum of -log2 P
+// (cpu_kernels.h: chunks of kRateChunk = kBlock elements), with P only in a block-sized scratch.
 
 template <typename scalar_t>
 void forward_rate_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma,
@@ -381,13 +279,13 @@ void forward_rate_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t*
                           uint64_t seed, const QuantParams<float>& p, int32_t family) {
   const PhiloxKeys keys = philox_keys(seed);
   alignas(64) static const float kZeros[kBlock] = {};
-  for_each_rate_chunk(samples, sample_size, bits, [&](int64_t i, int64_t n) {
+  for_each_rate_chunk(samples, sample_size, kGrain / kBlock, bits, [&](int64_t i, int64_t n) {
     Scratch by, bm, bs, byh, lik;
-    alignas(64) float bu[kBlock + 8];
+    alignas(64) float bu[kNoiseAtBuffer];
     const float* fy = as_float(y + i, by.a, n);
     const float* fm = mu ? as_float(mu + i, bm.a, n) : kZeros;
     const float* fs = as_float(sigma + i, bs.a, n);
-    const float* fu = mode_uses_noise(p.mode) ? chunk_noise(bu, i, n, keys) : kZeros;
+    const float* fu = mode_uses_noise(p.mode) ? noise_at(bu, i, n, keys) : kZeros;
     float* out = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(y_hat + i) : byh.a;
     dispatch_family(family, [&](auto fam) {
       dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
@@ -406,10 +304,10 @@ void forward_rate_double(const double* y, const double* mu, const double* sigma,
                          const QuantParams<double>& p) {
   const PhiloxKeys keys = philox_keys(seed);
   const bool noisy = mode_uses_noise(p.mode);
-  for_each_rate_chunk(samples, sample_size, bits, [&](int64_t i0, int64_t n) {
-    alignas(64) float bu[kBlock + 8];
+  for_each_rate_chunk(samples, sample_size, kGrain / kBlock, bits, [&](int64_t i0, int64_t n) {
+    alignas(64) float bu[kNoiseAtBuffer];
     double lik[kBlock];
-    const float* u = noisy ? chunk_noise(bu, i0, n, keys) : nullptr;
+    const float* u = noisy ? noise_at(bu, i0, n, keys) : nullptr;
     for (int64_t j = 0; j < n; ++j) {
       const int64_t i = i0 + j;
       const ForwardOut<double> o = forward_element<double, kFamily>(

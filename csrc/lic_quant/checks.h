@@ -115,6 +115,23 @@ inline void check_rate(const at::Tensor& y, bool rate) {
                     "along y's dim 0); got a 0-dim y");
 }
 
+// The backward's incoming gradient of the likelihoods (y's shape) or, with rate=True, of the bits
+// (one value per sample).
+inline void check_grad_likelihoods(const at::Tensor& grad_lik, const at::Tensor& y, bool rate) {
+  const auto lik_dtype = likelihood_dtype(y.scalar_type());
+  if (rate) {
+    TORCH_CHECK_VALUE(grad_lik.dim() == 1 && grad_lik.size(0) == y.size(0) &&
+                          grad_lik.scalar_type() == lik_dtype && grad_lik.device() == y.device(),
+                      "lic_quant: with rate=True, grad_likelihoods (the bits' gradient) must be ",
+                      lik_dtype, " of shape (", y.size(0), ",) on the device of y");
+  } else {
+    TORCH_CHECK_VALUE(grad_lik.sizes() == y.sizes() && grad_lik.scalar_type() == lik_dtype &&
+                          grad_lik.device() == y.device(),
+                      "lic_quant: grad_likelihoods must be ", lik_dtype,
+                      " with the shape and device of y");
+  }
+}
+
 inline Choices check_call(const at::Tensor& y, const at::Tensor& scales,
                           const std::optional<at::Tensor>& means, c10::string_view family,
                           c10::string_view mode, double scale_bound, double likelihood_bound,
@@ -156,7 +173,7 @@ inline void check_component(const at::Tensor& t, const at::Tensor& y, const char
 inline Choices check_mixture_call(const at::Tensor& y, const at::Tensor& scales,
                                   const at::Tensor& means, const at::Tensor& weights,
                                   c10::string_view family, c10::string_view mode,
-                                  double scale_bound, double likelihood_bound) {
+                                  double scale_bound, double likelihood_bound, bool rate) {
   check_floating(y);
   check_component(scales, y, "scales", nullptr);
   check_component(means, y, "means", &scales);
@@ -164,6 +181,7 @@ inline Choices check_mixture_call(const at::Tensor& y, const at::Tensor& scales,
   const int32_t family_index = parse_family(family);
   const int32_t mode_index = parse_mode(mode);
   check_bounds(scale_bound, likelihood_bound);
+  check_rate(y, rate);
   return {mode_index, family_index};
 }
 

@@ -125,18 +125,7 @@ inline BackwardCall prepare_backward(const c10::optional<at::Tensor>& grad_y_hat
                                      bool rate = false) {
   const Choices choices = check_inputs(y, scales, means, seed, temperature, family, mode,
                                        scale_bound, likelihood_bound, rate);
-  const auto lik_dtype = likelihood_dtype(y.scalar_type());
-  if (rate) {
-    TORCH_CHECK_VALUE(grad_lik.dim() == 1 && grad_lik.size(0) == y.size(0) &&
-                          grad_lik.scalar_type() == lik_dtype && grad_lik.device() == y.device(),
-                      "lic_quant: with rate=True, grad_likelihoods (the bits' gradient) must be ",
-                      lik_dtype, " of shape (", y.size(0), ",) on the device of y");
-  } else {
-    TORCH_CHECK_VALUE(grad_lik.sizes() == y.sizes() && grad_lik.scalar_type() == lik_dtype &&
-                          grad_lik.device() == y.device(),
-                      "lic_quant: grad_likelihoods must be ", lik_dtype,
-                      " with the shape and device of y");
-  }
+  check_grad_likelihoods(grad_lik, y, rate);
   if (grad_y_hat.has_value() && grad_y_hat->defined()) check_like(*grad_y_hat, y, "grad_y_hat");
   const bool has_means = means.has_value() && means->defined();
   TORCH_CHECK_VALUE(!output_mask[2] || has_means,

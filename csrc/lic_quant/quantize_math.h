@@ -343,6 +343,14 @@ struct Ln2<double> {
   static constexpr double kValue = 0.69314718055994531;
 };
 
+// The gradient into p of rate=True's -log2 P, P = max(p, b_p), for the bits' gradient g:
+// -g / (P ln 2), then the likelihood bound's rule (single-family and mixture kernels alike).
+template <typename T>
+LQ_HD T rate_grad_p(T g_bits, T prob, T likelihood_bound) {
+  const T big_p = lower_bound(prob, likelihood_bound);
+  return pass_if_towards(-g_bits / (big_p * Ln2<T>::kValue), prob >= likelihood_bound);
+}
+
 // skip_likelihood: the caller knows every g_P is negative, so the likelihood bound passes the
 // gradient whatever p is and p need not be recomputed (the usual case: loss = -log P). Both
 // paths give the same bits for a negative g_P.
@@ -360,9 +368,7 @@ LQ_HD BackwardOut<T> backward_element(T g_yhat, T g_lik, T y, T mu, T sigma, T u
   const BinArgs<T> g = bin_args(abs_bits(v), s);
   T g_p = g_lik;
   if constexpr (kRate) {
-    const T prob = family_bin_probability<kFamily>(g);
-    const T big_p = lower_bound(prob, p.likelihood_bound);
-    g_p = pass_if_towards(-g_lik / (big_p * Ln2<T>::kValue), prob >= p.likelihood_bound);
+    g_p = rate_grad_p(g_lik, family_bin_probability<kFamily>(g), p.likelihood_bound);
   } else if (!skip_likelihood) {
     g_p = pass_if_towards(g_lik, family_bin_probability<kFamily>(g) >= p.likelihood_bound);
   }

@@ -347,3 +347,258 @@ def test_compile_fullgraph_cpu():
     gc = torch.autograd.grad(c[1].sum() + c[0].sum(), comp_leaves)
     for a, b in zip(ge, gc):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# mixture_quantize(..., rate=True) (docs/spec.md sections 7 and 8), on every backend with mixture
+# kernels (lic_quant.api.MIXTURE_BACKENDS).
+
+
+def _mixture_backend(backend):
+    from lic_quant.api import MIXTURE_BACKENDS
+
+    if backend.name not in MIXTURE_BACKENDS:
+        pytest.skip(f"backend {backend.id}: no mixture kernels (MIXTURE_BACKENDS = "
+                    f"{MIXTURE_BACKENDS})")
+    return backend.name, backend.device
+
+
+def _mixture_inputs(shape, K, dtype, device="cpu", logits=False, blocked=False, seed=0):
+    """y, scales, means, weights of shape (K, *y.shape); blocked: CompressAI's channel-blocked
+    (N, K*M, ...) tensors viewed as (K, N, M, ...)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(shape, generator=g, dtype=torch.float64) * 3.0
+    full = (shape[0], K * shape[1], *shape[2:]) if blocked else (K, *shape)
+    scales = torch.rand(full, generator=g, dtype=torch.float64) * 2.0 + 0.01
+    tiny = torch.rand(full, generator=g) < 0.2  # both bounds in play
+    scales = torch.where(tiny, torch.rand(full, generator=g, dtype=torch.float64) * 0.1, scales)
+    means = torch.randn(full, generator=g, dtype=torch.float64) * 2.0
+    w = torch.randn(full, generator=g, dtype=torch.float64)
+    view = (lambda t: t.unflatten(1, (K, shape[1])).movedim(1, 0)) if blocked else (lambda t: t)
+    if not logits:
+        w = torch.softmax(view(w), 0)
+        w = w.movedim(0, 1).flatten(1, 2) if blocked else w
+    ts = [t.to(dtype=dtype, device=device) for t in (y, scales, means, w)]
+    return ts[0], view(ts[1]), view(ts[2]), view(ts[3])
+
+
+MIX_SETTINGS = dict(temperature=0.6, seed=4321)
+
+
+def _mixture_call(backend, y, s, m, w, rate=True, **kw):
+    return lq.mixture_quantize(y, s, m, w, rate=rate, backend=backend, **{**MIX_SETTINGS, **kw})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=str)
+@pytest.mark.parametrize("K,logits,zero_center", [(1, False, True), (3, False, False),
+                                                  (3, True, True), (8, True, False)])
+def test_mixture_values_and_gradients(backend, family, mode, dtype, K, logits, zero_center):
+    name, device = _mixture_backend(backend)
+    backend.need_dtype(dtype)
+    shape = (3, 5, 7, 11)  # samples of 385 elements: chunks not on Philox blocks
+    ins = _mixture_inputs(shape, K, dtype, device, logits=logits)
+    kw = dict(family=family, mode=mode, weights_are_logits=logits, zero_center=zero_center)
+    lik_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    g = torch.Generator().manual_seed(5)
+    g_bits = (torch.rand(shape[0], generator=g, dtype=torch.float64) + 0.5).to(lik_dtype)
+    g_bits[1] = -g_bits[1]  # a negative gradient exercises the likelihood bound's rule
+    g_bits = g_bits.to(device)
+    g_yhat = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+
+    leaves = _leaves(*ins)
+    out = _mixture_call(name, *leaves, **kw)
+    assert out[1].shape == (shape[0],) and out[1].dtype == lik_dtype
+    grads = _grads(out, leaves, g_bits, g_yhat)
+
+    # The same backend's rate=False likelihoods: the reduction alone, and their gradients
+    # through -log2(P).sum (the same P; g_P rounded differently).
+    own_leaves = _leaves(*ins)
+    own_yhat, own_lik = _mixture_call(name, *own_leaves, rate=False, **kw)
+    assert torch.equal(out[0], own_yhat)
+    own_bits = _bits_of(own_lik)
+    torch.testing.assert_close(out[1].double(), own_bits.to(lik_dtype).double(), rtol=1e-12,
+                               atol=0)
+    own_grads = _grads((own_yhat, own_bits.to(lik_dtype)), own_leaves, g_bits, g_yhat)
+    for a, b in zip(grads, own_grads):
+        assert _rel_norm(a, b) < (2e-3 if dtype in (torch.float16, torch.bfloat16) else 1e-6)
+
+    # The reference (its likelihoods, -log2 in float64 summed per sample), within section 8's
+    # 1e-6 relative.
+    ref_ins = [t.cpu() for t in ins]
+    ref_leaves = _leaves(*ref_ins)
+    ref_out = lq.mixture_quantize(*ref_leaves, rate=True, backend="reference",
+                                  **{**MIX_SETTINGS, **kw})
+    # y_hat bit for bit unless the centre holds a softmax (the kernels' exp, torch's).
+    torch.testing.assert_close(out[0].cpu(), ref_out[0], rtol=0 if not (logits and zero_center)
+                               else 1e-6, atol=0 if not (logits and zero_center) else 1e-6)
+    torch.testing.assert_close(out[1].cpu().double(), ref_out[1].double(), rtol=1e-6, atol=0)
+    ref_grads = _grads(ref_out, ref_leaves, g_bits.cpu(), g_yhat.cpu())
+    for a, b in zip(grads, ref_grads):
+        assert _rel_norm(a.cpu(), b) < (5e-3 if dtype in (torch.float16, torch.bfloat16) else 1e-4)
+
+
+def test_mixture_reference_rate_is_rate_bits():
+    ins = _mixture_inputs((2, 3, 4, 5), 3, torch.float64)
+    u = lq.uniform_noise((2, 3, 4, 5), MIX_SETTINGS["seed"])
+    _, lik = ref.mixture_quantize_reference(*ins, u, temperature=0.6)
+    _, bits = ref.mixture_quantize_reference(*ins, u, temperature=0.6, rate=True)
+    assert torch.equal(bits, ref.rate_bits(lik))
+
+
+@pytest.mark.parametrize("shape", [(1, 1000), (2, 3), (4, 1), (5, 3, 1, 64, 5), (2, 1, 70000),
+                                   (7,)], ids=str)
+def test_mixture_shapes(backend, shape):
+    """N = 1, odd and tiny samples, samples of many chunks, a 1-dim y (one element per sample),
+    against the same backend's likelihoods."""
+    name, device = _mixture_backend(backend)
+    ins = _mixture_inputs(shape, 3, torch.float32, device)
+    y_hat, bits = _mixture_call(name, *ins)
+    own_yhat, own_lik = _mixture_call(name, *ins, rate=False)
+    assert torch.equal(y_hat, own_yhat)
+    torch.testing.assert_close(bits.double(), _bits_of(own_lik).float().double(), rtol=1e-6,
+                               atol=0)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0,), (2, 0, 4)], ids=str)
+def test_mixture_empty(backend, shape):
+    name, device = _mixture_backend(backend)
+    y, s, m, w = _leaves(*_mixture_inputs(shape, 2, torch.float32, device))
+    y_hat, bits = _mixture_call(name, y, s, m, w)
+    assert y_hat.shape == shape and bits.shape == (shape[0],)
+    assert torch.equal(bits, torch.zeros(shape[0], device=device))
+    grads = torch.autograd.grad(bits.sum() + y_hat.sum(), (y, s, m, w), allow_unused=True)
+    for grad, t in zip(grads, (y, s, m, w)):
+        assert grad is None or grad.shape == t.shape
+
+
+def test_mixture_zero_dim_y_raises(backend):
+    name, device = _mixture_backend(backend)
+    y = torch.tensor(0.3, device=device)
+    ones = torch.ones(2, device=device)
+    with pytest.raises(ValueError, match="rate=True needs y with at least 1 dimension"):
+        lq.mixture_quantize(y, ones, ones, ones / 2, rate=True, backend=name)
+    with pytest.raises(TypeError, match="rate must be a bool"):
+        lq.mixture_quantize(y.reshape(1), ones[:, None], ones[:, None], ones[:, None], rate=1,
+                            backend=name)
+
+
+def test_mixture_deterministic(kernel_backend):
+    name, device = _mixture_backend(kernel_backend)
+    ins = _mixture_inputs((3, 4, 50, 61), 3, torch.float32, device, logits=True)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 1, 2):
+            torch.set_num_threads(n)
+            leaves = _leaves(*ins)
+            _, bits = _mixture_call(name, *leaves, weights_are_logits=True)
+            grads = torch.autograd.grad(bits.sum(), leaves)
+            runs.append((bits, *grads))
+    finally:
+        torch.set_num_threads(threads)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+
+
+def test_mixture_channel_blocked_view(backend):
+    """CompressAI's channel-blocked view read in place gives the contiguous layout's bits and
+    gradients, the gradients in the view's strides."""
+    name, device = _mixture_backend(backend)
+    y, s, m, w = _mixture_inputs((2, 4, 9, 7), 3, torch.float32, device, blocked=True)
+    leaves = _leaves(y, s, m, w)
+    out = _mixture_call(name, *leaves)
+    grads = torch.autograd.grad(out[1].sum(), leaves)
+    c_leaves = _leaves(y, s.contiguous(), m.contiguous(), w.contiguous())
+    c_out = _mixture_call(name, *c_leaves)
+    c_grads = torch.autograd.grad(c_out[1].sum(), c_leaves)
+    assert torch.equal(out[1], c_out[1])
+    for a, b in zip(grads, c_grads):
+        assert torch.equal(a, b)
+
+
+def test_mixture_nan_propagates(backend):
+    name, device = _mixture_backend(backend)
+    y, s, m, w = _mixture_inputs((3, 40), 3, torch.float32, device)
+    y[1, 7] = math.nan
+    s[2, 2, 3] = math.nan
+    leaves = _leaves(y, s, m, w)
+    _, bits = _mixture_call(name, *leaves)
+    assert torch.isfinite(bits[0]) and torch.isnan(bits[1]) and torch.isnan(bits[2])
+    gy, gs, gm, gw = torch.autograd.grad(bits.sum(), leaves)
+    assert torch.isnan(gy[1, 7]) and torch.isnan(gs[2, 2, 3])
+    assert torch.isfinite(gy[0]).all() and torch.isfinite(gs[:, 0]).all()
+
+
+def test_mixture_zero_likelihood_bound_gives_inf_bits(backend):
+    name, device = _mixture_backend(backend)
+    y = torch.tensor([[0.0, 200.0], [0.0, 0.3]], device=device)
+    s = torch.full((2, 2, 2), 0.2, device=device)
+    m = torch.zeros_like(s)
+    w = torch.full_like(s, 0.5)
+    _, bits = lq.mixture_quantize(y, s, m, w, rate=True, likelihood_bound=0.0, mode="ste",
+                                  backend=name)
+    assert bits[0] == math.inf and math.isfinite(bits[1])
+
+
+def test_mixture_no_likelihood_sized_allocation(kernel_backend):
+    name, device = _mixture_backend(kernel_backend)
+    if device != "cpu":
+        pytest.skip("the profiler's CPU memory events")
+    shape = (4, 8, 32, 32)
+    nbytes = math.prod(shape) * 4
+    leaves = _leaves(*_mixture_inputs(shape, 3, torch.float32, device))
+    out = {}
+
+    def forward():
+        out["r"] = _mixture_call(name, *leaves)
+
+    fwd = _allocated_bytes(forward)
+    assert sum(a >= nbytes for a in fwd) == 1 and sum(a for a in fwd if a < nbytes) < nbytes / 16
+
+    def backward():
+        torch.autograd.grad(out["r"][1].sum() + out["r"][0].sum(), leaves)
+
+    bwd = _allocated_bytes(backward)
+    # y's gradient, the parameters' three (K times y's size each) and g_yhat's ones; no g_P or P.
+    assert sum(nbytes <= a < 2 * nbytes for a in bwd) <= 2
+
+
+@NEEDS_EXT
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("blocked", [False, True])
+def test_mixture_opcheck_cpu(dtype, blocked):
+    y, s, m, w = _mixture_inputs((3, 2, 4, 5), 3, dtype, logits=True, blocked=blocked)
+    seed = torch.tensor(7, dtype=torch.int64)
+    temp = torch.tensor(0.5, dtype=torch.float64)
+    fwd_args = tuple(t.detach().requires_grad_() for t in (y, s, m, w)) + (
+        seed, temp, "sua", 0.11, 1e-9, True, "logistic", True, True)
+    torch.library.opcheck(torch.ops.lic_quant.mixture_quantize_forward.default, fwd_args)
+    lik_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    g_bits = torch.tensor([1.0, -2.0, 0.5], dtype=lik_dtype)
+    bwd_args = (torch.randn_like(y), g_bits, y, s, m, w, seed, temp, "noise", 0.11, 1e-9, False,
+                "gaussian", True, [True, True, False, True], True)
+    torch.library.opcheck(torch.ops.lic_quant.mixture_quantize_backward.default, bwd_args)
+
+
+@NEEDS_EXT
+def test_mixture_compile_fullgraph_cpu():
+    torch._dynamo.reset()
+    ins = _mixture_inputs((2, 4, 6, 6), 3, torch.float32, logits=True, blocked=True)
+
+    def step(y, s, m, w):
+        return lq.mixture_quantize(y, s, m, w, weights_are_logits=True, mode="mixed", seed=3,
+                                   rate=True)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    eager_leaves, comp_leaves = _leaves(*ins), _leaves(*ins)
+    e = step(*eager_leaves)
+    c = compiled(*comp_leaves)
+    assert torch.equal(e[0], c[0]) and torch.equal(e[1], c[1])
+    ge = torch.autograd.grad(e[1].sum() + e[0].sum(), eager_leaves)
+    gc = torch.autograd.grad(c[1].sum() + c[0].sum(), comp_leaves)
+    for a, b in zip(ge, gc):
+        assert torch.equal(a, b)
