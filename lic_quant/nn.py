@@ -454,6 +454,8 @@ if HAVE_COMPRESSAI:
                 eval always rounds ``y - means``, as CompressAI and its entropy coder do.
             backend: the op's backend (``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"``,
                 ``"triton"``).
+            rate: forward returns ``(outputs, bits)``, per-sample bits of shape (N,) in place
+                of the likelihoods (see :func:`bits_per_pixel`).
         """
 
     class StandaloneGaussianConditional(_FusedQuantizationMixin, _StandaloneEntropyModel):
@@ -489,12 +491,6 @@ def _component_view(name: str, t: Tensor, n_components: int, inputs: Tensor) -> 
             raise ValueError(f"lic_quant.nn: {name} {tuple(t.shape)} does not broadcast to "
                              f"{shape}") from exc
     return t.unflatten(1, (n_components, inputs.shape[1])).movedim(1, 0)
-
-
-def _mixture_supports_rate() -> bool:
-    import inspect
-
-    return "rate" in inspect.signature(mixture_quantize).parameters
 
 
 class _FusedMixtureMixin(_FusedQuantizationMixin):
@@ -555,14 +551,7 @@ class _FusedMixtureMixin(_FusedQuantizationMixin):
                       scale_bound=self._scale_bound_value,
                       likelihood_bound=self._likelihood_bound_value, seed=seed,
                       backend=self.backend)
-        if not self._rate:
-            return mixture_quantize(inputs, *views, **kwargs)
-        if _MIXTURE_RATE:
-            return mixture_quantize(inputs, *views, rate=True, **kwargs)
-        from .reference import rate_bits
-
-        outputs, likelihoods = mixture_quantize(inputs, *views, **kwargs)
-        return outputs, rate_bits(likelihoods)
+        return mixture_quantize(inputs, *views, rate=self._rate, **kwargs)
 
     def forward(
         self,
@@ -633,9 +622,6 @@ class _FusedMixtureMixin(_FusedQuantizationMixin):
     def decompress(self, strings, abs_max, zero_bitmap, scales, means, weights):
         return super().decompress(strings, abs_max, zero_bitmap, scales, means,
                                   self._coding_weights(weights, scales))
-
-
-_MIXTURE_RATE = _mixture_supports_rate()
 
 
 if HAVE_COMPRESSAI:

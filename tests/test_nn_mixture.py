@@ -147,10 +147,11 @@ def test_training_with_the_defaults_equals_compressai_given_the_same_noise(backe
 def test_parameters_reach_the_op_as_views_without_a_copy(monkeypatch):
     """The (N, K*M, H, W) tensors go in as t.unflatten(1, (K, M)).movedim(1, 0): same storage,
     a layout the kernels read in place; slices of one entropy-parameters output included."""
-    seen = []
+    seen, rates = [], []
 
     def spy(y, *params, **kwargs):
         seen.extend(params)
+        rates.append(kwargs["rate"])
         return api.mixture_quantize(y, *params, **kwargs)
 
     monkeypatch.setattr(lnn, "mixture_quantize", spy)
@@ -163,6 +164,9 @@ def test_parameters_reach_the_op_as_views_without_a_copy(monkeypatch):
         assert view.shape == (K, *SHAPE) and view.data_ptr() == chunk.data_ptr()
         assert component_layout(view) is not None
         torch.testing.assert_close(view, chunk.unflatten(1, (K, M)).movedim(1, 0))
+    # rate=True is the op's own (no likelihood tensor in between)
+    lnn.GaussianMixtureConditional(rate=True)(y, *chunks)
+    assert rates == [False, True]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
