@@ -180,15 +180,19 @@ template <int kIn, int kOut, bool kTanh, typename T>
 LQ_CLONES void layer_forward_lanes(const T* __restrict in, T* __restrict out, T* __restrict tanh_,
                                    const T* W, const T* b, const T* f) {
   T w[kOut * kIn], bb[kOut], ff[kOut];
+  LQ_UNROLL
   for (int k = 0; k < kOut * kIn; ++k) w[k] = W[k];
+  LQ_UNROLL
   for (int k = 0; k < kOut; ++k) {
     bb[k] = b[k];
     ff[k] = kTanh ? f[k] : T(0);
   }
   for (int64_t j = 0; j < kLanes; ++j) {
     T h[kIn], o[kOut], t[kOut];
+    LQ_UNROLL
     for (int q = 0; q < kIn; ++q) h[q] = in[q * kLanes + j];
     eb_layer_forward<kIn, kOut, kTanh>(w, bb, ff, h, o, t);
+    LQ_UNROLL
     for (int k = 0; k < kOut; ++k) {
       out[k * kLanes + j] = o[k];
       if (kTanh) tanh_[k * kLanes + j] = t[k];
@@ -219,18 +223,25 @@ LQ_CLONES void layer_backward_lanes(const T* __restrict in, const T* __restrict 
                                     const T* f, T* __restrict acc_w, T* __restrict acc_b,
                                     T* __restrict acc_f) {
   T w[kOut * kIn], ff[kOut];
+  LQ_UNROLL
   for (int k = 0; k < kOut * kIn; ++k) w[k] = W[k];
+  LQ_UNROLL
   for (int k = 0; k < kOut; ++k) ff[k] = kTanh ? f[k] : T(0);
   for (int64_t j = 0; j < kLanes; ++j) {
     T h[kIn], t[kOut], go[kOut], gi[kIn], gw[kOut * kIn], gb[kOut], gf[kOut];
+    LQ_UNROLL
     for (int q = 0; q < kIn; ++q) h[q] = in[q * kLanes + j];
+    LQ_UNROLL
     for (int k = 0; k < kOut; ++k) {
       t[k] = kTanh ? tanh_[k * kLanes + j] : T(0);
       go[k] = g[k * kLanes + j];
     }
     eb_layer_backward<kIn, kOut, kTanh>(w, ff, h, t, go, gi, gw, gb, gf);
+    LQ_UNROLL
     for (int q = 0; q < kIn; ++q) gin[q * kLanes + j] = gi[q];
+    LQ_UNROLL
     for (int k = 0; k < kOut * kIn; ++k) acc_w[k * kLanes + j] += gw[k];
+    LQ_UNROLL
     for (int k = 0; k < kOut; ++k) {
       acc_b[k * kLanes + j] += gb[k];
       if (kTanh) acc_f[k * kLanes + j] += gf[k];
