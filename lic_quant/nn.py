@@ -1,4 +1,4 @@
-"""A drop-in ``GaussianConditional`` for learned-image-compression models.
+"""Drop-in ``GaussianConditional`` and ``EntropyBottleneck`` for learned-image-compression models.
 
 ``lic_quant.nn.GaussianConditional`` has the constructor, ``forward(inputs, scales, means=None,
 training=None) -> (outputs, likelihoods)`` and the attributes of CompressAI's class of that name,
@@ -23,6 +23,13 @@ and adds the settings of the fused op: ``family`` (``"gaussian"``, ``"laplace"``
 
 :func:`replace_gaussian_conditionals` swaps every CompressAI ``GaussianConditional`` of an
 existing model for this one, buffers included.
+
+``lic_quant.nn.EntropyBottleneck`` (docs/spec.md section 9, needs compressai) is CompressAI's
+``EntropyBottleneck`` with the same ``mode``, ``temperature`` and ``backend`` settings: one call of
+:func:`lic_quant.entropy_bottleneck` gives the surrogate centred at the channel medians and the
+likelihood of the channel's learned CDF, with gradients to z and to every parameter; eval is
+CompressAI's ``dequantize`` path bit for bit. :func:`replace_entropy_bottlenecks` swaps the
+bottlenecks of an existing model, :func:`replace_entropy_models` both kinds.
 """
 from __future__ import annotations
 
