@@ -162,7 +162,8 @@ def extension():
     cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math",
            "-fopenmp"]  # at::parallel_for is an OpenMP pragma in the ATen headers
     sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/host_scalars.cpp",
-               "csrc/cpu/quantize_cpu.cpp", "csrc/cpu/mixture_cpu.cpp"]
+               "csrc/cpu/quantize_cpu.cpp", "csrc/cpu/mixture_cpu.cpp",
+               "csrc/cpu/entropy_bottleneck_cpu.cpp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     # setuptools skips an extension whose sources are older than the .so; the headers hold the
     # math, so an edited header must count too (ninja then recompiles only what includes it).

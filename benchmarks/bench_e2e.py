@@ -3,7 +3,8 @@
 
 For each model, the same training step (forward, rate-distortion loss, backward, Adam step) with
 CompressAI's own GaussianConditional and with lic_quant's (`replace_gaussian_conditionals(model,
-mode=...)`), eager and under torch.compile. Reported per configuration: step time (median and
+mode=...)`; with --replace all also lic_quant's EntropyBottleneck, `replace_entropy_models`), eager
+and under torch.compile. Reported per configuration: step time (median and
 20/80 % quantiles over the timed steps) and, on CUDA, the peak memory a step allocates
 (torch.cuda.max_memory_allocated above what is allocated before the step).
 
@@ -127,11 +128,14 @@ def rd_loss(out, x, lmbda=0.01):
     return bpp + lmbda * 255**2 * torch.mean((out["x_hat"] - x) ** 2)
 
 
-def build(model_name, quick, entropy, mode, device):
+def build(model_name, quick, entropy, mode, device, replace="conditionals"):
     torch.manual_seed(0)  # the same weights for both entropy models
     model = MODELS[model_name][1 if quick else 0]()
     if entropy == "lic_quant":
-        lqnn.replace_gaussian_conditionals(model, mode=mode)
+        if replace == "all":  # the EntropyBottleneck too (docs/spec.md section 9)
+            lqnn.replace_entropy_models(model, mode=mode)
+        else:
+            lqnn.replace_gaussian_conditionals(model, mode=mode)
     model = model.to(device).train()
     # The main parameters, as CompressAI's examples train them (the entropy bottleneck's
     # quantiles belong to a separate auxiliary loss that both variants share unchanged).
@@ -146,7 +150,7 @@ def sync(device):
 
 def prepare(model_name, entropy, compiled, args, device, batch):
     """The training step of one configuration, warmed up; its CUDA peak memory."""
-    model, optimizer = build(model_name, args.quick, entropy, args.mode, device)
+    model, optimizer = build(model_name, args.quick, entropy, args.mode, device, args.replace)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     forward = torch.compile(model) if compiled else model
@@ -175,7 +179,8 @@ def prepare(model_name, entropy, compiled, args, device, batch):
     return {
         "step": step,
         "model": model_name,
-        "entropy_model": "compressai" if entropy == "compressai" else f"lic_quant-{args.mode}",
+        "entropy_model": ("compressai" if entropy == "compressai" else
+                          f"lic_quant-{args.mode}" + ("+eb" if args.replace == "all" else "")),
         "compiled": compiled,
         "peak_mib": peak_mib,
         "warmup_s": warmup_s,
@@ -251,6 +256,10 @@ def main(argv=None):
     p.add_argument("--csv", default=os.path.join(HERE, "results", "scratch", "e2e.csv"),
                    help="append the rows here (default benchmarks/results/scratch/e2e.csv; "
                         "benchmarks/results/e2e.csv is the committed one)")
+    p.add_argument("--replace", choices=["conditionals", "all"], default="conditionals",
+                   help="lic_quant's GaussianConditional only (replace_gaussian_conditionals), or "
+                        "its EntropyBottleneck too (replace_entropy_models; entropy model "
+                        "'lic_quant-<mode>+eb')")
     p.add_argument("--label", default="", help="what the commit does not say")
     args = p.parse_args(argv)
     q = args.quick

@@ -25,13 +25,23 @@ loss = sum(bits) + <g_yhat, y_hat>:
                    write after the op);
 - rate:            lq.quantize(..., rate=True), the per-sample bits from the kernels.
 
+The factorized prior (docs/spec.md section 9, --parts eb), forward + backward of the whole module
+(gradients of z and of every parameter; g_zhat ~ N(0, 1), g_P = -1/P) at each of --eb-shapes,
+mode noise, with the same parameters in all three:
+
+- eager:    CompressAI's EntropyBottleneck in training;
+- compiled: the same module under torch.compile;
+- fused:    lic_quant.nn.EntropyBottleneck (one op each way).
+
 Beside the time, each gets the peak memory of one step above what the inputs hold: on CUDA from
 torch.cuda.max_memory_allocated, on the CPU from torch.profiler's allocation events (the running
 sum of allocations and frees, its maximum).
 
     python benchmarks/bench_entropy_models.py [--shape 8x192x32x32] [--rounds 15]
-        [--parts families,rate] [--csv benchmarks/results/entropy_models.csv]
-        [--rate-csv benchmarks/results/rate_output.csv] [--label TEXT]
+        [--parts families,rate,eb] [--csv benchmarks/results/entropy_models.csv]
+        [--rate-csv benchmarks/results/rate_output.csv]
+        [--eb-shapes 16x128x4x4,16x192x8x8,16x192x16x16]
+        [--eb-csv benchmarks/results/entropy_bottleneck.csv] [--label TEXT]
 """
 from __future__ import annotations
 
@@ -112,6 +122,9 @@ def fused_fn(family):
 
 
 def train_step(fn, case):
+    if isinstance(fn, _Whole):
+        fn.step(case)
+        return
     inputs, g_yhat, g_lik = case
     leaves = [t.detach().requires_grad_() for t in inputs]
     y_hat, lik = fn(*leaves)
@@ -218,6 +231,90 @@ def rate_comparison(shape, device, rounds, sync):
     return stats, peaks
 
 
+# ---------------------------------------------------------------------------------------------
+# The factorized prior.
+
+
+def eb_modules(channels: int, device):
+    """CompressAI's EntropyBottleneck with perturbed parameters (not the flat initial CDF) and
+    lic_quant's with the same state, both in training."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from compressai.entropy_models import EntropyBottleneck
+    import lic_quant.nn as lqnn
+
+    torch.manual_seed(0)
+    reference = EntropyBottleneck(channels)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    fused = lqnn.EntropyBottleneck(channels, mode="noise")
+    fused.load_state_dict(reference.state_dict())
+    return reference.to(device).train(), fused.to(device).train()
+
+
+def make_eb_case(shape, device, module):
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(shape, generator=g) * 3).to(device)
+    g_zhat = torch.randn(shape, generator=g).to(device)
+    with torch.no_grad():
+        _, lik = module(z)
+    return z, g_zhat, (-1.0 / lik).detach()
+
+
+def eb_step(module, case):
+    z, g_zhat, g_lik = case
+    for p in module.parameters():
+        p.grad = None
+    z_hat, lik = module(z.detach().requires_grad_())
+    torch.autograd.backward([z_hat, lik], [g_zhat, g_lik])
+
+
+def run_eb(args, device, sync) -> None:
+    cases = {}
+    for text in args.eb_shapes.split(","):
+        shape = tuple(int(d) for d in text.split("x"))
+        reference, fused = eb_modules(shape[1], device)
+        case = make_eb_case(shape, device, reference)
+        compiled = torch.compile(reference)
+        for provider, module in (("eager", reference), ("compiled", compiled), ("fused", fused)):
+            cases[(text, provider)] = (lambda c, m=module: eb_step(m, c), case)
+    # measure() calls fn(*inputs) through train_step; the EB steps take the case whole.
+    result = measure_steps(cases, args.rounds, sync)
+    print(f"EntropyBottleneck forward + backward, float32, mode=noise, {args.rounds} rounds, "
+          f"{torch.get_num_threads()} threads, {results_csv.machine_name(str(device))}")
+    print(f"{'shape':14s} {'provider':10s} {'median ms':>10s} {'q20':>8s} {'q80':>8s} "
+          f"{'fused speedup':>14s}")
+    rows = []
+    for (shape, provider), (med, q20, q80) in result.items():
+        fused = result[(shape, "fused")][0]
+        print(f"{shape:14s} {provider:10s} {med:10.2f} {q20:8.2f} {q80:8.2f} "
+              f"{med / fused:13.2f}x")
+        rows.append({"device": str(device), "shape": shape, "dtype": "float32",
+                     "step": "forward+backward", "mode": "noise", "provider": provider,
+                     "threads": torch.get_num_threads(), "rounds": args.rounds,
+                     "median_ms": f"{med:.4f}", "q20_ms": f"{q20:.4f}", "q80_ms": f"{q80:.4f}",
+                     "fused_speedup": f"{med / fused:.3f}"})
+    if args.eb_csv:
+        results_csv.append(args.eb_csv, rows, label=args.label, device=str(device))
+        print(f"appended {len(rows)} rows to {args.eb_csv}")
+
+
+def measure_steps(cases: dict, rounds: int, sync) -> dict:
+    """As measure(), for cases name -> (step, case) whose step(case) runs one training step."""
+    wrapped = {name: (_Whole(step), case) for name, (step, case) in cases.items()}
+    return measure(wrapped, rounds, sync)
+
+
+class _Whole:
+    """Lets measure()'s train_step run a step that takes its case whole."""
+
+    def __init__(self, step):
+        self.step = step
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="8x192x32x32")
@@ -228,10 +325,13 @@ def main() -> None:
                     help="with families: also a K-component Gaussian mixture vs CompressAI's "
                          "GaussianMixtureConditional (0: none)")
     ap.add_argument("--parts", default="families,rate",
-                    help="families (the op per family, and the mixture) and/or rate (the rate "
-                         "output)")
+                    help="families (the op per family, and the mixture), rate (the rate "
+                         "output) and/or eb (the EntropyBottleneck)")
     ap.add_argument("--csv", help="append the family and mixture rows to this CSV")
     ap.add_argument("--rate-csv", help="append the rate rows to this CSV")
+    ap.add_argument("--eb-shapes", default="16x128x4x4,16x192x8x8,16x192x16x16",
+                    help="with eb: the shapes (N x C x H x W) of z")
+    ap.add_argument("--eb-csv", help="append the EntropyBottleneck rows to this CSV")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     shape = tuple(int(d) for d in args.shape.split("x"))
@@ -243,6 +343,8 @@ def main() -> None:
         run_families(args, shape, device, sync, families)
     if "rate" in parts:
         run_rate(args, shape, device, sync)
+    if "eb" in parts:
+        run_eb(args, device, sync)
 
 
 def run_rate(args, shape, device, sync) -> None:

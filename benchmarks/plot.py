@@ -200,6 +200,12 @@ def main(argv=None):
             [{**r, "case": r["provider"]} for r in rows], out, "rate_output.png", "median_ms",
             "forward + backward, ms (median)",
             "rate=True against likelihoods then -log2().sum() (rate_output.csv)"),
+        "entropy_bottleneck.csv": lambda rows, out: plot_runs_by_case(
+            [{**r, "case": f"{r['shape']}: fused vs {r['provider']}"} for r in rows
+             if r["provider"] != "fused"], out, "entropy_bottleneck.png", "fused_speedup",
+            "speedup of lic_quant's EntropyBottleneck (median ratio, same run)",
+            "EntropyBottleneck forward + backward vs CompressAI's, eager and torch.compile "
+            "(entropy_bottleneck.csv)"),
     }
     written = []
     for name, fn in views.items():

@@ -24,6 +24,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "lic_quant/op_handles.h"
 
@@ -424,6 +425,204 @@ std::tuple<Tensor, Tensor> mixture_forward_autograd(
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// entropy_bottleneck_forward / _backward (docs/spec.md section 9). The node's outputs (next
+// edges) are z, then matrices, biases and factors in list order; the medians get no gradient (in
+// CompressAI they learn through loss() only).
+
+using EbForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, at::TensorList,
+                                               at::TensorList, at::TensorList, const Tensor&,
+                                               const Tensor&, c10::string_view, double);
+using EbBackwardFn =
+    std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>(
+        const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
+        at::TensorList, at::TensorList, at::TensorList, const Tensor&, const Tensor&,
+        c10::string_view, double, std::array<bool, 4>);
+
+const c10::TypedOperatorHandle<EbForwardFn>& eb_forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lic_quant::entropy_bottleneck_forward", "")
+                             .typed<EbForwardFn>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<EbBackwardFn>& eb_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lic_quant::entropy_bottleneck_backward", "")
+                             .typed<EbBackwardFn>();
+  return op;
+}
+
+bool any_forward_grad(at::TensorList ts) {
+  for (const auto& t : ts) {
+    if (has_forward_grad(t)) return true;
+  }
+  return false;
+}
+
+bool any_requires_grad(at::TensorList ts) {
+  for (const auto& t : ts) {
+    if (t.defined() && t.requires_grad()) return true;
+  }
+  return false;
+}
+
+std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>
+eb_backward_autograd(const std::optional<Tensor>& grad_z_hat, const Tensor& grad_lik,
+                     const Tensor& z, const Tensor& medians, at::TensorList matrices,
+                     at::TensorList biases, at::TensorList factors, const Tensor& seed,
+                     const Tensor& temperature, c10::string_view mode, double likelihood_bound,
+                     std::array<bool, 4> output_mask) {
+  const Tensor g_zhat = grad_z_hat.has_value() ? *grad_z_hat : Tensor();
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      !(has_forward_grad(g_zhat) || has_forward_grad(grad_lik) || has_forward_grad(z) ||
+        any_forward_grad(matrices) || any_forward_grad(biases) || any_forward_grad(factors)),
+      kNoForwardMode);
+  std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>> out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = eb_backward_op().call(grad_z_hat, grad_lik, z, medians, matrices, biases, factors, seed,
+                                temperature, mode, likelihood_bound, output_mask);
+  }
+  auto requires_grad = [](const Tensor& t) { return t.defined() && t.requires_grad(); };
+  if (!at::GradMode::is_enabled() ||
+      !(requires_grad(g_zhat) || requires_grad(grad_lik) || requires_grad(z) ||
+        any_requires_grad(matrices) || any_requires_grad(biases) || any_requires_grad(factors))) {
+    return out;
+  }
+  NodePtr fn = make_node<QuantizeBackwardBackward>();
+  std::vector<Tensor> inputs{g_zhat, grad_lik, z};
+  for (at::TensorList list : {matrices, biases, factors}) inputs.insert(inputs.end(), list.begin(), list.end());
+  fn->set_next_edges(torch::autograd::collect_next_edges(inputs));
+  torch::autograd::set_history(std::get<0>(out), fn);
+  for (auto* list : {&std::get<1>(out), &std::get<2>(out), &std::get<3>(out)}) {
+    for (auto& t : *list) torch::autograd::set_history(t, fn);
+  }
+  return out;
+}
+
+struct EntropyBottleneckBackward : Node {
+  SavedVariable z_, medians_, seed_, temperature_;
+  std::vector<SavedVariable> matrices_, biases_, factors_;
+  std::string mode_;
+  double likelihood_bound_ = 0.0;
+
+  std::string name() const override { return "EntropyBottleneckBackward"; }
+
+  std::vector<SavedVariable*> saved() {
+    std::vector<SavedVariable*> all{&z_, &medians_, &seed_, &temperature_};
+    for (auto* list : {&matrices_, &biases_, &factors_}) {
+      for (auto& v : *list) all.push_back(&v);
+    }
+    return all;
+  }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (SavedVariable* v : saved()) v->reset_data();
+  }
+
+  static std::vector<Tensor> unpack(std::vector<SavedVariable>& list) {
+    std::vector<Tensor> out;
+    for (auto& v : list) out.push_back(v.unpack());
+    return out;
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const Tensor& g_zhat = grads[0];
+    const Tensor& g_lik = grads[1];
+    const size_t n_m = matrices_.size(), n_b = biases_.size(), n_f = factors_.size();
+    variable_list out(1 + n_m + n_b + n_f);
+    const bool need_z = task_should_compute_output(0);
+    if (!g_lik.defined()) {
+      if (need_z) out[0] = g_zhat;
+      return out;
+    }
+    auto any_output = [&](size_t first, size_t count) {
+      for (size_t i = first; i < first + count; ++i) {
+        if (task_should_compute_output(i)) return true;
+      }
+      return false;
+    };
+    const std::array<bool, 4> mask{need_z, any_output(1, n_m), any_output(1 + n_m, n_b),
+                                   any_output(1 + n_m + n_b, n_f)};
+    if (!(mask[0] || mask[1] || mask[2] || mask[3])) return out;
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
+    auto g = eb_backward_op().call(opt(g_zhat), g_lik, z_.unpack(), medians_.unpack(),
+                                   unpack(matrices_), unpack(biases_), unpack(factors_),
+                                   seed_.unpack(), temperature_.unpack(), mode_,
+                                   likelihood_bound_, mask);
+    if (mask[0]) out[0] = std::move(std::get<0>(g));
+    // The lists come back full where asked for, empty otherwise.
+    size_t slot = 1;
+    auto place = [&](std::vector<Tensor>& list, size_t count) {
+      for (size_t i = 0; i < count; ++i, ++slot) {
+        if (!list.empty() && task_should_compute_output(slot)) out[slot] = std::move(list[i]);
+      }
+    };
+    place(std::get<1>(g), n_m);
+    place(std::get<2>(g), n_b);
+    place(std::get<3>(g), n_f);
+    return out;
+  }
+
+  void compiled_args(torch::autograd::CompiledNodeArgs& args) const override {
+    for (const SavedVariable* v : {&z_, &medians_, &seed_, &temperature_}) args.collect(*v, false);
+    for (const auto* list : {&matrices_, &biases_, &factors_}) {
+      for (const auto& v : *list) args.collect(v, false);
+    }
+    args.collect(mode_);
+    args.collect(likelihood_bound_);
+  }
+
+  variable_list apply_with_saved(const variable_list& grads,
+                                 torch::autograd::SwapSavedVariables& swap) override {
+    for (SavedVariable* v : saved()) swap.before(*v);
+    auto out = apply(variable_list(grads));
+    for (SavedVariable* v : saved()) swap.after(*v);
+    return out;
+  }
+};
+
+std::tuple<Tensor, Tensor> eb_forward_autograd(const Tensor& z, const Tensor& medians,
+                                               at::TensorList matrices, at::TensorList biases,
+                                               at::TensorList factors, const Tensor& seed,
+                                               const Tensor& temperature, c10::string_view mode,
+                                               double likelihood_bound) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!(has_forward_grad(z) || any_forward_grad(matrices) ||
+                                any_forward_grad(biases) || any_forward_grad(factors)),
+                              kNoForwardMode);
+  const bool record = at::GradMode::is_enabled() &&
+                      (z.requires_grad() || any_requires_grad(matrices) ||
+                       any_requires_grad(biases) || any_requires_grad(factors));
+  std::tuple<Tensor, Tensor> out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = eb_forward_op().call(z, medians, matrices, biases, factors, seed, temperature, mode,
+                               likelihood_bound);
+  }
+  if (!record) return out;
+  NodePtr fn = make_node<EntropyBottleneckBackward>();
+  auto* node = static_cast<EntropyBottleneckBackward*>(fn.get());
+  std::vector<Tensor> inputs{z};
+  for (at::TensorList list : {matrices, biases, factors}) inputs.insert(inputs.end(), list.begin(), list.end());
+  node->set_next_edges(torch::autograd::collect_next_edges(inputs));
+  node->z_ = SavedVariable(z, false);
+  node->medians_ = SavedVariable(medians, false);
+  node->seed_ = SavedVariable(seed, false);
+  node->temperature_ = SavedVariable(temperature, false);
+  for (const auto& t : matrices) node->matrices_.emplace_back(t, false);
+  for (const auto& t : biases) node->biases_.emplace_back(t, false);
+  for (const auto& t : factors) node->factors_.emplace_back(t, false);
+  node->mode_ = std::string(mode);
+  node->likelihood_bound_ = likelihood_bound;
+  torch::autograd::set_history(std::get<0>(out), fn);
+  torch::autograd::set_history(std::get<1>(out), fn);
+  return out;
+}
+
 }  // namespace
 }  // namespace lic_quant
 
@@ -432,4 +631,6 @@ TORCH_LIBRARY_IMPL(lic_quant, Autograd, m) {
   m.impl("quantize_backward", &lic_quant::quantize_backward_autograd);
   m.impl("mixture_quantize_forward", &lic_quant::mixture_forward_autograd);
   m.impl("mixture_quantize_backward", &lic_quant::mixture_backward_autograd);
+  m.impl("entropy_bottleneck_forward", &lic_quant::eb_forward_autograd);
+  m.impl("entropy_bottleneck_backward", &lic_quant::eb_backward_autograd);
 }

@@ -1,7 +1,8 @@
 // Schemas of the lic_quant ops and the Python module lic_quant._C: the C++ route's eager entry
-// (quantize_eager) and the lists of csrc/lic_quant/checks.h. Implementations: cpu/quantize_cpu.cpp
-// and cpu/mixture_cpu.cpp (CPU key), cuda/quantize_cuda.cu (CUDA key), autograd.cpp (Autograd key), host_scalars.cpp
-// (draw_seed, scalar_tensors); fake kernels: lic_quant/_ops.py.
+// (quantize_eager) and the lists of csrc/lic_quant/checks.h. Implementations: cpu/quantize_cpu.cpp,
+// cpu/mixture_cpu.cpp and cpu/entropy_bottleneck_cpu.cpp (CPU key), cuda/quantize_cuda.cu (CUDA
+// key), autograd.cpp (Autograd key), host_scalars.cpp (draw_seed, scalar_tensors); fake kernels:
+// lic_quant/_ops.py.
 #include <Python.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/Exceptions.h>
@@ -234,4 +235,16 @@ TORCH_LIBRARY(lic_quant, m) {
       "float scale_bound, float likelihood_bound, bool zero_center, str family, "
       "bool weights_are_logits, bool[4] output_mask, bool rate=False) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  // The factorized prior (docs/spec.md section 9; cpu/entropy_bottleneck_cpu.cpp): z of shape
+  // (N, C, ...), medians (C,), CompressAI's per-channel parameter lists; the gradients are
+  // (z, matrices, biases, factors), an empty list where output_mask does not ask for one.
+  m.def(
+      "entropy_bottleneck_forward(Tensor z, Tensor medians, Tensor[] matrices, Tensor[] biases, "
+      "Tensor[] factors, Tensor seed, Tensor temperature, str mode, float likelihood_bound) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "entropy_bottleneck_backward(Tensor? grad_z_hat, Tensor grad_likelihoods, Tensor z, "
+      "Tensor medians, Tensor[] matrices, Tensor[] biases, Tensor[] factors, Tensor seed, "
+      "Tensor temperature, str mode, float likelihood_bound, bool[4] output_mask) "
+      "-> (Tensor, Tensor[], Tensor[], Tensor[])");
 }

@@ -6,15 +6,18 @@ import importlib
 from . import reference, schedules
 from ._checks import BACKENDS, FAMILIES, MODES
 from ._ops import cuda_kernels_built, extension_available
-from .api import gaussian_quantize, make_seed, mixture_quantize, quantize, uniform_noise
-from .reference import (gaussian_quantize_reference, mixture_quantize_reference,
-                        quantize_reference)
+from .api import (entropy_bottleneck, gaussian_quantize, make_seed, mixture_quantize, quantize,
+                  uniform_noise)
+from .reference import (entropy_bottleneck_reference, gaussian_quantize_reference,
+                        mixture_quantize_reference, quantize_reference)
 
 __all__ = [
     "BACKENDS",
     "FAMILIES",
     "MODES",
     "cuda_kernels_built",
+    "entropy_bottleneck",
+    "entropy_bottleneck_reference",
     "extension_available",
     "gaussian_quantize",
     "gaussian_quantize_reference",

@@ -14,6 +14,8 @@ MODES = ("noise", "ste", "mixed", "sua")
 FAMILIES = ("gaussian", "laplace", "logistic")
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 MAX_COMPONENTS = 8  # mixtures (docs/spec.md section 7): 1 <= K <= 8
+# EntropyBottleneck (section 9): at most this many layers (CompressAI's default has 5)
+MAX_EB_LAYERS = 8
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -216,3 +218,66 @@ def component_layout(t: torch.Tensor) -> tuple[int, int, int] | None:
             return None
         expected = strides[dd] * max(sizes[dd], 1)
     return strides[0], outer_stride, inner
+
+
+# ---------------------------------------------------------------------------------------------
+# The factorized prior (docs/spec.md section 9). csrc/lic_quant/checks.h's check_eb_call has the
+# same rules and messages.
+
+def check_eb_parameter(name: str, t, z: torch.Tensor, shape: tuple) -> None:
+    """One parameter of the channel MLP: exactly `shape`, z's dtype and device."""
+    check_dense(name, t)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"lic_quant: {name} must have shape {shape}; got {tuple(t.shape)}")
+    _check_dtype_device(name, t, z)
+
+
+def check_eb_list(name: str, t, length: int) -> None:
+    if not isinstance(t, (list, tuple)):
+        raise TypeError(f"lic_quant: {name} must be a list of tensors; got {type(t).__name__}")
+    if len(t) != length:
+        raise ValueError(f"lic_quant: {name} must hold {length} tensors (one per layer); got "
+                         f"{len(t)}")
+
+
+def eb_filters(matrices) -> tuple:
+    """The hidden widths of the MLP whose matrices these are: (matrices[i].shape[1] for every
+    layer but the last)."""
+    return tuple(int(m.shape[1]) for m in matrices[:-1])
+
+
+def check_eb_call(z, medians, matrices, biases, factors, mode: str, likelihood_bound) -> None:
+    """The arguments of the EntropyBottleneck op, in their order: z of shape (N, C, ...); medians
+    (C,); matrices[i] (C, f[i+1], f[i]) with f = (1, *filters, 1), biases[i] (C, f[i+1], 1),
+    factors[i] (C, f[i+1], 1) for the hidden layers; all of z's dtype and device."""
+    check_input("z", z)
+    if z.dim() < 2:
+        raise ValueError(f"lic_quant: z must have shape (N, C, ...) with at least 2 dimensions; "
+                         f"got {tuple(z.shape)}")
+    channels = z.shape[1]
+    check_eb_parameter("medians", medians, z, (channels,))
+    if not isinstance(matrices, (list, tuple)):
+        raise TypeError(f"lic_quant: matrices must be a list of tensors; got "
+                        f"{type(matrices).__name__}")
+    if not 1 <= len(matrices) <= MAX_EB_LAYERS:
+        raise ValueError(f"lic_quant: matrices must hold 1 to {MAX_EB_LAYERS} tensors (one per "
+                         f"layer); got {len(matrices)}")
+    layers = len(matrices)
+    check_eb_list("biases", biases, layers)
+    check_eb_list("factors", factors, layers - 1)
+    width_in = 1
+    for i in range(layers):
+        name = f"matrices[{i}]"
+        check_dense(name, matrices[i])
+        if matrices[i].dim() != 3:
+            raise ValueError(f"lic_quant: {name} must have shape (C, out, in); got "
+                             f"{tuple(matrices[i].shape)}")
+        width_out = 1 if i == layers - 1 else int(matrices[i].shape[1])
+        check_eb_parameter(name, matrices[i], z, (channels, width_out, width_in))
+        check_eb_parameter(f"biases[{i}]", biases[i], z, (channels, width_out, 1))
+        if i < layers - 1:
+            check_eb_parameter(f"factors[{i}]", factors[i], z, (channels, width_out, 1))
+        width_in = width_out
+    check_choice("mode", mode, MODES)
+    if not 0.0 <= check_real("likelihood_bound", likelihood_bound) < 1.0:
+        raise ValueError(f"lic_quant: likelihood_bound must lie in [0, 1); got {likelihood_bound}")

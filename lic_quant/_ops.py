@@ -11,8 +11,8 @@ import warnings
 
 import torch
 
-from ._checks import (check_call, check_mixture_call, component_layout, likelihood_dtype,
-                      rate_shape)
+from ._checks import (check_call, check_eb_call, check_mixture_call, component_layout,
+                      likelihood_dtype, rate_shape)
 
 try:
     # import_module, not `from . import _C`: when the .so is missing, the latter reports
@@ -123,3 +123,22 @@ if extension_available():
         grad_y = torch.empty(y.shape if output_mask[0] else (0,), dtype=y.dtype, device=y.device)
         return (grad_y, parameter_grad(scales, output_mask[1]),
                 parameter_grad(means, output_mask[2]), parameter_grad(weights, output_mask[3]))
+
+    @torch.library.register_fake("lic_quant::entropy_bottleneck_forward")
+    def _eb_forward_fake(z, medians, matrices, biases, factors, seed, temperature, mode,
+                         likelihood_bound):
+        check_eb_call(z, medians, matrices, biases, factors, mode, likelihood_bound)
+        return (torch.empty(z.shape, dtype=z.dtype, device=z.device),
+                torch.empty(z.shape, dtype=likelihood_dtype(z.dtype), device=z.device))
+
+    @torch.library.register_fake("lic_quant::entropy_bottleneck_backward")
+    def _eb_backward_fake(grad_z_hat, grad_likelihoods, z, medians, matrices, biases, factors,
+                          seed, temperature, mode, likelihood_bound, output_mask):
+        grad_z = torch.empty(z.shape if output_mask[0] else (0,), dtype=z.dtype, device=z.device)
+
+        def grads(params, needed):
+            return [torch.empty(p.shape, dtype=p.dtype, device=p.device) for p in params] \
+                if needed else []
+
+        return (grad_z, grads(matrices, output_mask[1]), grads(biases, output_mask[2]),
+                grads(factors, output_mask[3]))

@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 
 from . import _ops, noise as _noise
-from ._checks import (BACKENDS, check_call, check_choice, check_host_tensor, check_mixture_call,
-                      check_seed, check_unit_interval, INT64_MAX, INT64_MIN)
-from .reference import mixture_quantize_reference, quantize_reference
+from ._checks import (BACKENDS, check_call, check_choice, check_eb_call, check_host_tensor,
+                      check_mixture_call, check_seed, check_unit_interval, INT64_MAX, INT64_MIN)
+from .reference import (entropy_bottleneck_reference, mixture_quantize_reference,
+                        quantize_reference)
 
 _EAGER = _ops.EAGER_ENTRY
 _is_compiling = torch.compiler.is_compiling
@@ -241,6 +242,49 @@ def mixture_quantize(
             return torch.ops.lic_quant.triton_mixture_quantize_forward(*args)
         return TritonMixtureQuantize.apply(*args)
     return torch.ops.lic_quant.mixture_quantize_forward(*args)
+
+
+# The backends with EntropyBottleneck kernels (docs/spec.md section 9).
+EB_BACKENDS = ("reference", "cpu")
+
+
+def entropy_bottleneck(
+    z: torch.Tensor,
+    medians: torch.Tensor,
+    matrices,
+    biases,
+    factors,
+    *,
+    mode: str = "noise",
+    temperature=1.0,
+    likelihood_bound: float = 1e-9,
+    seed=None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantization surrogate and likelihood of the factorized prior (docs/spec.md section 9) in
+    one fused op: ``(z_hat, likelihoods)`` for z of shape (N, C, ...), the channels' medians (C,)
+    and CompressAI's ``EntropyBottleneck`` parameter lists (``matrices``, ``biases``,
+    ``factors``). The lattice is centred at the medians; the likelihood is the channel's learned
+    CDF difference at v -+ 1/2. Gradients reach z and every parameter; the medians get none (they
+    learn through ``EntropyBottleneck.loss()``)."""
+    matrices, biases, factors = list(matrices), list(biases), list(factors)
+    check_eb_call(z, medians, matrices, biases, factors, mode, likelihood_bound)
+    requested, backend = backend, _resolve_backend(backend, z)
+    if backend not in EB_BACKENDS and requested == "auto":
+        # No GPU kernels yet: "auto" keeps CUDA models training, on the reference's torch ops.
+        backend = "reference"
+    if backend not in EB_BACKENDS:
+        raise NotImplementedError(
+            f"lic_quant: entropy_bottleneck has no {backend!r} kernels yet (backend={backend!r}); "
+            f"use one of {EB_BACKENDS}")
+    seed_t, temp_t = _scalar_tensors(seed, temperature, z.device)
+    if backend == "reference":
+        u = uniform_noise(z.shape, seed_t, device=z.device) if mode != "ste" else None
+        t = temp_t if isinstance(temperature, torch.Tensor) else temperature
+        return entropy_bottleneck_reference(z, medians, matrices, biases, factors, u, mode=mode,
+                                            temperature=t, likelihood_bound=likelihood_bound)
+    return torch.ops.lic_quant.entropy_bottleneck_forward(
+        z, medians, matrices, biases, factors, seed_t, temp_t, mode, float(likelihood_bound))
 
 
 def uniform_noise(shape, seed, *, device=None) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Drop-ins for CompressAI's ``GaussianConditional`` and ``GaussianMixtureConditional``, and the
-rate term of its ``RateDistortionLoss``, on lic_quant's fused ops.
+"""Drop-ins for CompressAI's ``GaussianConditional``, ``GaussianMixtureConditional`` and
+``EntropyBottleneck``, and the rate term of its ``RateDistortionLoss``, on lic_quant's fused ops.
 
 ``lic_quant.nn.GaussianConditional`` has the constructor, ``forward(inputs, scales, means=None,
 training=None) -> (outputs, likelihoods)`` and the attributes of CompressAI's class of that name,
@@ -30,6 +30,13 @@ views). :func:`replace_gaussian_conditionals` swaps every CompressAI ``GaussianC
 With ``rate=True`` both modules return per-sample bits (docs/spec.md section 8) in place of the
 likelihoods; :func:`bits_per_pixel` and :class:`RateDistortionLoss` (CompressAI's loss) read
 likelihoods and bits alike.
+
+``lic_quant.nn.EntropyBottleneck`` (docs/spec.md section 9, needs compressai) is CompressAI's
+``EntropyBottleneck`` with the same ``mode``, ``temperature`` and ``backend`` settings: one call of
+:func:`lic_quant.entropy_bottleneck` gives the surrogate centred at the channel medians and the
+likelihood of the channel's learned CDF, with gradients to z and to every parameter; eval is
+CompressAI's ``dequantize`` path bit for bit. :func:`replace_entropy_bottlenecks` swaps the
+bottlenecks of an existing model, :func:`replace_entropy_models` both kinds.
 """
 from __future__ import annotations
 
@@ -43,20 +50,23 @@ import math
 
 from ._checks import (BACKENDS, FAMILIES, MAX_COMPONENTS, MODES, check_bool, check_choice,
                       check_host_tensor, check_unit_interval)
-from .api import make_seed, mixture_quantize, quantize
+from .api import entropy_bottleneck, make_seed, mixture_quantize, quantize
 
 try:  # CompressAI is optional: it prints deprecation warnings of torch.jit on import
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
+        from compressai.entropy_models import EntropyBottleneck as _CompressAIEntropyBottleneck
         from compressai.entropy_models import GaussianConditional as _CompressAIGaussianConditional
         from compressai.entropy_models import (
             GaussianMixtureConditional as _CompressAIGaussianMixtureConditional)
     HAVE_COMPRESSAI = True
 except ImportError:  # pragma: no cover - exercised where compressai is absent
     _CompressAIGaussianConditional = _CompressAIGaussianMixtureConditional = None
+    _CompressAIEntropyBottleneck = None
     HAVE_COMPRESSAI = False
 
 __all__ = [
+    "EntropyBottleneck",
     "GaussianConditional",
     "GaussianMixtureConditional",
     "HAVE_COMPRESSAI",
@@ -64,6 +74,8 @@ __all__ = [
     "StandaloneGaussianConditional",
     "StandaloneGaussianMixtureConditional",
     "bits_per_pixel",
+    "replace_entropy_bottlenecks",
+    "replace_entropy_models",
     "replace_gaussian_conditionals",
 ]
 
@@ -230,7 +242,61 @@ def _broadcast(inputs: Tensor, scales: Tensor, means: Optional[Tensor]):
     return expand(inputs), expand(scales), expand(means)
 
 
-class _FusedQuantizationMixin:
+class _QuantizationSettings:
+    """What every lic_quant entropy model shares: the training surrogate ``mode``, the SUA
+    ``temperature`` (in a buffer a schedule updates in place) and the op's ``backend``."""
+
+    def _init_settings(self, mode: str, temperature, backend: str) -> None:
+        check_choice("mode", mode, MODES)
+        self.mode = mode
+        self.backend = backend  # checked by the setter: an unknown name fails here, not later
+        # The temperature lives in a 0-dim float64 buffer that is updated in place: the op reads
+        # it as a tensor, so a compiled graph (or a CUDA graph) sees each new value without
+        # recompiling. It is not saved in state_dict (checkpoints stay loadable by CompressAI's
+        # class); the schedule that drives it has its own state_dict.
+        self.register_buffer("_temperature", torch.zeros((), dtype=torch.float64),
+                             persistent=False)
+        self.temperature = temperature
+
+    @property
+    def backend(self) -> str:
+        """The op's backend: one of ``lic_quant.api.BACKENDS``."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        check_choice("backend", value, BACKENDS)
+        self._backend = value
+
+    @property
+    def temperature(self) -> Tensor:
+        """The SUA temperature T in [0, 1] (a 0-dim float64 tensor; assign a float or a tensor)."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value) -> None:
+        if isinstance(value, Tensor):
+            check_host_tensor("temperature", value, value.device, torch.float64,
+                              "a float or a one-element float tensor")
+            with torch.no_grad():
+                self._temperature.copy_(value.detach().reshape(()))
+            return
+        value = check_unit_interval("temperature", value)
+        with torch.no_grad():
+            self._temperature.fill_(value)
+
+    def _apply(self, fn, *args, **kwargs):
+        # model.half()/.to(bfloat16) cast floating buffers; the temperature keeps float64 (and
+        # its exact value) and only follows the device.
+        before = self._temperature
+        result = super()._apply(fn, *args, **kwargs)
+        after = self._buffers["_temperature"]
+        if after.dtype != torch.float64:
+            self._buffers["_temperature"] = before.to(after.device)
+        return result
+
+
+class _FusedQuantizationMixin(_QuantizationSettings):
     """Settings and forward of lic_quant's GaussianConditional; see the module docstring."""
 
     def __init__(
@@ -256,19 +322,10 @@ class _FusedQuantizationMixin:
     def _init_fused(self, mode, temperature, zero_center, backend, rate) -> None:
         """The settings and buffers of the fused op, set after the CompressAI base's own
         constructor (GaussianMixtureConditional calls it with its own constructor's order)."""
-        check_choice("mode", mode, MODES)
         check_bool("zero_center", zero_center)
-        self.mode = mode
+        self._init_settings(mode, temperature, backend)
         self.zero_center = zero_center
-        self.backend = backend  # checked by the setter: an unknown name fails here, not later
         self.rate = rate
-        # The temperature lives in a 0-dim float64 buffer that is updated in place: the op reads
-        # it as a tensor, so a compiled graph (or a CUDA graph) sees each new value without
-        # recompiling. It is not saved in state_dict (checkpoints stay loadable by CompressAI's
-        # class); the schedule that drives it has its own state_dict.
-        self.register_buffer("_temperature", torch.zeros((), dtype=torch.float64),
-                             persistent=False)
-        self.temperature = temperature
         self._sync_bounds()
         self.register_load_state_dict_post_hook(_sync_bounds_after_load)
         self._shared_noise = None  # (inputs, seed) between quantize("noise") and forward
@@ -333,43 +390,6 @@ class _FusedQuantizationMixin:
     def rate(self, value: bool) -> None:
         check_bool("rate", value)
         self._rate = value
-
-    @property
-    def backend(self) -> str:
-        """The op's backend: one of ``lic_quant.api.BACKENDS``."""
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        check_choice("backend", value, BACKENDS)
-        self._backend = value
-
-    @property
-    def temperature(self) -> Tensor:
-        """The SUA temperature T in [0, 1] (a 0-dim float64 tensor; assign a float or a tensor)."""
-        return self._temperature
-
-    @temperature.setter
-    def temperature(self, value) -> None:
-        if isinstance(value, Tensor):
-            check_host_tensor("temperature", value, value.device, torch.float64,
-                              "a float or a one-element float tensor")
-            with torch.no_grad():
-                self._temperature.copy_(value.detach().reshape(()))
-            return
-        value = check_unit_interval("temperature", value)
-        with torch.no_grad():
-            self._temperature.fill_(value)
-
-    def _apply(self, fn, *args, **kwargs):
-        # model.half()/.to(bfloat16) cast floating buffers; the temperature keeps float64 (and
-        # its exact value) and only follows the device.
-        before = self._temperature
-        result = super()._apply(fn, *args, **kwargs)
-        after = self._buffers["_temperature"]
-        if after.dtype != torch.float64:
-            self._buffers["_temperature"] = before.to(after.device)
-        return result
 
     def extra_repr(self) -> str:
         return (f"family={self.family!r}, mode={self.mode!r}, "
@@ -667,10 +687,102 @@ else:  # pragma: no cover - exercised where compressai is absent
 
 
 # --------------------------------------------------------------------------------------------
+# The factorized prior (docs/spec.md section 9)
+# --------------------------------------------------------------------------------------------
+
+class _FusedEntropyBottleneckMixin(_QuantizationSettings):
+    """Settings and forward of lic_quant's EntropyBottleneck; see its docstring."""
+
+    def __init__(
+        self,
+        channels: int,
+        *args: Any,
+        tail_mass: float = 1e-9,
+        init_scale: float = 10,
+        filters: tuple = (3, 3, 3, 3),
+        likelihood_bound: float = 1e-9,
+        mode: str = "noise",
+        temperature: float = 1.0,
+        backend: str = "auto",
+        **kwargs: Any,
+    ):
+        super().__init__(channels, *args, tail_mass=tail_mass, init_scale=init_scale,
+                         filters=filters, likelihood_bound=likelihood_bound, **kwargs)
+        self._init_settings(mode, temperature, backend)
+        self._sync_bounds()
+        self.register_load_state_dict_post_hook(_sync_bounds_after_load)
+
+    def _sync_bounds(self) -> None:
+        """The likelihood bound as a Python float, read once (compiled graphs do not sync on it)."""
+        self._likelihood_bound_value = (
+            float(self.likelihood_lower_bound.bound.reshape(-1)[0])
+            if self.use_likelihood_bound else 0.0)
+
+    @property
+    def likelihood_bound(self) -> float:
+        """The lower bound of the likelihoods (0 when ``use_likelihood_bound`` is False)."""
+        return self._likelihood_bound_value
+
+    def _op_backend(self) -> str:
+        # The kernels take hidden widths of 3 (CompressAI's default); other filters run the
+        # reference under "auto".
+        if self.backend == "auto" and any(f != 3 for f in self.filters):
+            return "reference"
+        return self.backend
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, filters={self.filters}, mode={self.mode!r}, "
+                f"temperature={float(self._temperature):.4g}, "
+                f"likelihood_bound={self._likelihood_bound_value:.3g}, backend={self.backend!r}")
+
+    def forward(self, x: Tensor, training: Optional[bool] = None) -> tuple[Tensor, Tensor]:
+        """``(outputs, likelihood)`` of x (N, C, ...): the surrogate of ``self.mode`` centred at
+        the medians in training, CompressAI's ``dequantize`` rounding (``round(x - medians) +
+        medians``, bit for bit) otherwise; the likelihood is the channel's learned CDF difference
+        at the outputs -+ 1/2, from one fused op."""
+        if training is None:
+            training = self.training
+        medians = self.quantiles[:, 0, 1].detach()
+        # Rounding needs no noise: a fixed seed leaves torch's generator untouched in eval.
+        mode, seed = (self.mode, None) if training else ("ste", 0)
+        return entropy_bottleneck(
+            x, medians, list(self.matrices), list(self.biases), list(self.factors), mode=mode,
+            temperature=self._temperature, likelihood_bound=self._likelihood_bound_value,
+            seed=seed, backend=self._op_backend())
+
+
+if HAVE_COMPRESSAI:
+
+    class EntropyBottleneck(_FusedEntropyBottleneckMixin, _CompressAIEntropyBottleneck):
+        """CompressAI's EntropyBottleneck with lic_quant's fused quantization + likelihood.
+
+        Same constructor (``channels, tail_mass=1e-9, init_scale=10, filters=(3, 3, 3, 3),
+        likelihood_bound=1e-9, entropy_coder=None, entropy_coder_precision=16``), parameters,
+        ``quantiles``, buffers and state-dict keys as CompressAI's; ``loss()``, ``update()``,
+        ``compress()`` and ``decompress()`` are CompressAI's own. Adds:
+
+            mode: training surrogate centred at the medians, ``"noise"`` (CompressAI's),
+                ``"ste"``, ``"mixed"`` (noise for the likelihood, ``round(z - medians) +
+                medians`` for the decoder, what TCM, STF and MLIC++ write by hand) or ``"sua"``.
+            temperature: SUA temperature in [0, 1]; usually driven by a lic_quant.schedules
+                schedule.
+            backend: the op's backend (``"auto"``, ``"reference"``, ``"cpu"``).
+        """
+
+else:  # pragma: no cover - exercised where compressai is absent
+
+    class EntropyBottleneck(nn.Module):  # type: ignore[no-redef]
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("lic_quant.nn.EntropyBottleneck needs compressai installed")
+
+
+# --------------------------------------------------------------------------------------------
 # Swapping the modules of an existing model
 # --------------------------------------------------------------------------------------------
 
 _SETTINGS = ("family", "mode", "temperature", "zero_center", "backend", "rate")
+# The settings an EntropyBottleneck takes (it has no family, lattice-centre or rate choice).
+_EB_SETTINGS = ("mode", "temperature", "backend")
 
 
 def _convert(old: nn.Module, settings: dict) -> nn.Module:
@@ -704,6 +816,83 @@ def _convert(old: nn.Module, settings: dict) -> nn.Module:
     return new
 
 
+def _convert_entropy_bottleneck(old: nn.Module, settings: dict) -> nn.Module:
+    settings = {k: v for k, v in settings.items() if k in _EB_SETTINGS}
+    if isinstance(old, _FusedEntropyBottleneckMixin):
+        for key, value in settings.items():
+            setattr(old, key, value)
+        return old
+    likelihood_bound = (float(old.likelihood_lower_bound.bound.reshape(-1)[0])
+                        if old.use_likelihood_bound else 0.0)
+    coder = old.entropy_coder.name if hasattr(old.entropy_coder, "name") else old.entropy_coder
+    with torch.random.fork_rng(devices=[]):  # the fresh module's initialization draws
+        new = EntropyBottleneck(
+            old.channels, tail_mass=old.tail_mass, init_scale=old.init_scale,
+            filters=old.filters, likelihood_bound=likelihood_bound, entropy_coder=coder,
+            entropy_coder_precision=old.entropy_coder_precision, **settings)
+    # The very Parameter objects (an optimizer built before the swap keeps training them) and
+    # copies of every buffer (target, bound, and the CDFs/offsets of update()).
+    new.matrices, new.biases, new.factors = old.matrices, old.biases, old.factors
+    new.quantiles = old.quantiles
+    new_buffers = dict(new.named_buffers())
+    for name, buf in old.named_buffers():
+        if name not in new_buffers:
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        owner = new.get_submodule(owner_name) if owner_name else new
+        owner._buffers[leaf] = buf.clone()
+    new._sync_bounds()
+    new._buffers["_temperature"] = new._temperature.to(old.quantiles.device)
+    new.train(old.training)
+    return new
+
+
+def _replace(model: nn.Module, settings: dict, *, conditionals: bool, bottlenecks: bool,
+             caller: str) -> nn.Module:
+    allowed = _SETTINGS if conditionals else _EB_SETTINGS
+    unknown = set(settings) - set(allowed)
+    if unknown:
+        raise TypeError(f"{caller}: unknown settings {sorted(unknown)}; "
+                        f"expected some of {allowed}")
+    if not HAVE_COMPRESSAI:
+        raise RuntimeError(f"{caller} needs compressai installed")
+
+    def converter(m: nn.Module):
+        if conditionals and (isinstance(m, _FusedQuantizationMixin) or type(m) in (
+                _CompressAIGaussianConditional, _CompressAIGaussianMixtureConditional)):
+            return _convert
+        if bottlenecks and (isinstance(m, _FusedEntropyBottleneckMixin)
+                            or type(m) is _CompressAIEntropyBottleneck):
+            return _convert_entropy_bottleneck
+        return None
+
+    memo: dict[int, nn.Module] = {}
+
+    def convert(m: nn.Module, fn) -> nn.Module:
+        if id(m) not in memo:
+            memo[id(m)] = fn(m, settings)
+        return memo[id(m)]
+
+    fn = converter(model)
+    if fn is not None:
+        return convert(model, fn)
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            fn = converter(child)
+            if fn is not None:
+                parent._modules[name] = convert(child, fn)
+                continue
+            other = ((conditionals and isinstance(child, _CompressAIGaussianConditional))
+                     or (bottlenecks and isinstance(child, _CompressAIEntropyBottleneck)))
+            if other and id(child) not in memo:
+                memo[id(child)] = child
+                warnings.warn(f"{caller}: left {type(child).__name__} '{name}' as is (its "
+                              f"forward differs from the class it derives from)")
+    return model
+
+
 def replace_gaussian_conditionals(model: nn.Module, **settings: Any) -> nn.Module:
     """Swap every CompressAI ``GaussianConditional`` inside ``model`` for lic_quant's, in place.
 
@@ -713,41 +902,32 @@ def replace_gaussian_conditionals(model: nn.Module, **settings: Any) -> nn.Modul
     mixtures, ``zero_center=False`` as CompressAI's lattice). The buffers (scale table, bounds,
     and the CDFs/offsets of ``update()``) are copied, so an updated model still compresses.
     Modules that are already lic_quant's get the settings applied. Other subclasses of
-    CompressAI's two classes are left alone, with a warning. Returns ``model`` (or the
+    CompressAI's classes are left alone, with a warning. Returns ``model`` (or the
     replacement, when ``model`` is one itself).
     """
-    unknown = set(settings) - set(_SETTINGS)
-    if unknown:
-        raise TypeError(f"replace_gaussian_conditionals: unknown settings {sorted(unknown)}; "
-                        f"expected some of {_SETTINGS}")
-    if not HAVE_COMPRESSAI:
-        raise RuntimeError("replace_gaussian_conditionals needs compressai installed")
+    return _replace(model, settings, conditionals=True, bottlenecks=False,
+                    caller="replace_gaussian_conditionals")
 
-    def replaceable(m: nn.Module) -> bool:
-        return isinstance(m, _FusedQuantizationMixin) or type(m) in (
-            _CompressAIGaussianConditional, _CompressAIGaussianMixtureConditional)
 
-    memo: dict[int, nn.Module] = {}
+def replace_entropy_bottlenecks(model: nn.Module, **settings: Any) -> nn.Module:
+    """Swap every CompressAI ``EntropyBottleneck`` inside ``model`` for lic_quant's, in place.
 
-    def convert(m: nn.Module) -> nn.Module:
-        if id(m) not in memo:
-            memo[id(m)] = _convert(m, settings)
-        return memo[id(m)]
+    ``settings``: ``mode``, ``temperature``, ``backend``. The replacement holds the same
+    Parameter objects (matrices, biases, factors, quantiles: an optimizer built before keeps
+    training them) and copies of the buffers, so an updated model still compresses. Returns
+    ``model`` (or the replacement, when ``model`` is one itself).
+    """
+    return _replace(model, settings, conditionals=False, bottlenecks=True,
+                    caller="replace_entropy_bottlenecks")
 
-    if replaceable(model):
-        return convert(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent._modules.items()):
-            if child is None:
-                continue
-            if replaceable(child):
-                parent._modules[name] = convert(child)
-            elif isinstance(child, _CompressAIGaussianConditional) and id(child) not in memo:
-                memo[id(child)] = child
-                warnings.warn(f"replace_gaussian_conditionals: left {type(child).__name__} "
-                              f"'{name}' as is (a subclass of CompressAI's class whose own "
-                              f"methods lic_quant's module would not have)")
-    return model
+
+def replace_entropy_models(model: nn.Module, **settings: Any) -> nn.Module:
+    """Both swaps at once: every ``GaussianConditional`` and every ``EntropyBottleneck``.
+    ``settings`` as replace_gaussian_conditionals; the EntropyBottlenecks take ``mode``,
+    ``temperature`` and ``backend`` of them (``family``, ``zero_center`` and ``rate`` concern the
+    conditionals only)."""
+    return _replace(model, settings, conditionals=True, bottlenecks=True,
+                    caller="replace_entropy_models")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The readable pure-PyTorch implementation of docs/spec.md sections 1-2 and 6: the yardstick of
+"""The readable pure-PyTorch implementation of docs/spec.md sections 1-2 and 6-9: the yardstick of
 every test.
 
 It takes the noise explicitly (``lic_quant.uniform_noise`` gives the exact u the kernels draw) and
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ._checks import FAMILIES, MODES, check_choice, check_rate, likelihood_dtype
 
@@ -273,3 +274,70 @@ def mixture_quantize_reference(
         p = p + w[k] * bin_mass(v.abs(), s[k])
     lik = lower_bound(p, likelihood_bound)
     return y_hat.to(y.dtype), (rate_bits(lik) if rate else lik)
+
+
+# ---------------------------------------------------------------------------------------------
+# The factorized prior (docs/spec.md section 9)
+
+def channel_logits(x: torch.Tensor, matrices, biases, factors) -> torch.Tensor:
+    """The learned cumulative's logits of every channel at x of shape (C, 1, L): CompressAI's
+    ``EntropyBottleneck._logits_cumulative`` (softplus matrices, biases, tanh factors)."""
+    logits = x
+    for i, matrix in enumerate(matrices):
+        logits = torch.matmul(F.softplus(matrix), logits) + biases[i]
+        if i < len(factors):
+            logits = logits + torch.tanh(factors[i]) * torch.tanh(logits)
+    return logits
+
+
+def sigmoid_difference(upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """sigma(upper) - sigma(lower), taken where both sigmoids are far from 1: where
+    upper + lower > 0 it is sigma(-lower) - sigma(-upper), so two logits of 30 and 31 give
+    6e-14 rather than 1 - 1 = 0."""
+    flip = (upper + lower) > 0
+    return torch.where(flip, torch.sigmoid(-lower) - torch.sigmoid(-upper),
+                       torch.sigmoid(upper) - torch.sigmoid(lower))
+
+
+def entropy_bottleneck_reference(
+    z: torch.Tensor,
+    medians: torch.Tensor,
+    matrices,
+    biases,
+    factors,
+    noise: torch.Tensor | None = None,
+    *,
+    mode: str = "noise",
+    temperature=1.0,
+    likelihood_bound: float = 1e-9,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_hat, likelihoods) of docs/spec.md section 9 for z of shape (N, C, ...), medians (C,)
+    and CompressAI's parameter lists, with explicit noise u of z's shape (needed unless
+    mode='ste').
+
+    The lattice is centred at the channel's median: r = z - median, the surrogates of section 1,
+    z_hat = median + r~_D, and the density is evaluated at v = median + r~_R, at v -+ 1/2. The
+    medians get no gradient here (in CompressAI they learn through ``loss()`` only)."""
+    check_choice("mode", mode, MODES)
+    if mode != "ste" and noise is None:
+        raise ValueError(f"lic_quant: noise is required for mode={mode!r}")
+    cdt = compute_dtype(z.dtype)
+    channels = z.shape[1]
+    view = (1, channels) + (1,) * (z.dim() - 2)
+    zc = z.to(cdt)
+    m = medians.detach().to(cdt).reshape(view)
+    r = zc - m
+    u = noise.to(cdt) if noise is not None else None
+    rate_value, dist_value = surrogate(mode, r.detach(), u, temperature)
+    z_hat = m + straight_through(dist_value, r)
+    v = m + straight_through(rate_value, r)
+
+    # Contiguous parameters: matmul's summation order follows the layout.
+    params = [[t.to(cdt).contiguous() for t in group] for group in (matrices, biases, factors)]
+    by_channel = v.transpose(0, 1)  # (C, N, ...)
+    values = by_channel.reshape(channels, 1, -1)
+    lower = channel_logits(values - 0.5, *params)
+    upper = channel_logits(values + 0.5, *params)
+    p = sigmoid_difference(upper, lower).reshape(by_channel.shape).transpose(0, 1)
+    likelihoods = lower_bound(p.contiguous(), likelihood_bound)
+    return z_hat.to(z.dtype), likelihoods

@@ -3,8 +3,9 @@
 A schedule maps a step count k to a temperature T(k) that goes from ``t0`` to ``t_min`` over
 ``steps`` steps (after an optional ``delay`` during which it holds ``t0``) and holds ``t_min``
 afterwards. A training loop calls ``schedule.step()`` once per optimizer step; modules attached
-with ``attach(...)`` (lic_quant.nn.GaussianConditional, or a model that contains them) get the new
-temperature written into their temperature buffer in place, so compiled graphs do not recompile::
+with ``attach(...)`` (lic_quant.nn.GaussianConditional or EntropyBottleneck, or a model that
+contains them) get the new temperature written into their temperature buffer in place, so compiled
+graphs do not recompile::
 
     schedule = CosineSchedule(t0=1.0, t_min=0.0, steps=100_000).attach(model)
     for batch in loader:
@@ -80,16 +81,17 @@ class TemperatureSchedule:
 
     def attach(self, *modules) -> "TemperatureSchedule":
         """Drive the temperature of these modules: each may be a lic_quant.nn.GaussianConditional
-        or any module containing some (all are found). Sets the current value at once."""
-        from .nn import _FusedQuantizationMixin
+        or EntropyBottleneck, or any module containing some (all are found). Sets the current
+        value at once."""
+        from .nn import _QuantizationSettings
 
         for module in modules:
-            found = ([module] if isinstance(module, _FusedQuantizationMixin) else
-                     [m for m in module.modules() if isinstance(m, _FusedQuantizationMixin)]
+            found = ([module] if isinstance(module, _QuantizationSettings) else
+                     [m for m in module.modules() if isinstance(m, _QuantizationSettings)]
                      if isinstance(module, torch.nn.Module) else [])
             if not found:
                 raise ValueError(f"attach: {type(module).__name__} holds no "
-                                 f"lic_quant.nn.GaussianConditional")
+                                 f"lic_quant.nn.GaussianConditional or EntropyBottleneck")
             for m in found:
                 if all(m is not known for known in self._modules):
                     self._modules.append(m)

@@ -215,4 +215,56 @@ inline std::optional<ComponentLayout> component_layout(const at::Tensor& t) {
   return ComponentLayout{strides[0], outer_stride, inner};
 }
 
+// ---------------------------------------------------------------------------------------------
+// The factorized prior (docs/spec.md section 9): lic_quant/_checks.py's check_eb_call, with the
+// same messages.
+
+constexpr int64_t kMaxEbLayers = 8;
+
+inline void check_eb_parameter(const at::Tensor& t, const at::Tensor& z, const std::string& name,
+                               at::IntArrayRef shape) {
+  TORCH_CHECK_TYPE(t.layout() == at::kStrided, "lic_quant: ", name,
+                   " must be a dense (strided) tensor; got ", t.layout());
+  TORCH_CHECK_VALUE(t.sizes() == shape, "lic_quant: ", name, " must have shape ", shape, "; got ",
+                    t.sizes());
+  check_dtype_device(t, z, name.c_str());
+}
+
+// Returns the mode index.
+inline int32_t check_eb_call(const at::Tensor& z, const at::Tensor& medians,
+                             at::TensorList matrices, at::TensorList biases,
+                             at::TensorList factors, c10::string_view mode,
+                             double likelihood_bound) {
+  check_floating(z);
+  TORCH_CHECK_VALUE(z.dim() >= 2, "lic_quant: z must have shape (N, C, ...) with at least 2 "
+                    "dimensions; got ", z.sizes());
+  const int64_t channels = z.size(1);
+  check_eb_parameter(medians, z, "medians", {channels});
+  const int64_t layers = static_cast<int64_t>(matrices.size());
+  TORCH_CHECK_VALUE(layers >= 1 && layers <= kMaxEbLayers, "lic_quant: matrices must hold 1 to ",
+                    kMaxEbLayers, " tensors (one per layer); got ", layers);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(biases.size()) == layers, "lic_quant: biases must hold ",
+                    layers, " tensors (one per layer); got ", biases.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(factors.size()) == layers - 1,
+                    "lic_quant: factors must hold ", layers - 1,
+                    " tensors (one per layer); got ", factors.size());
+  int64_t width_in = 1;
+  for (int64_t i = 0; i < layers; ++i) {
+    const std::string idx = "[" + std::to_string(i) + "]";
+    TORCH_CHECK_VALUE(matrices[i].dim() == 3, "lic_quant: matrices", idx,
+                      " must have shape (C, out, in); got ", matrices[i].sizes());
+    const int64_t width_out = i == layers - 1 ? 1 : matrices[i].size(1);
+    check_eb_parameter(matrices[i], z, "matrices" + idx, {channels, width_out, width_in});
+    check_eb_parameter(biases[i], z, "biases" + idx, {channels, width_out, 1});
+    if (i < layers - 1) {
+      check_eb_parameter(factors[i], z, "factors" + idx, {channels, width_out, 1});
+    }
+    width_in = width_out;
+  }
+  const int32_t mode_index = parse_mode(mode);
+  TORCH_CHECK_VALUE(likelihood_bound >= 0.0 && likelihood_bound < 1.0,
+                    "lic_quant: likelihood_bound must lie in [0, 1); got ", likelihood_bound);
+  return mode_index;
+}
+
 }  // namespace lic_quant
