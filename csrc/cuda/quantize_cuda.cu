@@ -12,31 +12,12 @@
 // - the device code is compiled with --fmad=false (setup.py), so no multiply-add is contracted and
 //   every float32 step rounds as on the CPU: u, y_hat and (in float32) the likelihoods match the
 //   CPU kernels bit for bit.
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <atomic>
-#include <cstdint>
-#include <type_traits>
-
-#include "../lic_quant/op_args.h"
+#include "cuda_kernels.h"
 
 namespace lic_quant {
 namespace {
-
-constexpr int kThreads = 256;
-
-// float for float16 / bfloat16 / float32 inputs, double for float64 (docs/spec.md section 1).
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // kVec elements of T in registers; 16-byte aligned when the pack spans 16 bytes or more, so a
 // load or store of it is one (or two) 128-bit memory instructions.
@@ -114,12 +95,6 @@ __device__ __forceinline__ void noise_pack(bool noisy, const PhiloxKeys& keys, i
   }
 }
 
-// acc -> storage type. The device's conversions write NaN as 0x7FFF in float16 and bfloat16, the
-// canonical NaN every backend writes (quantize_math.h, canonical_nan).
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ scalar_t to_storage(acc_t x) {
-  return static_cast<scalar_t>(x);
-}
 
 // kMode >= 0: the mode is a compile-time constant (the aligned float-compute kernels), so the
 // per-element mode switch and the noise test fold away; -1: read from the parameters.
@@ -129,13 +104,6 @@ __device__ __forceinline__ QuantParams<acc_t> fix_mode(QuantParams<acc_t> p) {
   return p;
 }
 
-// Reads the device-side scalars once per thread (cached broadcast loads).
-template <typename acc_t>
-__device__ __forceinline__ QuantParams<acc_t> with_temperature(QuantParams<acc_t> p,
-                                                               const double* temperature) {
-  p.temperature = static_cast<acc_t>(*temperature);  // as make_params: static_cast<T>(double)
-  return p;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Forward. N = elements per thread step: 16 / sizeof(scalar_t) on the aligned path, 1 otherwise.
@@ -295,15 +263,7 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // rate=True forward (docs/spec.md section 8). Block k handles chunk c = k % chunks of sample
 // k / chunks: its elements [c kRateChunk, (c + 1) kRateChunk), four consecutive ones per thread.
-// It writes y_hat and the float64 sum of -log2 P over the chunk (a fixed shared-memory tree), to
-// partial[k]; rate_finish_kernel adds each sample's chunks in index order. The order of every sum
-// depends on the shape alone.
-
-constexpr int kRateChunk = 4 * kThreads;
-
-// -log2 P in float64: log2f (1 ulp) of float32 likelihoods, log2 of float64 ones.
-__device__ __forceinline__ double neg_log2(float p) { return -static_cast<double>(log2f(p)); }
-__device__ __forceinline__ double neg_log2(double p) { return -log2(p); }
+// It writes y_hat and the chunk's sum of -log2 P (cuda_kernels.h, chunk_sum).
 
 template <typename scalar_t, int kFamily>
 __global__ void __launch_bounds__(kThreads)
@@ -314,7 +274,6 @@ __global__ void __launch_bounds__(kThreads)
                         const double* __restrict__ temperature,
                         QuantParams<acc_type<scalar_t>> params) {
   using acc_t = acc_type<scalar_t>;
-  __shared__ double sums[kThreads];
   const QuantParams<acc_t> p = with_temperature(params, temperature);
   const PhiloxKeys keys = philox_keys(static_cast<uint64_t>(*seed_ptr));
   const bool noisy = mode_uses_noise(p.mode);
@@ -348,26 +307,9 @@ __global__ void __launch_bounds__(kThreads)
       acc += neg_log2(o.likelihood);
     }
   }
-  sums[threadIdx.x] = acc;
-  __syncthreads();
-#pragma unroll
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
+  chunk_sum(acc, partial);
 }
 
-template <typename bits_t>
-__global__ void __launch_bounds__(kThreads)
-    rate_finish_kernel(const double* __restrict__ partial, bits_t* __restrict__ bits,
-                       int64_t samples, int64_t chunks) {
-  const int64_t sample = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (sample >= samples) return;
-  double sum = 0.0;
-  for (int64_t c = 0; c < chunks; ++c) sum += partial[sample * chunks + c];
-  bits[sample] = static_cast<bits_t>(sum);
-}
 
 // u for logical indices [0, numel), float32, one Philox block (four elements) per thread step
 // (the output is fresh, so aligned).
@@ -390,47 +332,9 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Launch configuration.
 
-constexpr int kMaxDevices = 64;
-
-// Multiprocessors of the current device, read once per device.
-int64_t multiprocessor_count(int dev) {
-  static std::atomic<int> count[kMaxDevices];  // zero-initialized: not read yet
-  int n = dev < kMaxDevices ? count[dev].load(std::memory_order_relaxed) : 0;
-  if (n == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    if (dev < kMaxDevices) count[dev].store(n, std::memory_order_relaxed);
-  }
-  return n;
-}
-
-// Blocks for `work` thread-steps: one full wave, every multiprocessor filled at the kernel's
-// occupancy (per device, computed once per kernel), fewer when there is less work; the kernels
-// loop over the rest. A template per kernel, so each has its own cache.
-template <auto kKernel>
-int64_t grid_size(int64_t work) {
-  static std::atomic<int> blocks_per_sm[kMaxDevices];  // zero-initialized: not computed yet
-  const int dev = c10::cuda::current_device();
-  int per_sm = dev < kMaxDevices ? blocks_per_sm[dev].load(std::memory_order_relaxed) : 0;
-  if (per_sm == 0) {
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, kThreads, 0));
-    per_sm = std::max(per_sm, 1);
-    if (dev < kMaxDevices) blocks_per_sm[dev].store(per_sm, std::memory_order_relaxed);
-  }
-  const int64_t sms = multiprocessor_count(dev);
-  const int64_t needed = (work + kThreads - 1) / kThreads;
-  return std::max<int64_t>(1, std::min<int64_t>(needed, sms * per_sm));
-}
 
 bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-template <typename scalar_t>
-const scalar_t* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
-}
-template <typename scalar_t>
-scalar_t* mutable_or_null(at::Tensor& t) {
-  return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
-}
 
 template <typename scalar_t, typename lik_t, int N, int kMode, int kFamily>
 void launch_forward_mode(const scalar_t* y, const scalar_t* mu, const scalar_t* sigma, scalar_t* y_hat,
@@ -505,9 +409,6 @@ void launch_backward(const scalar_t* g_yhat, const lik_t* g_lik, const scalar_t*
 // ---------------------------------------------------------------------------------------------
 // Op implementations (semantics and return conventions of the CPU kernels).
 
-void check_cuda(const at::Tensor& y) {
-  TORCH_CHECK(y.device().is_cuda(), "lic_quant: the CUDA kernels got y on ", y.device());
-}
 
 template <typename scalar_t, int kFamily>
 void forward_typed(const at::Tensor& y, const at::Tensor& scales, const at::Tensor& means,
@@ -575,32 +476,18 @@ void forward_rate_typed(const ForwardCall& c, const at::Tensor& seed,
   using acc_t = acc_type<scalar_t>;
   const QuantParams<acc_t> p =
       make_params<acc_t>(c.mode, 0.0, scale_bound, likelihood_bound, zero_center);
-  const int64_t chunks = (c.sample_size + kRateChunk - 1) / kRateChunk;
-  at::Tensor partial = at::empty({c.samples * chunks}, c.y.options().dtype(at::kDouble));
   at::Tensor y_hat = c.y_hat, bits = c.likelihoods;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  forward_rate_kernel<scalar_t, kFamily><<<c.samples * chunks, kThreads, 0, stream>>>(
-      c.y.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(c.means),
-      c.scales.const_data_ptr<scalar_t>(), y_hat.mutable_data_ptr<scalar_t>(),
-      partial.mutable_data_ptr<double>(), c.sample_size, chunks, seed.const_data_ptr<int64_t>(),
-      temperature.const_data_ptr<double>(), p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const int64_t blocks = (c.samples + kThreads - 1) / kThreads;
-  rate_finish_kernel<acc_t><<<blocks, kThreads, 0, stream>>>(
-      partial.const_data_ptr<double>(), bits.mutable_data_ptr<acc_t>(), c.samples, chunks);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_rate<acc_t>(c.y, c.samples, c.sample_size, bits, stream,
+                     [&](int64_t blocks, int64_t chunks, double* partial) {
+    forward_rate_kernel<scalar_t, kFamily><<<blocks, kThreads, 0, stream>>>(
+        c.y.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(c.means),
+        c.scales.const_data_ptr<scalar_t>(), y_hat.mutable_data_ptr<scalar_t>(), partial,
+        c.sample_size, chunks, seed.const_data_ptr<int64_t>(),
+        temperature.const_data_ptr<double>(), p);
+  });
 }
 
-template <typename F>
-void dispatch_dtype(at::ScalarType dt, F&& f) {
-  switch (dt) {
-    case at::kFloat: f(float{}); break;
-    case at::kDouble: f(double{}); break;
-    case at::kHalf: f(c10::Half{}); break;
-    case at::kBFloat16: f(c10::BFloat16{}); break;
-    default: TORCH_CHECK_TYPE(false, "lic_quant: unsupported dtype ", dt);
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor> quantize_forward_cuda(
     const at::Tensor& y_in, const at::Tensor& scales_in, const c10::optional<at::Tensor>& means_in,
