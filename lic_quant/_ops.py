@@ -66,6 +66,20 @@ def cuda_kernels_built() -> bool:
     return _CUDA_KERNELS_BUILT
 
 
+def parameter_grad(t: torch.Tensor, needed: bool) -> torch.Tensor:
+    """The gradient buffer of mixture parameter t, as csrc/cpu/mixture_cpu.cpp's grad_like and the
+    Triton mixture op allocate it: t's strides where the kernels read t in place and t is dense
+    (the gradient of a view flows back through the view's backward without a copy), contiguous
+    otherwise; empty when not needed."""
+    if not needed:
+        return torch.empty((0,), dtype=t.dtype, device=t.device)
+    from torch._prims_common import is_non_overlapping_and_dense_or_false as dense
+
+    if component_layout(t) is not None and dense(t):
+        return torch.empty_like(t)
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
 if extension_available():
 
     @torch.library.register_fake("lic_quant::quantize_forward")
@@ -100,24 +114,13 @@ if extension_available():
         return (torch.empty(y.shape, dtype=y.dtype, device=y.device),
                 torch.empty(y.shape, dtype=likelihood_dtype(y.dtype), device=y.device))
 
-    def _parameter_grad(t, needed):
-        """As csrc/cpu/mixture_cpu.cpp's grad_like: t's strides where the kernel reads t in place
-        and t is dense, contiguous otherwise."""
-        if not needed:
-            return torch.empty((0,), dtype=t.dtype, device=t.device)
-        from torch._prims_common import is_non_overlapping_and_dense_or_false as dense
-
-        if component_layout(t) is not None and dense(t):
-            return torch.empty_like(t)
-        return torch.empty(t.shape, dtype=t.dtype, device=t.device)
-
     @torch.library.register_fake("lic_quant::mixture_quantize_backward")
     def _mixture_backward_fake(grad_y_hat, grad_likelihoods, y, scales, means, weights, seed,
                                temperature, mode, scale_bound, likelihood_bound, zero_center,
                                family, weights_are_logits, output_mask):
         grad_y = torch.empty(y.shape if output_mask[0] else (0,), dtype=y.dtype, device=y.device)
-        return (grad_y, _parameter_grad(scales, output_mask[1]),
-                _parameter_grad(means, output_mask[2]), _parameter_grad(weights, output_mask[3]))
+        return (grad_y, parameter_grad(scales, output_mask[1]),
+                parameter_grad(means, output_mask[2]), parameter_grad(weights, output_mask[3]))
 
     @torch.library.register_fake("lic_quant::entropy_bottleneck_forward")
     def _eb_forward_fake(z, medians, matrices, biases, factors, seed, temperature, mode,

@@ -1,13 +1,14 @@
-"""Triton kernels of lic_quant (docs/spec.md sections 1-3): one fused pass forward, one fused pass
-backward.
+"""Triton kernels of lic_quant (docs/spec.md sections 1-3, 6-8): one fused pass forward, one fused
+pass backward, for one likelihood family and for K-component mixtures of one.
 
 Imported by lic_quant/triton_ops.py, itself imported on the first ``backend="triton"`` call;
 ``triton.jit`` reads TRITON_INTERPRET when a kernel is decorated: set it before then to run these
 kernels on CPU tensors in Triton's interpreter.
 
 Every per-element function below is a line-by-line port of csrc/lic_quant/{philox,normal_dist,
-quantize_math}.h, float32 only, written with IEEE operations, explicit fused multiply-adds, bit
-casts and selects, never libdevice (unavailable in the interpreter). What keeps the bits equal to
+neg_exp,laplace_dist,logistic_dist,quantize_math,mixture_math}.h, float32 only, written with IEEE
+operations, explicit fused multiply-adds, bit casts and selects, never libdevice (unavailable in
+the interpreter). What keeps the bits equal to
 the C++/CUDA kernels:
 
 * Fused multiply-adds. ``_fma`` is ``tl.fma`` (one rounding) on the GPU. The interpreter's fma
@@ -488,6 +489,28 @@ def _neg(x):
 
 
 @triton.jit
+def _draw_noise(seed_ptr, first, like, MODE: tl.constexpr, ON_GPU: tl.constexpr,
+                BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+    """u of the logical indices first .. first + BLOCK - 1 (ALIGNED: first is a multiple of 4);
+    zeros (never read) for mode 'ste'."""
+    if MODE != MODE_STE:
+        if ALIGNED:
+            u = _noise(tl.load(seed_ptr), first, BLOCK, ON_GPU)
+        else:
+            u = _noise_any(tl.load(seed_ptr), first, BLOCK, ON_GPU)
+    else:
+        u = tl.zeros_like(like)
+    return u
+
+
+@triton.jit
+def _bounded_scale(sigma, scale_bound):
+    """max(sigma, b_sigma) held in [2^-125, 2^125] (quantize_math.h, bounded_scale)."""
+    return _upper_bound(_lower_bound(_lower_bound(sigma, scale_bound), 2.35098870e-38),
+                        4.25352958e37)
+
+
+@triton.jit
 def _load_residual(y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, first, scale_bound,
                    MODE: tl.constexpr, ZERO_CENTER: tl.constexpr, HAS_MEANS: tl.constexpr,
                    IS_BF16: tl.constexpr, ON_GPU: tl.constexpr, BLOCK: tl.constexpr,
@@ -503,13 +526,7 @@ def _load_residual(y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, fir
     else:
         mu = tl.zeros_like(y)  # +0, as the C++ kernels' zero-filled means
     temperature = tl.load(temp_ptr).to(tl.float32)
-    if MODE != MODE_STE:
-        if ALIGNED:
-            u = _noise(tl.load(seed_ptr), first, BLOCK, ON_GPU)
-        else:
-            u = _noise_any(tl.load(seed_ptr), first, BLOCK, ON_GPU)
-    else:
-        u = tl.zeros_like(y)
+    u = _draw_noise(seed_ptr, first, y, MODE, ON_GPU, BLOCK, ALIGNED)
     if ZERO_CENTER:
         c = mu
     else:
@@ -520,9 +537,46 @@ def _load_residual(y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, fir
         v = rate
     else:
         v = rate - mu
-    # bounded_scale: max(sigma, b_sigma) held in [2^-125, 2^125]
-    s = _upper_bound(_lower_bound(_lower_bound(sigma, scale_bound), 2.35098870e-38), 4.25352958e37)
-    return c, v, dist, sigma, s
+    return c, v, dist, sigma, _bounded_scale(sigma, scale_bound)
+
+
+@triton.jit
+def _elements(n_elements, index_base, BLOCK: tl.constexpr, RATE: tl.constexpr, sample_size,
+              chunks):
+    """(pid, offs, mask, first) of this program: BLOCK consecutive elements from offs[0] (64-bit
+    offsets), the first logical index. RATE: program pid is chunk pid % chunks of sample
+    pid // chunks (see the kernels' comment)."""
+    pid = tl.program_id(0).to(tl.int64)
+    if RATE:
+        within = (pid % chunks) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+        start = (pid // chunks) * sample_size
+        offs = start + within
+        mask = within < sample_size
+        first = start + (pid % chunks) * BLOCK + index_base
+    else:
+        offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+        mask = offs < n_elements
+        first = pid * BLOCK + index_base
+    return pid, offs, mask, first
+
+
+@triton.jit
+def _store_likelihoods(lik_ptr, pid, offs, lik, mask, RATE: tl.constexpr):
+    """P, or with RATE this chunk's float64 sum of -log2 P to lik_ptr[pid]."""
+    if RATE:
+        neg_log2 = tl.where(mask, -tl.log2(lik.to(tl.float64)), 0.0)
+        tl.store(lik_ptr + pid, tl.sum(neg_log2, axis=0))
+    else:
+        tl.store(lik_ptr + offs, _canonical_nan(lik), mask=mask)
+
+
+@triton.jit
+def _rate_likelihood_grad(g_bits, p, likelihood_bound, ON_GPU: tl.constexpr):
+    """g_p from the bits' gradient: g_P = -g / (P ln 2) from the recomputed p, then the likelihood
+    bound's rule (quantize_math.h, backward_element<kRate>)."""
+    g_lik = _div(_neg(g_bits), _mul(_lower_bound(p, likelihood_bound),
+                                    0.693147182464599609375, ON_GPU))
+    return tl.where((p >= likelihood_bound) | (g_lik < 0.0), g_lik, _mul(g_lik, 0.0, ON_GPU))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,17 +601,7 @@ def quantize_forward_kernel(
     FAMILY: tl.constexpr = 0, RATE: tl.constexpr = False, ALIGNED: tl.constexpr = True,
     sample_size=1, chunks=1,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    if RATE:
-        within = (pid % chunks) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-        start = (pid // chunks) * sample_size
-        offs = start + within
-        mask = within < sample_size
-        first = start + (pid % chunks) * BLOCK + index_base
-    else:
-        offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # 64-bit offsets
-        mask = offs < n_elements
-        first = pid * BLOCK + index_base
+    pid, offs, mask, first = _elements(n_elements, index_base, BLOCK, RATE, sample_size, chunks)
     if ON_GPU:  # Inductor passes Python floats as fp64, Triton's launcher packs them as fp32:
         scale_bound = scale_bound.to(tl.float32)  # both round to nearest, the same float32
         likelihood_bound = likelihood_bound.to(tl.float32)
@@ -568,11 +612,7 @@ def quantize_forward_kernel(
     h, a, b, x = _bin_args(av, s, ON_GPU)
     lik = _lower_bound(_family_bin_probability(av, h, a, b, x, FAMILY, ON_GPU), likelihood_bound)
     _store_from_f32(y_hat_ptr, offs, c + dist, mask, IS_BF16)
-    if RATE:
-        neg_log2 = tl.where(mask, -tl.log2(lik.to(tl.float64)), 0.0)
-        tl.store(lik_ptr + pid, tl.sum(neg_log2, axis=0))
-    else:
-        tl.store(lik_ptr + offs, _canonical_nan(lik), mask=mask)
+    _store_likelihoods(lik_ptr, pid, offs, lik, mask, RATE)
 
 
 @triton.jit
@@ -585,9 +625,7 @@ def quantize_backward_kernel(
     NEED_GS: tl.constexpr, IS_BF16: tl.constexpr, ON_GPU: tl.constexpr, BLOCK: tl.constexpr,
     FAMILY: tl.constexpr = 0, RATE: tl.constexpr = False, sample_size=1,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offs < n_elements
+    pid, offs, mask, first = _elements(n_elements, index_base, BLOCK, False, 1, 1)
     if ON_GPU:  # fp64 from Inductor (see the forward kernel)
         scale_bound = scale_bound.to(tl.float32)
         likelihood_bound = likelihood_bound.to(tl.float32)
@@ -596,16 +634,13 @@ def quantize_backward_kernel(
     else:
         g_lik = tl.load(g_lik_ptr + offs, mask=mask, other=-1.0)
     c, v, dist, sigma, s = _load_residual(
-        y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, pid * BLOCK + index_base,
-        scale_bound, MODE, ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU, BLOCK, True)
+        y_ptr, mu_ptr, sigma_ptr, seed_ptr, temp_ptr, offs, mask, first, scale_bound, MODE,
+        ZERO_CENTER, HAS_MEANS, IS_BF16, ON_GPU, BLOCK, True)
     av = _abs(v)
     h, a, b, x = _bin_args(av, s, ON_GPU)
     if RATE:
-        # g_P = -g / (P ln 2) from the recomputed P (quantize_math.h, backward_element<kRate>).
         p = _family_bin_probability(av, h, a, b, x, FAMILY, ON_GPU)
-        g_lik = _div(_neg(g_bits), _mul(_lower_bound(p, likelihood_bound),
-                                        0.693147182464599609375, ON_GPU))
-        g_p = tl.where((p >= likelihood_bound) | (g_lik < 0.0), g_lik, _mul(g_lik, 0.0, ON_GPU))
+        g_p = _rate_likelihood_grad(g_bits, p, likelihood_bound, ON_GPU)
     else:
         # Likelihood bound (CompressAI's LowerBound): g_P passes where p >= b_p or g_P < 0. Where
         # the whole block has g_P < 0 (loss = -log P) p is not recomputed; masked lanes count as
@@ -632,6 +667,256 @@ def quantize_backward_kernel(
     if NEED_GS:
         g_sigma = tl.where((sigma >= scale_bound) | (g_s < 0.0), g_s, _mul(g_s, 0.0, ON_GPU))
         _store_from_f32(gs_ptr, offs, g_sigma, mask, IS_BF16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixtures (docs/spec.md section 7; csrc/lic_quant/mixture_math.h). Each program handles BLOCK
+# consecutive elements of y as the single-family kernels (RATE included) and loops over the K
+# components per element, every sum over k running k = 0 .. K-1 from +0 as the CPU kernel's
+# component loops, so the bits are the CPU kernel's. Nothing is kept per component: a
+# component's parameters are loaded again (from cache) and its weight and mass recomputed, the
+# same bits each time, wherever a later sum needs them, so registers do not grow with K.
+#
+# Parameter layouts: component k's element i lies at k * stride_k + (i // inner) * stride_outer +
+# i % inner (lic_quant._checks.component_layout). LAYOUT 0: every parameter and gradient is
+# plain (at k * stride_k + i), no division; 1: they share one `inner` (the host rewrites a plain
+# one to it), one division per element; 2: each its own.
+
+
+@triton.jit
+def _position(offs, outer, rem, stride_outer, inner, LAYOUT: tl.constexpr):
+    """Offset of element offs within component 0 of a parameter laid out with (stride_outer,
+    inner); outer, rem = offs // inner, offs % inner of the shared inner (LAYOUT 1)."""
+    if LAYOUT == 0:
+        return offs
+    elif LAYOUT == 1:
+        return outer * stride_outer + rem
+    else:
+        return (offs // inner) * stride_outer + offs % inner
+
+
+@triton.jit
+def _softmax_terms(w_ptr, wpos, w_stride, K, mask, IS_BF16: tl.constexpr, ON_GPU: tl.constexpr):
+    """(max_k l_k, 1 / sum_k e^{l_k - max}) of the logits (mixture_math.h): the max propagates a
+    NaN of any logit (max_nan), the normalizer in [1, K] takes the division-free reciprocal."""
+    m = _load_f32(w_ptr, wpos, mask, IS_BF16)
+    ptr = w_ptr
+    for _ in range(1, K):
+        ptr += w_stride
+        logit = _load_f32(ptr, wpos, mask, IS_BF16)
+        m = tl.where((m != m) | (m > logit), m, logit)
+    z = tl.zeros_like(m)
+    ptr = w_ptr
+    for _ in range(K):
+        e, em1 = _neg_exp(m - _load_f32(ptr, wpos, mask, IS_BF16), ON_GPU)
+        z = z + e
+        ptr += w_stride
+    return m, _reciprocal_1_128(z, ON_GPU)
+
+
+@triton.jit
+def _component_weight(w_ptr, wpos, mask, max_logit, inv_norm, LOGITS: tl.constexpr,
+                      IS_BF16: tl.constexpr, ON_GPU: tl.constexpr):
+    """w_k: the stored probability, or the softmax of the logits e^{l_k - max} / sum."""
+    w = _load_f32(w_ptr, wpos, mask, IS_BF16)
+    if LOGITS:
+        e, em1 = _neg_exp(max_logit - w, ON_GPU)
+        w = _mul(e, inv_norm, ON_GPU)
+    return w
+
+
+@triton.jit
+def _mixture_center(y, mu_ptr, mpos, mu_stride, w_ptr, wpos, w_stride, K, mask, max_logit,
+                    inv_norm, ZERO_CENTER: tl.constexpr, LOGITS: tl.constexpr,
+                    IS_BF16: tl.constexpr, ON_GPU: tl.constexpr):
+    """c = sum_k w_k mu_k with zero_center, else +0 (the C++ T(0))."""
+    c = tl.zeros_like(y)
+    if ZERO_CENTER:
+        for _ in range(K):
+            w = _component_weight(w_ptr, wpos, mask, max_logit, inv_norm, LOGITS, IS_BF16, ON_GPU)
+            c = c + _mul(w, _load_f32(mu_ptr, mpos, mask, IS_BF16), ON_GPU)
+            mu_ptr += mu_stride
+            w_ptr += w_stride
+    return c
+
+
+@triton.jit
+def _component_args(mu_ptr, mpos, sigma_ptr, spos, mask, c, rate, scale_bound,
+                    IS_BF16: tl.constexpr, ON_GPU: tl.constexpr):
+    """sigma_k, v_k = (c - mu_k) + r~_R and the bin arguments (h, a, b, x) of |v_k| with
+    s_k = max(sigma_k, b_sigma) (mixture_math.h, component_residual / component_mass)."""
+    sigma = _load_f32(sigma_ptr, spos, mask, IS_BF16)
+    v = (c - _load_f32(mu_ptr, mpos, mask, IS_BF16)) + rate
+    av = _abs(v)
+    h, a, b, x = _bin_args(av, _bounded_scale(sigma, scale_bound), ON_GPU)
+    return sigma, v, av, h, a, b, x
+
+
+@triton.jit
+def _mixture_probability(c, rate, mu_ptr, mpos, mu_stride, sigma_ptr, spos, sigma_stride, w_ptr,
+                         wpos, w_stride, K, mask, max_logit, inv_norm, scale_bound,
+                         FAMILY: tl.constexpr, LOGITS: tl.constexpr, IS_BF16: tl.constexpr,
+                         ON_GPU: tl.constexpr):
+    """p = sum_k w_k mass_k(|v_k|, s_k)."""
+    p = tl.zeros_like(rate)
+    for _ in range(K):
+        sigma, v, av, h, a, b, x = _component_args(mu_ptr, mpos, sigma_ptr, spos, mask, c, rate,
+                                                   scale_bound, IS_BF16, ON_GPU)
+        w = _component_weight(w_ptr, wpos, mask, max_logit, inv_norm, LOGITS, IS_BF16, ON_GPU)
+        p = p + _mul(w, _family_bin_probability(av, h, a, b, x, FAMILY, ON_GPU), ON_GPU)
+        mu_ptr += mu_stride
+        sigma_ptr += sigma_stride
+        w_ptr += w_stride
+    return p
+
+
+@triton.jit
+def _mixture_residual(y_ptr, w_ptr, mu_ptr, seed_ptr, temp_ptr, offs, mask, first, wpos, w_stride,
+                      mpos, mu_stride, K, MODE: tl.constexpr, ZERO_CENTER: tl.constexpr,
+                      LOGITS: tl.constexpr, IS_BF16: tl.constexpr, ON_GPU: tl.constexpr,
+                      BLOCK: tl.constexpr, ALIGNED: tl.constexpr):
+    """What forward and backward share (mixture_cpu.cpp's load): the softmax terms, the centre
+    c and the surrogates (r~_R, r~_D) of r = y - c."""
+    y = _load_f32(y_ptr, offs, mask, IS_BF16)
+    u = _draw_noise(seed_ptr, first, y, MODE, ON_GPU, BLOCK, ALIGNED)
+    if LOGITS:
+        max_logit, inv_norm = _softmax_terms(w_ptr, wpos, w_stride, K, mask, IS_BF16, ON_GPU)
+    else:
+        max_logit = y  # unused
+        inv_norm = y
+    c = _mixture_center(y, mu_ptr, mpos, mu_stride, w_ptr, wpos, w_stride, K, mask, max_logit,
+                        inv_norm, ZERO_CENTER, LOGITS, IS_BF16, ON_GPU)
+    rate, dist = _surrogate(y - c, u, tl.load(temp_ptr).to(tl.float32), MODE, ON_GPU)
+    return max_logit, inv_norm, c, rate, dist
+
+
+@triton.jit
+def mixture_forward_kernel(
+    y_ptr, mu_ptr, sigma_ptr, w_ptr, seed_ptr, temp_ptr, y_hat_ptr, lik_ptr,
+    n_elements, index_base, scale_bound, likelihood_bound, K, inner,
+    mu_stride, mu_outer, mu_inner, sigma_stride, sigma_outer, sigma_inner,
+    w_stride, w_outer, w_inner,
+    MODE: tl.constexpr, ZERO_CENTER: tl.constexpr, LOGITS: tl.constexpr, IS_BF16: tl.constexpr,
+    ON_GPU: tl.constexpr, BLOCK: tl.constexpr, FAMILY: tl.constexpr = 0,
+    LAYOUT: tl.constexpr = 0, RATE: tl.constexpr = False, ALIGNED: tl.constexpr = True,
+    sample_size=1, chunks=1,
+):
+    pid, offs, mask, first = _elements(n_elements, index_base, BLOCK, RATE, sample_size, chunks)
+    if ON_GPU:  # fp64 from Inductor (see quantize_forward_kernel)
+        scale_bound = scale_bound.to(tl.float32)
+        likelihood_bound = likelihood_bound.to(tl.float32)
+    if LAYOUT == 1:
+        outer = offs // inner
+        rem = offs - outer * inner
+    else:
+        outer = offs
+        rem = offs
+    mpos = _position(offs, outer, rem, mu_outer, mu_inner, LAYOUT)
+    spos = _position(offs, outer, rem, sigma_outer, sigma_inner, LAYOUT)
+    wpos = _position(offs, outer, rem, w_outer, w_inner, LAYOUT)
+    max_logit, inv_norm, c, rate, dist = _mixture_residual(
+        y_ptr, w_ptr, mu_ptr, seed_ptr, temp_ptr, offs, mask, first, wpos, w_stride, mpos,
+        mu_stride, K, MODE, ZERO_CENTER, LOGITS, IS_BF16, ON_GPU, BLOCK, ALIGNED)
+    p = _mixture_probability(c, rate, mu_ptr, mpos, mu_stride, sigma_ptr, spos, sigma_stride,
+                             w_ptr, wpos, w_stride, K, mask, max_logit, inv_norm, scale_bound,
+                             FAMILY, LOGITS, IS_BF16, ON_GPU)
+    _store_from_f32(y_hat_ptr, offs, c + dist, mask, IS_BF16)
+    _store_likelihoods(lik_ptr, pid, offs, _lower_bound(p, likelihood_bound), mask, RATE)
+
+
+@triton.jit
+def mixture_backward_kernel(
+    g_yhat_ptr, g_lik_ptr, y_ptr, mu_ptr, sigma_ptr, w_ptr, seed_ptr, temp_ptr,
+    gy_ptr, gmu_ptr, gs_ptr, gw_ptr,
+    n_elements, index_base, scale_bound, likelihood_bound, K, inner,
+    mu_stride, mu_outer, mu_inner, sigma_stride, sigma_outer, sigma_inner,
+    w_stride, w_outer, w_inner, gmu_stride, gmu_outer, gmu_inner,
+    gs_stride, gs_outer, gs_inner, gw_stride, gw_outer, gw_inner,
+    MODE: tl.constexpr, ZERO_CENTER: tl.constexpr, LOGITS: tl.constexpr,
+    HAS_GYHAT: tl.constexpr, NEED_GY: tl.constexpr, NEED_GMU: tl.constexpr,
+    NEED_GS: tl.constexpr, NEED_GW: tl.constexpr, IS_BF16: tl.constexpr, ON_GPU: tl.constexpr,
+    BLOCK: tl.constexpr, FAMILY: tl.constexpr = 0, LAYOUT: tl.constexpr = 0,
+    RATE: tl.constexpr = False, sample_size=1,
+):
+    pid, offs, mask, first = _elements(n_elements, index_base, BLOCK, False, 1, 1)
+    if ON_GPU:  # fp64 from Inductor (see quantize_forward_kernel)
+        scale_bound = scale_bound.to(tl.float32)
+        likelihood_bound = likelihood_bound.to(tl.float32)
+    if LAYOUT == 1:
+        outer = offs // inner
+        rem = offs - outer * inner
+    else:
+        outer = offs
+        rem = offs
+    mpos = _position(offs, outer, rem, mu_outer, mu_inner, LAYOUT)
+    spos = _position(offs, outer, rem, sigma_outer, sigma_inner, LAYOUT)
+    wpos = _position(offs, outer, rem, w_outer, w_inner, LAYOUT)
+    max_logit, inv_norm, c, rate, dist = _mixture_residual(
+        y_ptr, w_ptr, mu_ptr, seed_ptr, temp_ptr, offs, mask, first, wpos, w_stride, mpos,
+        mu_stride, K, MODE, ZERO_CENTER, LOGITS, IS_BF16, ON_GPU, BLOCK, True)
+    # g_p, the gradient of p (mixture_math.h): the likelihood bound's rule, or with RATE the bits'
+    # gradient through P first. p itself is needed there and by the logits' gradient; otherwise,
+    # where the whole block has g_P < 0 (loss = -log P), it is not computed (masked lanes count
+    # as negative).
+    if RATE:
+        g_bits = tl.load(g_lik_ptr + offs // sample_size, mask=mask, other=0.0)
+        p = _mixture_probability(c, rate, mu_ptr, mpos, mu_stride, sigma_ptr, spos, sigma_stride,
+                                 w_ptr, wpos, w_stride, K, mask, max_logit, inv_norm,
+                                 scale_bound, FAMILY, LOGITS, IS_BF16, ON_GPU)
+        g_p = _rate_likelihood_grad(g_bits, p, likelihood_bound, ON_GPU)
+    else:
+        g_lik = tl.load(g_lik_ptr + offs, mask=mask, other=-1.0)
+        upward = g_lik < 0.0
+        if LOGITS:
+            p = _mixture_probability(c, rate, mu_ptr, mpos, mu_stride, sigma_ptr, spos,
+                                     sigma_stride, w_ptr, wpos, w_stride, K, mask, max_logit,
+                                     inv_norm, scale_bound, FAMILY, LOGITS, IS_BF16, ON_GPU)
+            g_p = tl.where((p >= likelihood_bound) | upward, g_lik, _mul(g_lik, 0.0, ON_GPU))
+        elif tl.sum(upward.to(tl.int32), axis=0) == BLOCK:
+            g_p = g_lik
+        else:
+            p = _mixture_probability(c, rate, mu_ptr, mpos, mu_stride, sigma_ptr, spos,
+                                     sigma_stride, w_ptr, wpos, w_stride, K, mask, max_logit,
+                                     inv_norm, scale_bound, FAMILY, LOGITS, IS_BF16, ON_GPU)
+            g_p = tl.where((p >= likelihood_bound) | upward, g_lik, _mul(g_lik, 0.0, ON_GPU))
+    gmpos = _position(offs, outer, rem, gmu_outer, gmu_inner, LAYOUT)
+    gspos = _position(offs, outer, rem, gs_outer, gs_inner, LAYOUT)
+    gwpos = _position(offs, outer, rem, gw_outer, gw_inner, LAYOUT)
+    g_v = tl.zeros_like(g_p)
+    for _ in range(K):
+        sigma, v, av, h, a, b, x = _component_args(mu_ptr, mpos, sigma_ptr, spos, mask, c, rate,
+                                                   scale_bound, IS_BF16, ON_GPU)
+        w = _component_weight(w_ptr, wpos, mask, max_logit, inv_norm, LOGITS, IS_BF16, ON_GPU)
+        gw = _mul(g_p, w, ON_GPU)
+        if NEED_GY or NEED_GMU or NEED_GS:
+            d_av, d_s = _family_bin_slopes(av, h, a, b, x, FAMILY, ON_GPU)
+            dv = _float(_bits(d_av) ^ (_bits(v) & 0x80000000))  # d|v|/dv = sign(v)
+            g_v = g_v + _mul(gw, dv, ON_GPU)
+            if NEED_GMU:
+                _store_from_f32(gmu_ptr, gmpos, _mul(_neg(gw), dv, ON_GPU), mask, IS_BF16)
+            if NEED_GS:
+                g_s = _mul(gw, d_s, ON_GPU)
+                g_s = tl.where((sigma >= scale_bound) | (g_s < 0.0), g_s, _mul(g_s, 0.0, ON_GPU))
+                _store_from_f32(gs_ptr, gspos, g_s, mask, IS_BF16)
+        if NEED_GW:
+            mass = _family_bin_probability(av, h, a, b, x, FAMILY, ON_GPU)
+            if LOGITS:  # the softmax Jacobian: w_k (g_p mass_k - sum_j w_j g_p mass_j)
+                g_w = _mul(gw, mass - p, ON_GPU)
+            else:
+                g_w = _mul(g_p, mass, ON_GPU)
+            _store_from_f32(gw_ptr, gwpos, g_w, mask, IS_BF16)
+        mu_ptr += mu_stride
+        sigma_ptr += sigma_stride
+        w_ptr += w_stride
+        gmu_ptr += gmu_stride
+        gs_ptr += gs_stride
+        gw_ptr += gw_stride
+    if NEED_GY:
+        if HAS_GYHAT:
+            g_yhat = _load_f32(g_yhat_ptr, offs, mask, IS_BF16)
+        else:
+            g_yhat = tl.zeros_like(g_v)
+        _store_from_f32(gy_ptr, offs, g_yhat + g_v, mask, IS_BF16)
 
 
 @triton.jit
@@ -677,16 +962,18 @@ def _interpreted() -> bool:
 
 
 INTERPRETED = _interpreted()
+# The launchable kernels by name (triton_ops._launch): on the GPU autotuned over _GPU_CONFIGS,
+# keyed on the sizes, or (FIXED, LIC_QUANT_TRITON_AUTOTUNE=0) one config and no tuning runs, for
+# test suites, where every constexpr variant would otherwise compile six times. Under the
+# interpreter the plain kernels.
+_TUNING_KEYS = {"quantize_forward": ["n_elements"], "quantize_backward": ["n_elements"],
+                "mixture_forward": ["n_elements", "K"], "mixture_backward": ["n_elements", "K"]}
+KERNELS = {name: globals()[f"{name}_kernel"] for name in _TUNING_KEYS}
 if INTERPRETED:
-    quantize_forward_autotuned = quantize_forward_fixed = quantize_forward_kernel
-    quantize_backward_autotuned = quantize_backward_fixed = quantize_backward_kernel
+    AUTOTUNED = FIXED = KERNELS
 else:
-    quantize_forward_autotuned = triton.autotune(configs=_GPU_CONFIGS, key=["n_elements"])(
-        quantize_forward_kernel)
-    quantize_backward_autotuned = triton.autotune(configs=_GPU_CONFIGS, key=["n_elements"])(
-        quantize_backward_kernel)
-    # One config, no tuning runs (LIC_QUANT_TRITON_AUTOTUNE=0): for test suites, where every
-    # constexpr variant would otherwise compile six times.
     _FIXED = [triton.Config({"BLOCK": 1024}, num_warps=8)]
-    quantize_forward_fixed = triton.autotune(configs=_FIXED, key=[])(quantize_forward_kernel)
-    quantize_backward_fixed = triton.autotune(configs=_FIXED, key=[])(quantize_backward_kernel)
+    AUTOTUNED = {name: triton.autotune(configs=_GPU_CONFIGS, key=key)(KERNELS[name])
+                 for name, key in _TUNING_KEYS.items()}
+    FIXED = {name: triton.autotune(configs=_FIXED, key=[])(kernel)
+             for name, kernel in KERNELS.items()}

@@ -4,7 +4,8 @@
   tensors, dispatch, autograd node, all in C++), or ``torch.ops.lic_quant.quantize_forward`` where
   the entry declines (torch.compile, fake tensors, tensor subclasses, torch function modes, seed or
   temperature tensors it cannot take as they are).
-- triton: ``lic_quant.triton_ops.TritonQuantize`` around ``torch.ops.lic_quant.triton_quantize_forward``.
+- triton: ``lic_quant.triton_ops.TritonQuantize`` around ``torch.ops.lic_quant.triton_quantize_forward``
+  (mixtures: ``TritonMixtureQuantize`` around ``triton_mixture_quantize_forward``).
 - reference: lic_quant/reference.py on the same noise.
 Argument rules and messages: lic_quant/_checks.py.
 """
@@ -180,7 +181,7 @@ def gaussian_quantize(
 
 # The backends with mixture kernels; the others raise NotImplementedError rather than run
 # something slower than the caller asked for.
-MIXTURE_BACKENDS = ("reference", "cpu")
+MIXTURE_BACKENDS = ("reference", "cpu", "triton")
 
 
 def mixture_quantize(
@@ -228,9 +229,15 @@ def mixture_quantize(
         u = uniform_noise(y.shape, seed_t, device=y.device) if mode != "ste" else None
         t = temp_t if isinstance(temperature, torch.Tensor) else temperature
         return mixture_quantize_reference(y, scales, means, weights, u, temperature=t, **settings)
-    return torch.ops.lic_quant.mixture_quantize_forward(
-        y, scales, means, weights, seed_t, temp_t, mode, float(scale_bound),
-        float(likelihood_bound), zero_center, family, weights_are_logits)
+    args = (y, scales, means, weights, seed_t, temp_t, mode, float(scale_bound),
+            float(likelihood_bound), zero_center, family, weights_are_logits)
+    if backend == "triton":  # as in _quantize
+        from .triton_ops import TritonMixtureQuantize
+
+        if _is_compiling():
+            return torch.ops.lic_quant.triton_mixture_quantize_forward(*args, False)
+        return TritonMixtureQuantize.apply(*args, False)
+    return torch.ops.lic_quant.mixture_quantize_forward(*args)
 
 
 # The backends with EntropyBottleneck kernels (docs/spec.md section 9).

@@ -1,14 +1,18 @@
-"""backend="triton": the fused kernels of lic_quant/_triton_kernels.py as one pair of torch ops.
+"""backend="triton": the fused kernels of lic_quant/_triton_kernels.py as torch ops.
 
 ``torch.ops.lic_quant.triton_quantize_forward`` / ``triton_quantize_backward`` have the C++ ops'
-schemas (csrc/ops.cpp) and one launch helper, ``_launch``. On the GPU they are
+schemas (csrc/ops.cpp); the mixture ops (docs/spec.md section 7)
+``triton_mixture_quantize_forward`` / ``triton_mixture_quantize_backward`` the C++ mixture ops'
+schemas plus ``rate`` (as the single-family ones). All four share one launch helper, ``_launch``
+(and ``_run_forward`` for the likelihoods or the bits), one registration helper,
+``_register_ops``, and one autograd.Function factory, ``_autograd_function``. On the GPU they are
 ``torch.library.triton_op``s: torch.compile traces into the kernels (no graph break), and eager
 calls launch them directly. Under Triton's interpreter the kernels are plain Python that a graph
 cannot capture, so the same functions are registered as opaque ``torch.library.custom_op``s with a
-fake kernel. Autograd (``_setup_context`` and ``_autograd_backward``, bound to the op by
-``register_autograd`` and to ``TritonQuantize``, the API's entry): the forward saves only y, scales, means, the seed
-and the temperature, the backward recomputes u (docs/spec.md section 2) and is once
-differentiable.
+fake kernel. Autograd (``_setup_context`` and ``_autograd_backward``, and their ``_mixture_``
+twins, bound to the op by ``register_autograd`` and to ``TritonQuantize`` /
+``TritonMixtureQuantize``, the API's entries): the forward saves only its inputs, the seed and the
+temperature, the backward recomputes u (docs/spec.md section 2) and is once differentiable.
 
 Devices. CUDA tensors run the compiled kernels, autotuned over BLOCK x num_warps in (512, 4),
 (1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8) (4096 x 4 spills registers);
@@ -25,7 +29,11 @@ rate=True (docs/spec.md section 8): the forward launches one program per chunk o
 (``rate_block``: a fixed chunk size, never autotuned, so the order of the float64 sums depends on
 the shape alone) that writes y_hat and its chunk's sum of -log2 P; the chunks of each sample are
 then added in index order. The backward is the same kernel with RATE set: it reads one bits'
-gradient per sample and forms -g / (P ln 2) from the recomputed P.
+gradient per sample and forms -g / (P ln 2) from the recomputed P. The mixture kernels do the same.
+
+Mixture parameters are read in place where ``_checks.component_layout`` takes them (contiguous
+copies otherwise); their gradients come back in the parameters' strides where those are dense
+(``_ops.parameter_grad``), as from the CPU kernel.
 
 The value of a temperature given as a CUDA tensor is not checked (reading it would synchronize the
 GPU); float temperatures are checked by the API, and CPU tensors under the interpreter here.
@@ -39,8 +47,9 @@ import torch
 from torch import Tensor
 
 from ._checks import (FAMILIES, FORWARD_MODE_ERROR, MODES, SECOND_DERIVATIVE_ERROR, check_call,
-                      check_input, check_op_tensor, check_unit_interval, likelihood_dtype,
-                      rate_shape)
+                      check_input, check_mixture_call, check_op_tensor, check_rate,
+                      check_unit_interval, component_layout, likelihood_dtype, rate_shape)
+from ._ops import parameter_grad
 
 try:
     import triton
@@ -134,15 +143,46 @@ def check_available(y: Tensor) -> None:
                            f"TRITON_INTERPRET=1); y is on {y.device}")
 
 
+def _check_dtype(y: Tensor) -> None:
+    if y.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"lic_quant: backend='triton' supports float32, float16 and bfloat16; "
+                        f"y is {y.dtype} (use backend='cpu', 'cuda' or 'reference' for float64)")
+
+
+def _check_scalars(y: Tensor, seed: Tensor, temperature: Tensor) -> None:
+    check_op_tensor("seed", seed, y, torch.int64, "a 0-dim int64 tensor")
+    check_op_tensor("temperature", temperature, y, torch.float64, "a 0-dim float64 tensor")
+
+
 def _check_op(y, scales, means, seed, temperature, family, mode, scale_bound, likelihood_bound,
               zero_center, rate=False) -> None:
     """The op-level checks of the C++ ops (csrc/lic_quant/op_args.h check_inputs)."""
     check_call(y, scales, means, family, mode, scale_bound, likelihood_bound, zero_center, rate)
-    if y.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"lic_quant: backend='triton' supports float32, float16 and bfloat16; "
-                        f"y is {y.dtype} (use backend='cpu', 'cuda' or 'reference' for float64)")
-    check_op_tensor("seed", seed, y, torch.int64, "a 0-dim int64 tensor")
-    check_op_tensor("temperature", temperature, y, torch.float64, "a 0-dim float64 tensor")
+    _check_dtype(y)
+    _check_scalars(y, seed, temperature)
+
+
+def _check_mixture_op(y, scales, means, weights, seed, temperature, family, weights_are_logits,
+                      mode, scale_bound, likelihood_bound, zero_center, rate) -> None:
+    """The op-level checks of the C++ mixture ops (csrc/cpu/mixture_cpu.cpp prepare)."""
+    check_mixture_call(y, scales, means, weights, family, weights_are_logits, mode, scale_bound,
+                       likelihood_bound, zero_center)
+    check_rate(y, rate)
+    _check_dtype(y)
+    _check_scalars(y, seed, temperature)
+
+
+def _check_grad_likelihoods(grad_likelihoods: Tensor, y: Tensor, rate: bool) -> None:
+    lik_dtype = likelihood_dtype(y.dtype)
+    if rate:
+        if grad_likelihoods.shape != rate_shape(y) or grad_likelihoods.dtype != lik_dtype or \
+                grad_likelihoods.device != y.device:
+            raise ValueError(f"lic_quant: with rate=True, grad_likelihoods (the bits' gradient) "
+                             f"must be {lik_dtype} of shape {rate_shape(y)} on the device of y")
+    elif grad_likelihoods.shape != y.shape or grad_likelihoods.dtype != lik_dtype or \
+            grad_likelihoods.device != y.device:
+        raise ValueError(f"lic_quant: grad_likelihoods must be {lik_dtype} with the shape and "
+                         f"device of y")
 
 
 def _raw(t: Tensor) -> Tensor:
@@ -151,16 +191,16 @@ def _raw(t: Tensor) -> Tensor:
 
 
 def _launch(name: str, n: int, args: tuple, consts: dict, temperature: Tensor) -> None:
-    """Launches kernel `name` over n elements: the plain kernel with one large block under the
-    interpreter (after the temperature check the CPU kernels do too); on the GPU the autotuned
-    kernel through wrap_triton, which torch.compile captures and eager calls launch directly."""
+    """Launches kernel `name` (_triton_kernels.KERNELS) over n elements: the plain kernel with one
+    large block under the interpreter (after the temperature check the CPU kernels do too); on the
+    GPU the autotuned kernel through wrap_triton, which torch.compile captures and eager calls
+    launch directly."""
     if INTERPRETED:
         check_unit_interval("temperature", float(temperature))
         block = min(INTERPRETER_BLOCK, max(16, triton.next_power_of_2(n)))
-        getattr(_k, f"{name}_kernel")[(triton.cdiv(n, block),)](*args, **consts, ON_GPU=False,
-                                                                 BLOCK=block)
+        _k.KERNELS[name][(triton.cdiv(n, block),)](*args, **consts, ON_GPU=False, BLOCK=block)
         return
-    kernel = getattr(_k, f"{name}_autotuned" if AUTOTUNE else f"{name}_fixed")
+    kernel = (_k.AUTOTUNED if AUTOTUNE else _k.FIXED)[name]
     torch.library.wrap_triton(kernel)[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](
         *args, **consts, ON_GPU=True)
 
@@ -173,19 +213,42 @@ def rate_block(sample_size: int) -> int:
     return _k.RATE_BLOCK
 
 
-def _launch_rate_forward(samples: int, sample_size: int, args: tuple, consts: dict,
-                         temperature: Tensor) -> None:
-    """The rate=True forward: one program per chunk of a sample (see _triton_kernels)."""
+def _run_forward(name: str, y: Tensor, make_args, temperature: Tensor, rate: bool,
+                 launch: bool) -> Tensor:
+    """Launches forward kernel `name` and returns its second output. make_args(out) gives the
+    kernel's arguments, with `out` as its likelihood pointer, and its constexprs; it is called
+    only to launch (fake tensors never reach it). rate=False: out is P, y's shape.
+    rate=True (docs/spec.md section 8): one program per chunk of a sample, out one float64 sum of
+    -log2 P per chunk, whose chunks are then added per sample in index order: the bits."""
+    n = y.numel()
+    dtype = likelihood_dtype(y.dtype)
+    if not rate:
+        lik = torch.empty(y.shape, dtype=dtype, device=y.device)
+        if n > 0 and launch:
+            _launch(name, n, *make_args(lik), temperature)
+        return lik
+    samples = y.shape[0]
+    sample_size = n // samples if samples > 0 else 0
+    if not launch or sample_size == 0:
+        return torch.zeros(rate_shape(y), dtype=dtype, device=y.device)
     block = rate_block(sample_size)
     chunks = triton.cdiv(sample_size, block)
+    partial = torch.empty((samples, chunks), dtype=torch.float64, device=y.device)
+    args, consts = make_args(partial)
     consts = dict(consts, RATE=True, ALIGNED=sample_size % 4 == 0, sample_size=sample_size,
                   chunks=chunks)
+    kernel = _k.KERNELS[name]
     if INTERPRETED:
         check_unit_interval("temperature", float(temperature))
-        _k.quantize_forward_kernel[(samples * chunks,)](*args, **consts, ON_GPU=False, BLOCK=block)
-        return
-    torch.library.wrap_triton(_k.quantize_forward_kernel)[(samples * chunks,)](
-        *args, **consts, ON_GPU=True, BLOCK=block, num_warps=_k.RATE_WARPS)
+        kernel[(samples * chunks,)](*args, **consts, ON_GPU=False, BLOCK=block)
+    else:
+        torch.library.wrap_triton(kernel)[(samples * chunks,)](
+            *args, **consts, ON_GPU=True, BLOCK=block, num_warps=_k.RATE_WARPS)
+    # Chunk sums in index order: a sequential left fold, the same whatever the thread count.
+    bits = partial[:, 0].clone()
+    for c in range(1, chunks):
+        bits += partial[:, c]
+    return bits.to(dtype)
 
 
 def _forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
@@ -195,51 +258,19 @@ def _forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
     _check_op(y, scales, means, seed, temperature, family, mode, scale_bound, likelihood_bound,
               zero_center, rate)
     y_hat = torch.empty(y.shape, dtype=y.dtype, device=y.device)
-    if rate:
-        return y_hat, _rate_forward(y, scales, means, seed, temperature, mode, scale_bound,
-                                    likelihood_bound, zero_center, family, y_hat, launch)
-    lik = torch.empty(y.shape, dtype=likelihood_dtype(y.dtype), device=y.device)
-    n = y.numel()
-    if n > 0 and launch:
-        # The noise index is the logical row-major index: strided inputs are made contiguous.
-        y_c = y.contiguous()
-        m_c = means.contiguous() if means is not None else None
-        _launch("quantize_forward", n,
-                (_raw(y_c), _raw(m_c if m_c is not None else y_c), _raw(scales.contiguous()),
-                 seed, temperature, _raw(y_hat), lik, n, 0, float(scale_bound),
-                 float(likelihood_bound)),
-                dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center),
-                     HAS_MEANS=m_c is not None, IS_BF16=y.dtype == torch.bfloat16,
-                     FAMILY=FAMILIES.index(family), sample_size=1, chunks=1), temperature)
-    return y_hat, lik
-
-
-def _rate_forward(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
-                  zero_center, family, y_hat, launch) -> Tensor:
-    """Writes y_hat and returns the bits (docs/spec.md section 8): per-chunk float64 sums from
-    the kernel, added per sample in chunk order."""
-    samples = y.shape[0]
-    sample_size = y.numel() // samples if samples > 0 else 0
-    dtype = likelihood_dtype(y.dtype)
-    if not launch or sample_size == 0:
-        return torch.zeros(rate_shape(y), dtype=dtype, device=y.device)
-    chunks = triton.cdiv(sample_size, rate_block(sample_size))
-    partial = torch.empty((samples, chunks), dtype=torch.float64, device=y.device)
+    # The noise index is the logical row-major index: strided inputs are made contiguous.
     y_c = y.contiguous()
     m_c = means.contiguous() if means is not None else None
-    _launch_rate_forward(
-        samples, sample_size,
-        (_raw(y_c), _raw(m_c if m_c is not None else y_c), _raw(scales.contiguous()), seed,
-         temperature, _raw(y_hat), partial, y.numel(), 0, float(scale_bound),
-         float(likelihood_bound)),
-        dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center), HAS_MEANS=m_c is not None,
-             IS_BF16=y.dtype == torch.bfloat16, FAMILY=FAMILIES.index(family)),
-        temperature)
-    # Chunk sums in index order: a sequential left fold, the same whatever the thread count.
-    bits = partial[:, 0].clone()
-    for c in range(1, chunks):
-        bits += partial[:, c]
-    return bits.to(dtype)
+    lik = _run_forward(
+        "quantize_forward", y,
+        lambda out: ((_raw(y_c), _raw(m_c if m_c is not None else y_c), _raw(scales.contiguous()),
+                      seed, temperature, _raw(y_hat), out, y.numel(), 0, float(scale_bound),
+                      float(likelihood_bound)),
+                     dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center),
+                          HAS_MEANS=m_c is not None, IS_BF16=y.dtype == torch.bfloat16,
+                          FAMILY=FAMILIES.index(family))),
+        temperature, rate, launch)
+    return y_hat, lik
 
 
 def _backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor, scales: Tensor,
@@ -249,16 +280,7 @@ def _backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
               launch: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     _check_op(y, scales, means, seed, temperature, family, mode, scale_bound, likelihood_bound,
               zero_center, rate)
-    lik_dtype = likelihood_dtype(y.dtype)
-    if rate:
-        if grad_likelihoods.shape != rate_shape(y) or grad_likelihoods.dtype != lik_dtype or \
-                grad_likelihoods.device != y.device:
-            raise ValueError(f"lic_quant: with rate=True, grad_likelihoods (the bits' gradient) "
-                             f"must be {lik_dtype} of shape {rate_shape(y)} on the device of y")
-    elif grad_likelihoods.shape != y.shape or grad_likelihoods.dtype != lik_dtype or \
-            grad_likelihoods.device != y.device:
-        raise ValueError(f"lic_quant: grad_likelihoods must be {lik_dtype} with the shape and "
-                         f"device of y")
+    _check_grad_likelihoods(grad_likelihoods, y, rate)
     if grad_y_hat is not None:
         check_input("grad_y_hat", grad_y_hat, y)
     need_y, need_s, need_m = (bool(b) for b in output_mask)
@@ -288,6 +310,104 @@ def _backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
     return gy, gs, gm
 
 
+# ---------------------------------------------------------------------------------------------
+# Mixtures (docs/spec.md section 7).
+
+
+def _in_place_or_copy(t: Tensor) -> Tensor:
+    """A mixture parameter as the kernels read it: in place where component_layout takes it,
+    else a contiguous copy (csrc/cpu/mixture_cpu.cpp, in_place_or_copy)."""
+    return t if component_layout(t) is not None else t.contiguous()
+
+
+def _layout_args(tensors: Sequence[Tensor], n: int) -> tuple[int, int, list]:
+    """(LAYOUT, inner, strides) of the mixture kernels for tensors in component layouts:
+    strides holds (stride_k, stride_outer, inner) of each. A plain layout (component k's element
+    i at k * stride_k + i: stride_outer == inner, or one run of n) takes any inner, so where the
+    others share one, all take it and the kernel divides once per element (LAYOUT 1); all plain
+    needs no division (LAYOUT 0); several inners, one division per tensor (LAYOUT 2)."""
+    layouts = [component_layout(t) for t in tensors]
+    plain = [outer == inner or inner >= n for _, outer, inner in layouts]
+    inners = []  # a list, not a set: traced sizes (SymInts) do not hash
+    for (_, _, inner), p in zip(layouts, plain):
+        if not p and not any(inner == i for i in inners):
+            inners.append(inner)
+    if not inners:
+        return 0, 1, [(k, 0, 1) for k, _, _ in layouts]
+    if len(inners) == 1:
+        shared = inners[0]
+        return 1, shared, [(k, shared if p else outer, shared)
+                           for (k, outer, _), p in zip(layouts, plain)]
+    return 2, 1, list(layouts)
+
+
+def _mixture_consts(y, mode, zero_center, family, weights_are_logits, layout) -> dict:
+    return dict(MODE=MODES.index(mode), ZERO_CENTER=bool(zero_center),
+                LOGITS=bool(weights_are_logits), IS_BF16=y.dtype == torch.bfloat16,
+                FAMILY=FAMILIES.index(family), LAYOUT=layout)
+
+
+def _mixture_forward(y: Tensor, scales: Tensor, means: Tensor, weights: Tensor, seed: Tensor,
+                     temperature: Tensor, mode: str, scale_bound: float, likelihood_bound: float,
+                     zero_center: bool, family: str, weights_are_logits: bool,
+                     rate: bool = False, launch: bool = True) -> tuple[Tensor, Tensor]:
+    _check_mixture_op(y, scales, means, weights, seed, temperature, family, weights_are_logits,
+                      mode, scale_bound, likelihood_bound, zero_center, rate)
+    y_hat = torch.empty(y.shape, dtype=y.dtype, device=y.device)
+
+    def make_args(out):
+        mu, sigma, w = (_in_place_or_copy(t) for t in (means, scales, weights))
+        layout, inner, strides = _layout_args((mu, sigma, w), y.numel())
+        return ((_raw(y.contiguous()), _raw(mu), _raw(sigma), _raw(w), seed, temperature,
+                 _raw(y_hat), out, y.numel(), 0, float(scale_bound), float(likelihood_bound),
+                 scales.shape[0], inner, *(s for triple in strides for s in triple)),
+                _mixture_consts(y, mode, zero_center, family, weights_are_logits, layout))
+
+    return y_hat, _run_forward("mixture_forward", y, make_args, temperature, rate, launch)
+
+
+def _mixture_backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
+                      scales: Tensor, means: Tensor, weights: Tensor, seed: Tensor,
+                      temperature: Tensor, mode: str, scale_bound: float,
+                      likelihood_bound: float, zero_center: bool, family: str,
+                      weights_are_logits: bool, output_mask: Sequence[bool], rate: bool = False,
+                      launch: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_mixture_op(y, scales, means, weights, seed, temperature, family, weights_are_logits,
+                      mode, scale_bound, likelihood_bound, zero_center, rate)
+    _check_grad_likelihoods(grad_likelihoods, y, rate)
+    if grad_y_hat is not None:
+        check_input("grad_y_hat", grad_y_hat, y)
+    need = [bool(b) for b in output_mask]
+    gy = torch.empty(y.shape if need[0] else (0,), dtype=y.dtype, device=y.device)
+    gs, gm, gw = (parameter_grad(t, needed)
+                  for t, needed in zip((scales, means, weights), need[1:]))
+    n = y.numel()
+    if n > 0 and launch and any(need):
+        mu, sigma, w = (_in_place_or_copy(t) for t in (means, scales, weights))
+        y_c = y.contiguous()
+        gyh = grad_y_hat.contiguous() if grad_y_hat is not None else None
+        # A gradient not asked for is never written: its parameter stands in for it (pointer and
+        # layout).
+        outs = [g if needed else t
+                for g, t, needed in ((gm, mu, need[2]), (gs, sigma, need[1]), (gw, w, need[3]))]
+        layout, inner, strides = _layout_args((mu, sigma, w, *outs), n)
+        _launch("mixture_backward", n,
+                (_raw(gyh if gyh is not None else y_c), grad_likelihoods.contiguous(), _raw(y_c),
+                 _raw(mu), _raw(sigma), _raw(w), seed, temperature, _raw(gy if need[0] else y_c),
+                 *(_raw(t) for t in outs), n, 0, float(scale_bound), float(likelihood_bound),
+                 scales.shape[0], inner, *(s for triple in strides for s in triple)),
+                dict(_mixture_consts(y, mode, zero_center, family, weights_are_logits, layout),
+                     HAS_GYHAT=gyh is not None, NEED_GY=need[0], NEED_GMU=need[2],
+                     NEED_GS=need[1], NEED_GW=need[3], RATE=rate,
+                     sample_size=n // y.shape[0] if rate else 1),
+                temperature)
+    return gy, gs, gm, gw
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd and registration, shared by the single-family and the mixture ops.
+
+
 class _OnceDifferentiable(torch.autograd.Function):
     """Runs the backward op; differentiating its results raises SECOND_DERIVATIVE_ERROR, as the C++
     route's node does. forward without ctx plus setup_context: the form functorch transforms
@@ -313,6 +433,15 @@ def _direct(y: Tensor) -> bool:
             and torch._C._len_torch_dispatch_stack() == 0)
 
 
+def _run_backward(body, op_name: str, args: tuple, tensors: Sequence[Optional[Tensor]]):
+    """The backward op (its body directly where _direct allows), once differentiable when
+    autograd records it."""
+    op = body if _direct(args[2]) else getattr(torch.ops.lic_quant, op_name)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _OnceDifferentiable.apply(op, *args)
+    return op(*args)
+
+
 def _setup_context(ctx, inputs, output):
     y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound, zero_center, \
         family, rate = inputs
@@ -333,70 +462,126 @@ def _autograd_backward(ctx, grad_y_hat, grad_likelihoods):
     if grad_likelihoods is None:
         # Only y_hat was used: its gradient is the identity, and mu and sigma get none.
         return (grad_y_hat if need_y else None), None, None, *none
-    op = _backward if _direct(y) else torch.ops.lic_quant.triton_quantize_backward
-    args = (grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, *ctx.args,
-            [need_y, need_scales, need_means], ctx.family, ctx.rate)
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad
-            for t in (grad_y_hat, grad_likelihoods, y, scales, means)):
-        gy, gs, gm = _OnceDifferentiable.apply(op, *args)
-    else:
-        gy, gs, gm = op(*args)
+    gy, gs, gm = _run_backward(
+        _backward, "triton_quantize_backward",
+        (grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, *ctx.args,
+         [need_y, need_scales, need_means], ctx.family, ctx.rate),
+        (grad_y_hat, grad_likelihoods, y, scales, means))
     return (gy if need_y else None), (gs if need_scales else None), \
         (gm if need_means else None), *none
 
 
-if TRITON_ERROR is None:
-    _register = torch.library.custom_op if INTERPRETED else torch.library.triton_op
+def _mixture_setup_context(ctx, inputs, output):
+    y, scales, means, weights, seed, temperature, *settings = inputs
+    # Only the inputs, the seed and the temperature: the backward recomputes the noise.
+    ctx.save_for_backward(y, scales, means, weights, seed, temperature)
+    ctx.settings = tuple(settings[:6])  # mode .. weights_are_logits
+    ctx.rate = settings[6] if len(settings) > 6 else False
+    ctx.set_materialize_grads(False)
 
-    @_register("lic_quant::triton_quantize_forward", mutates_args=())
-    def triton_quantize_forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
-                                temperature: Tensor, mode: str, scale_bound: float,
-                                likelihood_bound: float, zero_center: bool,
-                                family: str = "gaussian", rate: bool = False
-                                ) -> tuple[Tensor, Tensor]:
-        return _forward(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
-                        zero_center, family, rate)
 
-    @_register("lic_quant::triton_quantize_backward", mutates_args=())
-    def triton_quantize_backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
-                                 scales: Tensor, means: Optional[Tensor], seed: Tensor,
-                                 temperature: Tensor, mode: str, scale_bound: float,
-                                 likelihood_bound: float, zero_center: bool,
-                                 output_mask: Sequence[bool], family: str = "gaussian",
-                                 rate: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        return _backward(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, mode,
-                         scale_bound, likelihood_bound, zero_center, output_mask, family, rate)
+def _mixture_autograd_backward(ctx, grad_y_hat, grad_likelihoods):
+    y, scales, means, weights, seed, temperature = ctx.saved_tensors
+    need = list(ctx.needs_input_grad[:4])
+    none = (None,) * 9  # seed, temperature and the non-tensor arguments
+    if grad_likelihoods is None:
+        return (grad_y_hat if need[0] else None), None, None, None, *none
+    grads = _run_backward(
+        _mixture_backward, "triton_mixture_quantize_backward",
+        (grad_y_hat, grad_likelihoods, y, scales, means, weights, seed, temperature,
+         *ctx.settings, need, ctx.rate),
+        (grad_y_hat, grad_likelihoods, y, scales, means, weights))
+    return (*(g if needed else None for g, needed in zip(grads, need)), *none)
 
+
+def _register_ops(forward_def, backward_def, forward_body, backward_body, setup_context,
+                  autograd_backward) -> None:
+    """Registers lic_quant::<name of forward_def> and <name of backward_def> (their signatures
+    are the schemas; they call the bodies): triton_ops on the GPU; under the interpreter opaque
+    custom ops with the bodies as fake kernels (launch=False). torch.ops callers differentiate
+    through the forward op itself (torch.library's generated autograd.Function, which functorch
+    transforms refuse; the API takes _autograd_function's instead)."""
+    register = torch.library.custom_op if INTERPRETED else torch.library.triton_op
+    fwd = register(f"lic_quant::{forward_def.__name__}", mutates_args=())(forward_def)
+    bwd = register(f"lic_quant::{backward_def.__name__}", mutates_args=())(backward_def)
     if INTERPRETED:  # a triton_op's fake kernel is its own body; an opaque op needs one
-        @triton_quantize_forward.register_fake
-        def _(*args):
-            return _forward(*args, launch=False)
-
-        @triton_quantize_backward.register_fake
-        def _(*args):
-            return _backward(*args, launch=False)
-
-    # torch.ops callers differentiate through the op itself (torch.library's generated
-    # autograd.Function, which functorch transforms refuse).
-    triton_quantize_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+        fwd.register_fake(lambda *args: forward_body(*args, launch=False))
+        bwd.register_fake(lambda *args: backward_body(*args, launch=False))
+    fwd.register_autograd(autograd_backward, setup_context=setup_context)
 
 
-class TritonQuantize(torch.autograd.Function):
-    """The API's entry for backend="triton": the forward op with the same setup_context and
-    backward as the op's registration above, in the form (forward without ctx, setup_context)
-    that torch.func transforms accept and torch.compile traces."""
+def _autograd_function(name: str, forward_body, op_name: str, setup_context, backward):
+    """The API's entry for one forward op: the op's setup_context and backward in the form
+    (forward without ctx, setup_context) that torch.func transforms accept and torch.compile
+    traces."""
 
-    @staticmethod
-    def forward(*args):
-        # Eager calls skip the custom op's Python dispatch (tens of microseconds per call).
-        if _direct(args[0]):
-            return _forward(*args)
-        return torch.ops.lic_quant.triton_quantize_forward(*args)
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(*args):
+            # Eager calls skip the custom op's Python dispatch (tens of microseconds per call).
+            if _direct(args[0]):
+                return forward_body(*args)
+            return getattr(torch.ops.lic_quant, op_name)(*args)
 
-    setup_context = staticmethod(_setup_context)
-    backward = staticmethod(_autograd_backward)
+        @staticmethod
+        def jvp(ctx, *tangents):
+            raise NotImplementedError(FORWARD_MODE_ERROR)
 
-    @staticmethod
-    def jvp(ctx, *tangents):
-        raise NotImplementedError(FORWARD_MODE_ERROR)
+    Function.setup_context = staticmethod(setup_context)
+    Function.backward = staticmethod(backward)
+    Function.__name__ = Function.__qualname__ = name
+    Function.__doc__ = f"backend='triton': torch.ops.lic_quant.{op_name} and its autograd."
+    return Function
+
+
+def triton_quantize_forward(y: Tensor, scales: Tensor, means: Optional[Tensor], seed: Tensor,
+                            temperature: Tensor, mode: str, scale_bound: float,
+                            likelihood_bound: float, zero_center: bool, family: str = "gaussian",
+                            rate: bool = False) -> tuple[Tensor, Tensor]:
+    return _forward(y, scales, means, seed, temperature, mode, scale_bound, likelihood_bound,
+                    zero_center, family, rate)
+
+
+def triton_quantize_backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor, y: Tensor,
+                             scales: Tensor, means: Optional[Tensor], seed: Tensor,
+                             temperature: Tensor, mode: str, scale_bound: float,
+                             likelihood_bound: float, zero_center: bool,
+                             output_mask: Sequence[bool], family: str = "gaussian",
+                             rate: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    return _backward(grad_y_hat, grad_likelihoods, y, scales, means, seed, temperature, mode,
+                     scale_bound, likelihood_bound, zero_center, output_mask, family, rate)
+
+
+def triton_mixture_quantize_forward(y: Tensor, scales: Tensor, means: Tensor, weights: Tensor,
+                                    seed: Tensor, temperature: Tensor, mode: str,
+                                    scale_bound: float, likelihood_bound: float,
+                                    zero_center: bool, family: str, weights_are_logits: bool,
+                                    rate: bool = False) -> tuple[Tensor, Tensor]:
+    return _mixture_forward(y, scales, means, weights, seed, temperature, mode, scale_bound,
+                            likelihood_bound, zero_center, family, weights_are_logits, rate)
+
+
+def triton_mixture_quantize_backward(grad_y_hat: Optional[Tensor], grad_likelihoods: Tensor,
+                                     y: Tensor, scales: Tensor, means: Tensor, weights: Tensor,
+                                     seed: Tensor, temperature: Tensor, mode: str,
+                                     scale_bound: float, likelihood_bound: float,
+                                     zero_center: bool, family: str, weights_are_logits: bool,
+                                     output_mask: Sequence[bool], rate: bool = False
+                                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _mixture_backward(grad_y_hat, grad_likelihoods, y, scales, means, weights, seed,
+                             temperature, mode, scale_bound, likelihood_bound, zero_center,
+                             family, weights_are_logits, output_mask, rate)
+
+
+if TRITON_ERROR is None:
+    _register_ops(triton_quantize_forward, triton_quantize_backward, _forward, _backward,
+                  _setup_context, _autograd_backward)
+    _register_ops(triton_mixture_quantize_forward, triton_mixture_quantize_backward,
+                  _mixture_forward, _mixture_backward, _mixture_setup_context,
+                  _mixture_autograd_backward)
+
+TritonQuantize = _autograd_function("TritonQuantize", _forward, "triton_quantize_forward",
+                                    _setup_context, _autograd_backward)
+TritonMixtureQuantize = _autograd_function(
+    "TritonMixtureQuantize", _mixture_forward, "triton_mixture_quantize_forward",
+    _mixture_setup_context, _mixture_autograd_backward)

@@ -228,6 +228,37 @@ try:
             src = ASTSource(fn=K.quantize_forward_kernel, signature=s,
                             constexprs={(list(s).index(k),): v for k, v in const.items()})
             triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    # The mixture kernels (docs/spec.md section 7), forward and backward, with and without rate.
+    layouts = lambda names: {f"{t}_{p}": "i32" for t in names for p in ("stride", "outer", "inner")}
+    ints = {"n_elements": "i32", "index_base": "i64", "scale_bound": "fp64",
+            "likelihood_bound": "fp64", "K": "i32", "inner": "i32"}
+    fwd = {"y_ptr": "*fp32", "mu_ptr": "*fp32", "sigma_ptr": "*fp32", "w_ptr": "*fp32",
+           "seed_ptr": "*i64", "temp_ptr": "*fp64", "y_hat_ptr": "*fp32", "lik_ptr": "*fp32",
+           **ints, **layouts(("mu", "sigma", "w")),
+           **dict.fromkeys(("MODE", "ZERO_CENTER", "LOGITS", "IS_BF16", "ON_GPU", "BLOCK",
+                            "FAMILY", "LAYOUT", "RATE", "ALIGNED", "sample_size", "chunks"),
+                           "constexpr")}
+    bwd = {"g_yhat_ptr": "*fp32", "g_lik_ptr": "*fp32", "y_ptr": "*fp32", "mu_ptr": "*fp32",
+           "sigma_ptr": "*fp32", "w_ptr": "*fp32", "seed_ptr": "*i64", "temp_ptr": "*fp64",
+           "gy_ptr": "*fp32", "gmu_ptr": "*fp32", "gs_ptr": "*fp32", "gw_ptr": "*fp32",
+           **ints, **layouts(("mu", "sigma", "w", "gmu", "gs", "gw")),
+           **dict.fromkeys(("MODE", "ZERO_CENTER", "LOGITS", "HAS_GYHAT", "NEED_GY", "NEED_GMU",
+                            "NEED_GS", "NEED_GW", "IS_BF16", "ON_GPU", "BLOCK", "FAMILY",
+                            "LAYOUT", "RATE", "sample_size"), "constexpr")}
+    common = dict(MODE=3, ZERO_CENTER=True, LOGITS=True, IS_BF16=False, ON_GPU=True,
+                  BLOCK=1024, FAMILY=0, LAYOUT=1)
+    grads = dict(HAS_GYHAT=True, NEED_GY=True, NEED_GMU=True, NEED_GS=True, NEED_GW=True)
+    for rate in (False, True):
+        chunked = dict(lik_ptr="*fp64", sample_size="i64", chunks="i64") if rate else {}
+        sizes = {} if rate else dict(sample_size=1, chunks=1)
+        for fn, s, const in (
+                (K.mixture_forward_kernel, dict(fwd, **chunked),
+                 dict(common, RATE=rate, ALIGNED=not rate, **sizes)),
+                (K.mixture_backward_kernel, dict(bwd, sample_size="i64") if rate else bwd,
+                 dict(common, **grads, RATE=rate, **({} if rate else dict(sample_size=1))))):
+            src = ASTSource(fn=fn, signature=s,
+                            constexprs={(list(s).index(k),): v for k, v in const.items()})
+            triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     ok, why = True, ""
 except (TypeError, AttributeError, KeyError) as exc:  # another Triton's compile API
     print(json.dumps({"unavailable": repr(exc)[:300]})); sys.exit(0)

@@ -95,6 +95,54 @@ def main() -> int:
     for family, name in list(enumerate(K.FAMILIES))[1:]:
         for label, kernel, sig, const, warps in variants[1:3]:
             variants.append((f"{label} {name}", kernel, sig, dict(const, FAMILY=family), warps))
+    # Mixtures (docs/spec.md section 7): K and the layouts are run-time integers, the component
+    # loops run-time loops; logits and zero_center on, every layout mode, rate=True.
+    strides = ("mu", "sigma", "w")
+    mix_fwd_sig = {"y_ptr": "*fp32", "mu_ptr": "*fp32", "sigma_ptr": "*fp32", "w_ptr": "*fp32",
+                   "seed_ptr": "*i64", "temp_ptr": "*fp64", "y_hat_ptr": "*fp32",
+                   "lik_ptr": "*fp32", "n_elements": "i32", "index_base": "i64",
+                   "scale_bound": "fp32", "likelihood_bound": "fp32", "K": "i32", "inner": "i32",
+                   **{f"{t}_{part}": "i32" for t in strides
+                      for part in ("stride", "outer", "inner")},
+                   **dict.fromkeys(("MODE", "ZERO_CENTER", "LOGITS", "IS_BF16", "ON_GPU", "BLOCK",
+                                    "FAMILY", "LAYOUT", "RATE", "ALIGNED", "sample_size",
+                                    "chunks"), "constexpr")}
+    grads = ("gmu", "gs", "gw")
+    mix_bwd_sig = {"g_yhat_ptr": "*i16", "g_lik_ptr": "*fp32", "y_ptr": "*i16", "mu_ptr": "*i16",
+                   "sigma_ptr": "*i16", "w_ptr": "*i16", "seed_ptr": "*i64", "temp_ptr": "*fp64",
+                   "gy_ptr": "*i16", "gmu_ptr": "*i16", "gs_ptr": "*i16", "gw_ptr": "*i16",
+                   "n_elements": "i64", "index_base": "i64", "scale_bound": "fp32",
+                   "likelihood_bound": "fp32", "K": "i32", "inner": "i32",
+                   **{f"{t}_{part}": "i32" for t in strides + grads
+                      for part in ("stride", "outer", "inner")},
+                   **dict.fromkeys(("MODE", "ZERO_CENTER", "LOGITS", "HAS_GYHAT", "NEED_GY",
+                                    "NEED_GMU", "NEED_GS", "NEED_GW", "IS_BF16", "ON_GPU",
+                                    "BLOCK", "FAMILY", "LAYOUT", "RATE", "sample_size"),
+                                   "constexpr")}
+    mix_fwd = dict(MODE=3, ZERO_CENTER=True, LOGITS=True, IS_BF16=False, ON_GPU=True,
+                   BLOCK=1024, FAMILY=0, LAYOUT=1, **plain_fwd)
+    mix_bwd = dict(MODE=0, ZERO_CENTER=True, LOGITS=True, HAS_GYHAT=True, NEED_GY=True,
+                   NEED_GMU=True, NEED_GS=True, NEED_GW=True, IS_BF16=True, ON_GPU=True,
+                   BLOCK=1024, FAMILY=0, LAYOUT=1, **plain_bwd)
+    mixture = [
+        ("mixture forward sua fp32", K.mixture_forward_kernel, mix_fwd_sig, mix_fwd, 8),
+        ("mixture backward noise bf16", K.mixture_backward_kernel, mix_bwd_sig, mix_bwd, 8),
+    ]
+    for family, name in list(enumerate(K.FAMILIES))[1:]:
+        for label, kernel, sig, const, warps in mixture[:2]:
+            mixture.append((f"{label} {name}", kernel, sig, dict(const, FAMILY=family), warps))
+    mixture += [
+        ("mixture forward sua fp32 plain layout", K.mixture_forward_kernel, mix_fwd_sig,
+         dict(mix_fwd, LAYOUT=0, LOGITS=False), 8),
+        ("mixture backward noise bf16 own layouts", K.mixture_backward_kernel, mix_bwd_sig,
+         dict(mix_bwd, LAYOUT=2), 8),
+        ("mixture forward sua fp32 rate", K.mixture_forward_kernel,
+         dict(mix_fwd_sig, lik_ptr="*fp64", sample_size="i64", chunks="i64"),
+         dict(mix_fwd, RATE=True, ALIGNED=False), 8),
+        ("mixture backward noise bf16 rate", K.mixture_backward_kernel,
+         dict(mix_bwd_sig, sample_size="i64"), dict(mix_bwd, RATE=True), 8),
+    ]
+    variants += mixture
     failed = False
     for name, fn, sig, const, nw in variants:
         try:
