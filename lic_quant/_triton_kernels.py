@@ -1074,8 +1074,7 @@ def _eb_mlp_backward(g, hs, ts, cst, acc, L: tl.constexpr, SLOTS: tl.constexpr,
                      ON_GPU: tl.constexpr):
     """From the logit's gradient g back to the input's; acc gains the element's terms."""
     gg = (g,)
-    for j in tl.static_range(L):
-        i: tl.constexpr = L - 1 - j
+    for i in tl.static_range(L - 1, -1, -1):
         gg, acc = _eb_layer_backward(hs[i], ts[i], gg, cst, acc,
                                      0 if i == 0 else 9 + 15 * (i - 1), 1 if i == 0 else 3,
                                      1 if i == L - 1 else 3, i + 1 < L, SLOTS, ON_GPU)
@@ -1134,9 +1133,9 @@ def eb_forward_kernel(z_ptr, med_ptr, cst_ptr, seed_ptr, temp_ptr, z_hat_ptr, li
 
 # The C++ kernels' task geometry (csrc/cpu/entropy_bottleneck_cpu.cpp): the order of the
 # parameter gradients' additions depends on it, so it is the same on every backend.
-EB_CHUNK = 4096
-EB_BLOCK = 32
-EB_LANES = 2 * EB_BLOCK
+EB_CHUNK = tl.constexpr(4096)
+EB_BLOCK = tl.constexpr(32)
+EB_LANES = tl.constexpr(64)
 
 
 @triton.jit

@@ -693,9 +693,9 @@ def _eb_backward(grad_z_hat: Optional[Tensor], grad_likelihoods: Tensor, z: Tens
     slots = _eb_slots(layers)
     sums = None
     if n > 0 and launch and (mask[0] or params):
-        chunks = triton.cdiv(n // channels, _k.EB_CHUNK)
+        chunks = triton.cdiv(n // channels, _k.EB_CHUNK.value)
         cst = _eb_constants(matrices, biases, factors, channels)
-        partial = torch.empty(channels * chunks * slots * _k.EB_LANES if params else 0,
+        partial = torch.empty(channels * chunks * slots * _k.EB_LANES.value if params else 0,
                               dtype=torch.float32, device=z.device)
         z_c = z.contiguous()
         g_zh = grad_z_hat.contiguous() if grad_z_hat is not None else None
@@ -823,3 +823,30 @@ if TRITON_ERROR is None:
     if INTERPRETED:  # an opaque op needs a fake kernel
         _eb_fwd_op.register_fake(lambda *args: _eb_forward(*args, launch=False))
         _eb_bwd_op.register_fake(lambda *args: _eb_backward(*args, launch=False))
+
+    def _eb_op_setup_context(ctx, inputs, output):
+        z, medians, matrices, biases, factors, seed, temperature, mode, likelihood_bound = inputs
+        ctx.save_for_backward(z, medians, seed, temperature, *matrices, *biases, *factors)
+        ctx.settings = (mode, likelihood_bound)
+        ctx.layers = len(matrices)
+        ctx.set_materialize_grads(False)
+
+    def _eb_op_backward(ctx, grad_z_hat, grad_likelihoods):
+        """torch.ops callers (torch.compile): the lists' gradients as lists."""
+        z, medians, seed, temperature, *params = ctx.saved_tensors
+        layers = ctx.layers
+        need = ctx.needs_input_grad
+        lists = (params[:layers], params[layers:2 * layers], params[2 * layers:])
+        if grad_likelihoods is None:
+            return (grad_z_hat if need[0] else None), None, *([None] * len(p) for p in lists), \
+                None, None, None, None
+        need_p = [any(n) if isinstance(n, (list, tuple)) else bool(n) for n in need[2:5]]
+        g_z, g_m, g_b, g_f = _run_backward(
+            _eb_backward, "triton_entropy_bottleneck_backward",
+            (grad_z_hat, grad_likelihoods, z, medians, *(list(p) for p in lists), seed,
+             temperature, *ctx.settings, [bool(need[0]), *need_p]),
+            (grad_z_hat, grad_likelihoods, z, *params))
+        out = [g if g else [None] * len(p) for g, p in zip((g_m, g_b, g_f), lists)]
+        return (g_z if need[0] else None), None, *out, None, None, None, None
+
+    _eb_fwd_op.register_autograd(_eb_op_backward, setup_context=_eb_op_setup_context)

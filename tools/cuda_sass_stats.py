@@ -27,6 +27,11 @@ def find_cuobjdump():
 
 
 def short_name(mangled: str) -> str:
+    # The EntropyBottleneck kernels (entropy_bottleneck_cuda.cu): <layers, storage, compute>.
+    m = re.search(r"(eb_\w+?_kernel)ILi(\d+)E(d|f|N3c104HalfE|N3c108BFloat16E)", mangled)
+    if m:
+        dtype = {"d": "f64", "f": "f32", "N3c104HalfE": "f16", "N3c108BFloat16E": "bf16"}[m.group(3)]
+        return f"{m.group(1)}<{dtype}, L={m.group(2)}>"
     m = re.search(r"(forward_rate_kernel|rate_finish_kernel|forward_kernel|backward_kernel|"
                   r"uniform_noise_kernel)(I.*?(L[ib]n?\d+E)+)?", mangled)
     if not m:
@@ -72,8 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--csv", help="append the rows to this CSV (benchmarks/results/sass.csv)")
     ap.add_argument("--label", default="", help="what the commit does not say")
     args = ap.parse_args(argv)
-    binary = args.binary or (glob.glob("build/temp.*/csrc/cuda/quantize_cuda.o") +
-                             glob.glob("lic_quant/_C*.so") + [None])[0]
+    binary = args.binary or (glob.glob("lic_quant/_C*.so") +
+                             glob.glob("build/temp.*/csrc/cuda/quantize_cuda.o") + [None])[0]
     tool = find_cuobjdump()
     if binary is None or tool is None:
         print("need a built object and cuobjdump")
@@ -95,16 +100,23 @@ def main(argv=None) -> int:
             if b and int(b.group(1), 16) < a and (loop is None or a - int(b.group(1), 16) > loop[1] - loop[0]):
                 loop = (int(b.group(1), 16), a)
         body = [t for a, t in ins if loop and loop[0] <= a <= loop[1]]
-        n = re.search(r"N=(\d+)", short_name(mangled))
+        name = short_name(mangled)
+        n = re.search(r"N=(\d+)", name)
         per = len(body) / int(n.group(1)) if n else None
+        if name.startswith(("eb_forward_kernel", "eb_backward_kernel")):
+            # forward: one element (both bin edges) per iteration; backward: one bin edge per
+            # thread and iteration, so an element costs two threads' iterations.
+            per = len(body) * (2 if name.startswith("eb_backward") else 1)
         reg, stack = regs.get(mangled, (None, None))
-        rows.append((short_name(mangled), reg, stack, len(ins), len(body), per))
+        rows.append((name, reg, stack, len(ins), len(body), per))
     print(f"{'kernel (' + args.arch + ')':68s} {'REG':>4s} {'STACK':>5s} {'SASS':>6s} {'loop':>6s} {'loop/elem':>9s}")
     for r in sorted(rows):
         per = "" if r[5] is None else f"{r[5]:.0f}"
         print(f"{r[0]:68s} {r[1]!s:>4s} {r[2]!s:>5s} {r[3]:6d} {r[4]:6d} {per:>9s}")
     print("loop = the longest backward branch's span: every path of the main loop (the backward "
-          "holds both the p-skipping and the full path; a thread runs one), not the tail.")
+          "holds both the p-skipping and the full path; a thread runs one), not the tail. "
+          "EntropyBottleneck: loop/elem is the forward's loop (both edges of one element) and "
+          "twice the backward's (one edge per thread).")
     if args.csv:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
             os.path.abspath(__file__))), "benchmarks"))

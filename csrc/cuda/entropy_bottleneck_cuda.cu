@@ -209,6 +209,15 @@ __device__ __forceinline__ S narrow(T x) {
   return to_storage<S>(canonical_nan(x));
 }
 
+// The channel of row-major index i: 32-bit division where the index fits (a 64-bit division is
+// a call, whose saved registers cost the backward spills).
+__device__ __forceinline__ int64_t channel_of(int64_t i, const Shape& sh, bool small) {
+  if (small) {
+    return static_cast<uint32_t>(i) / static_cast<uint32_t>(sh.S) % static_cast<uint32_t>(sh.C);
+  }
+  return (i / sh.S) % sh.C;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward: one element per thread step; both bin edges through the MLP of its channel.
 
@@ -222,10 +231,11 @@ __global__ void __launch_bounds__(kThreads)
   const T temp = static_cast<T>(*temperature);
   const T bound = static_cast<T>(sh.likelihood_bound);
   const bool noisy = mode_uses_noise(sh.mode);
+  const bool small = numel <= INT32_MAX;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel;
        i += stride) {
-    const int64_t ch = (i / sh.S) % sh.C;
+    const int64_t ch = channel_of(i, sh, small);
     const T* c = cst + ch * Layout<L>::kSlots;
     const T median = static_cast<T>(medians[ch]);
     const T u = noisy ? static_cast<T>(philox_uniform(keys, static_cast<uint64_t>(i))) : T(0);
@@ -273,14 +283,16 @@ __global__ void __launch_bounds__(kEbLanes)
 #pragma unroll
   for (int s = 0; s < Lay::kSlots; ++s) acc[s] = T(0);
 
+  // The element's sample and position, (t / S, t % S) for t = t0 + elem, stepped with the
+  // blocks (one division per task).
+  int64_t t_n = (t_begin + elem) / sh.S, t_s = (t_begin + elem) % sh.S;
   for (int64_t t0 = t_begin; t0 < t_end; t0 += kEbBlock) {
     const bool live = elem < t_end - t0;
     // Padding elements run as in the CPU kernel: z = u = 0, MLP input 0, g_P = 0.
     T zc = T(0), u = T(0), gl = T(0);
     int64_t gi = 0;
     if (live) {
-      const int64_t t = t0 + elem;
-      gi = ((t / sh.S) * sh.C + ch) * sh.S + t % sh.S;
+      gi = (t_n * sh.C + ch) * sh.S + t_s;
       zc = static_cast<T>(z[gi]);
       if (noisy) u = static_cast<T>(philox_uniform(keys, static_cast<uint64_t>(gi)));
       gl = g_lik[gi];
@@ -302,6 +314,11 @@ __global__ void __launch_bounds__(kEbLanes)
     if (g_z != nullptr && live && !upper) {
       const T g_up = g_zhat != nullptr ? static_cast<T>(g_zhat[gi]) : T(0);
       g_z[gi] = narrow<S>(g_up + (gx + gx_other));
+    }
+    t_s += kEbBlock;
+    while (t_s >= sh.S) {
+      t_s -= sh.S;
+      ++t_n;
     }
   }
   if (partial != nullptr) {
