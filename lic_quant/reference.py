@@ -327,7 +327,8 @@ def entropy_bottleneck_reference(
     z_hat = m + straight_through(dist_value, r)
     v = m + straight_through(rate_value, r)
 
-    params = [[t.to(cdt) for t in group] for group in (matrices, biases, factors)]
+    # Contiguous parameters: matmul's summation order follows the layout.
+    params = [[t.to(cdt).contiguous() for t in group] for group in (matrices, biases, factors)]
     by_channel = v.transpose(0, 1)  # (C, N, ...)
     values = by_channel.reshape(channels, 1, -1)
     lower = channel_logits(values - 0.5, *params)

@@ -7,7 +7,7 @@ module builds the extension twice more, CPU kernels only, with fewer clones
 is libm's software one), runs the same forward and backward calls through each build in a
 subprocess, and compares every output bit for bit with the regular build's. Inputs include ties,
 huge and tiny values, NaN and inf, block tails, every family, mode and dtype, the rate output and
-a K = 3 mixture. About two minutes on 2
+a K = 3 mixture and the EntropyBottleneck. About two minutes on 2
 cores (the two builds).
 """
 from __future__ import annotations
@@ -96,6 +96,25 @@ for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         grads = ops.mixture_quantize_backward(g_yhat, g_lik, y, ks, km, kw, *args,
                                               [True, True, True, True])
         out[f"{dtype}-mixture-{logits}"] = [y_hat, lik, *grads]
+    # The EntropyBottleneck (section 9): 3 channels, a block tail, ties, NaN, huge values;
+    # CompressAI's default MLP shapes with parameters of both signs.
+    gp = torch.Generator().manual_seed(9)
+    shapes = [(3, 3, 1), (3, 3, 1)] + [(3, 3, 3), (3, 3, 1)] * 3 + [(3, 1, 3), (3, 1, 1)]
+    mats, biases, facs = [], [], []
+    for i in range(5):
+        mats.append(torch.randn(shapes[2 * i], generator=gp).to(dtype))
+        biases.append(torch.randn(shapes[2 * i + 1], generator=gp).to(dtype))
+        if i < 4:
+            facs.append(torch.randn(shapes[2 * i + 1], generator=gp).to(dtype))
+    ze = y[:3 * 1026].view(1, 3, 1026)  # 1026: a tail after the 32-element blocks
+    me = m[:3].clone()
+    gze, gle = g_yhat[:3 * 1026].view(1, 3, 1026), g_lik[:3 * 1026].view(1, 3, 1026)
+    for mode in ("noise", "ste", "mixed", "sua"):
+        args = (seed, temperature, mode, 1e-9)
+        z_hat, lik = ops.entropy_bottleneck_forward(ze, me, mats, biases, facs, *args)
+        gz, gm, gb, gf = ops.entropy_bottleneck_backward(gze, gle, ze, me, mats, biases, facs,
+                                                         *args, [True] * 4)
+        out[f"{dtype}-eb-{mode}"] = [z_hat, lik, gz, *gm, *gb, *gf]
 out["noise"] = [ops.uniform_noise(seed, [N])]
 torch.save(out, sys.argv[1])
 """
