@@ -1140,37 +1140,42 @@ EB_LANES = tl.constexpr(64)
 
 @triton.jit
 def eb_backward_kernel(g_zhat_ptr, g_lik_ptr, z_ptr, med_ptr, cst_ptr, seed_ptr, temp_ptr,
-                       g_z_ptr, partial_ptr, C, S, per_channel, chunks, likelihood_bound,
-                       L: tl.constexpr, SLOTS: tl.constexpr, MODE: tl.constexpr,
-                       IS_BF16: tl.constexpr,
-                       HAS_GZHAT: tl.constexpr, NEED_GZ: tl.constexpr, NEED_PARAMS: tl.constexpr,
-                       ON_GPU: tl.constexpr):
-    """One task: EB_CHUNK elements of one channel in blocks of EB_BLOCK, the C++ kernels' lanes
-    (element j of each block: its lower edge in lane j, its upper edge in lane 32 + j), each lane
-    adding its terms to one float32 accumulator per parameter slot, block after block; the
-    accumulators go to partial[task, slot, lane]."""
-    task = tl.program_id(0).to(tl.int64)
-    ch = task // chunks
+                       g_z_ptr, partial_ptr, C, S, per_channel, chunks, n_tasks, blocks,
+                       likelihood_bound, L: tl.constexpr, SLOTS: tl.constexpr,
+                       MODE: tl.constexpr, IS_BF16: tl.constexpr, HAS_GZHAT: tl.constexpr,
+                       NEED_GZ: tl.constexpr, NEED_PARAMS: tl.constexpr, ON_GPU: tl.constexpr,
+                       TASKS: tl.constexpr):
+    """TASKS tasks side by side, a task being EB_CHUNK elements of one channel in blocks of
+    EB_BLOCK, with the C++ kernels' lanes (element j of each block: its lower edge in lane j, its
+    upper edge in lane 32 + j). Each lane adds its terms to one float32 accumulator per parameter
+    slot, block after block (blocks: the most any task has; a task's lanes add nothing in the
+    blocks it lacks), and the accumulators go to partial[task, slot, lane]. Tasks never mix, so
+    TASKS changes no bits: the GPU takes one per program (one warp), the interpreter all at once
+    (its cost is per operation, not per element)."""
+    i = tl.arange(0, TASKS * EB_BLOCK).to(tl.int64)
+    task = tl.program_id(0).to(tl.int64) * TASKS + i // EB_BLOCK
+    j = i % EB_BLOCK
+    valid = task < n_tasks
+    ch = tl.where(valid, task // chunks, 0)
     t_begin = (task % chunks) * EB_CHUNK
-    t_end = tl.minimum(per_channel, t_begin + EB_CHUNK)
+    t_end = tl.where(valid, tl.minimum(per_channel, t_begin + EB_CHUNK), t_begin)
     if ON_GPU:
         likelihood_bound = likelihood_bound.to(tl.float32)
-    j = tl.arange(0, EB_BLOCK).to(tl.int64)
-    zero = tl.zeros([EB_BLOCK], tl.float32)
+    zero = tl.zeros([TASKS * EB_BLOCK], tl.float32)
     acc_lo = ()
     acc_up = ()
     for s in tl.static_range(SLOTS):
         acc_lo = acc_lo + (zero,)
         acc_up = acc_up + (zero,)
-    for t0 in range(t_begin, t_end, EB_BLOCK):
+    cst = _eb_constants(cst_ptr + ch * SLOTS, valid, SLOTS)
+    for b in range(0, blocks):
+        t0 = t_begin + b * EB_BLOCK
+        in_task = t0 < t_end  # the block exists in this lane's task
         t = t0 + j
         live = t < t_end
-        offs = ((t // S) * C + ch) * S + t % S
-        offs = tl.where(live, offs, 0)
-        chv = ch + j * 0
-        median, v, z_hat = _eb_edges(z_ptr, med_ptr, seed_ptr, temp_ptr, offs, chv, live, MODE,
+        offs = tl.where(live, ((t // S) * C + ch) * S + t % S, 0)
+        median, v, z_hat = _eb_edges(z_ptr, med_ptr, seed_ptr, temp_ptr, offs, ch, live, MODE,
                                      IS_BF16, ON_GPU)
-        cst = _eb_constants(cst_ptr + chv * SLOTS, j >= 0, SLOTS)
         x_lo = tl.where(live, v - 0.5, 0.0)
         x_up = tl.where(live, v + 0.5, 0.0)
         lo, hs_lo, ts_lo = _eb_mlp_forward(x_lo, cst, L, ON_GPU)
@@ -1183,8 +1188,19 @@ def eb_backward_kernel(g_zhat_ptr, g_lik_ptr, z_ptr, med_ptr, cst_ptr, seed_ptr,
         g_p = tl.where(live, g_p, 0.0)
         g_lo = _mul(_neg(g_p), _eb_sigmoid_slope(e_lo, ON_GPU), ON_GPU)
         g_up = _mul(g_p, _eb_sigmoid_slope(e_up, ON_GPU), ON_GPU)
-        gx_lo, acc_lo = _eb_mlp_backward(g_lo, hs_lo, ts_lo, cst, acc_lo, L, SLOTS, ON_GPU)
-        gx_up, acc_up = _eb_mlp_backward(g_up, hs_up, ts_up, cst, acc_up, L, SLOTS, ON_GPU)
+        gx_lo, new_lo = _eb_mlp_backward(g_lo, hs_lo, ts_lo, cst, acc_lo, L, SLOTS, ON_GPU)
+        gx_up, new_up = _eb_mlp_backward(g_up, hs_up, ts_up, cst, acc_up, L, SLOTS, ON_GPU)
+        if TASKS == 1:
+            acc_lo = new_lo
+            acc_up = new_up
+        else:
+            kept_lo = ()
+            kept_up = ()
+            for s in tl.static_range(SLOTS):
+                kept_lo = kept_lo + (tl.where(in_task, new_lo[s], acc_lo[s]),)
+                kept_up = kept_up + (tl.where(in_task, new_up[s], acc_up[s]),)
+            acc_lo = kept_lo
+            acc_up = kept_up
         if NEED_GZ:
             if HAS_GZHAT:
                 g_zh = _load_f32(g_zhat_ptr, offs, live, IS_BF16)
@@ -1192,10 +1208,10 @@ def eb_backward_kernel(g_zhat_ptr, g_lik_ptr, z_ptr, med_ptr, cst_ptr, seed_ptr,
                 g_zh = zero
             _store_from_f32(g_z_ptr, offs, g_zh + (gx_lo + gx_up), live, IS_BF16)
     if NEED_PARAMS:
-        base = partial_ptr + task * SLOTS * EB_LANES
+        base = partial_ptr + task * SLOTS * EB_LANES + j
         for s in tl.static_range(SLOTS):
-            tl.store(base + s * EB_LANES + j, acc_lo[s])
-            tl.store(base + s * EB_LANES + EB_BLOCK + j, acc_up[s])
+            tl.store(base + s * EB_LANES, acc_lo[s], mask=valid)
+            tl.store(base + s * EB_LANES + EB_BLOCK, acc_up[s], mask=valid)
 
 
 @triton.jit

@@ -594,6 +594,7 @@ TritonMixtureQuantize = _autograd_function(
 # evaluate them (libm in float64); the kernels do the per-element work and the ordered sums.
 
 EB_INTERPRETER_BLOCK = 4096  # forward elements per program instance under the interpreter
+EB_INTERPRETER_TASKS = 256  # backward tasks side by side under the interpreter
 EB_GPU_BLOCK, EB_GPU_WARPS = 256, 4  # forward on the GPU; the backward: one warp per task
 
 
@@ -702,17 +703,21 @@ def _eb_backward(grad_z_hat: Optional[Tensor], grad_likelihoods: Tensor, z: Tens
         args = (_raw(g_zh if g_zh is not None else z_c), grad_likelihoods.contiguous(), _raw(z_c),
                 _raw(medians.contiguous()), cst, seed, temperature,
                 _raw(g_z if mask[0] else z_c), partial if params else cst, channels,
-                n // (z.shape[0] * channels), n // channels, chunks, float(likelihood_bound))
+                n // (z.shape[0] * channels), n // channels, chunks, channels * chunks,
+                triton.cdiv(min(n // channels, _k.EB_CHUNK.value), _k.EB_BLOCK.value),
+                float(likelihood_bound))
         consts = dict(L=layers, SLOTS=slots, MODE=MODES.index(mode),
                       IS_BF16=z.dtype == torch.bfloat16, HAS_GZHAT=g_zh is not None,
                       NEED_GZ=mask[0], NEED_PARAMS=params)
-        grid = (channels * chunks,)
-        if INTERPRETED:
+        tasks = channels * chunks
+        if INTERPRETED:  # every task side by side: the interpreter's cost is per operation
             check_unit_interval("temperature", float(temperature))
-            _k.eb_backward_kernel[grid](*args, **consts, ON_GPU=False)
+            group = min(triton.next_power_of_2(tasks), EB_INTERPRETER_TASKS)
+            _k.eb_backward_kernel[(triton.cdiv(tasks, group),)](*args, **consts, ON_GPU=False,
+                                                               TASKS=group)
         else:
-            torch.library.wrap_triton(_k.eb_backward_kernel)[grid](*args, **consts, ON_GPU=True,
-                                                                  num_warps=1)
+            torch.library.wrap_triton(_k.eb_backward_kernel)[(tasks,)](
+                *args, **consts, ON_GPU=True, TASKS=1, num_warps=1)
         if params:
             sums = torch.empty((channels, slots), dtype=torch.float64, device=z.device)
             reduce_args = (partial, sums, chunks)
