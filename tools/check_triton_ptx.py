@@ -143,16 +143,17 @@ def main() -> int:
     eb_bwd_sig = {"g_zhat_ptr": "*i16", "g_lik_ptr": "*fp32", "z_ptr": "*i16", "med_ptr": "*i16",
                   "cst_ptr": "*fp32", "seed_ptr": "*i64", "temp_ptr": "*fp64", "g_z_ptr": "*i16",
                   "partial_ptr": "*fp32", "C": "i64", "S": "i64", "per_channel": "i64",
-                  "chunks": "i64", "likelihood_bound": "fp32", "L": "constexpr",
+                  "chunks": "i64", "n_tasks": "i64", "blocks": "i64", "likelihood_bound": "fp32",
+                  "L": "constexpr",
                   "SLOTS": "constexpr", "MODE": "constexpr", "IS_BF16": "constexpr",
                   "HAS_GZHAT": "constexpr", "NEED_GZ": "constexpr", "NEED_PARAMS": "constexpr",
-                  "ON_GPU": "constexpr"}
+                  "ON_GPU": "constexpr", "TASKS": "constexpr"}
     variants += [
         (f"entropy bottleneck forward sua fp32 L={eb_layers}", K.eb_forward_kernel, eb_fwd_sig,
          dict(L=eb_layers, SLOTS=eb_slots, MODE=3, IS_BF16=False, ON_GPU=True, BLOCK=256), 4),
         (f"entropy bottleneck backward noise bf16 L={eb_layers}", K.eb_backward_kernel,
          eb_bwd_sig, dict(L=eb_layers, SLOTS=eb_slots, MODE=0, IS_BF16=True, HAS_GZHAT=True,
-                          NEED_GZ=True, NEED_PARAMS=True, ON_GPU=True), 1),
+                          NEED_GZ=True, NEED_PARAMS=True, ON_GPU=True, TASKS=1), 1),
     ]
     for family, name in list(enumerate(K.FAMILIES))[1:]:
         for label, kernel, sig, const, warps in mixture[:2]:
