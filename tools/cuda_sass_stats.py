@@ -3,7 +3,7 @@ each kernel's main loop (per element on the pack path), from `cuobjdump` (the CU
 the copy triton ships). Costs no GPU; docs/design/cuda_kernels.md says how the counts are used.
 
     python tools/cuda_sass_stats.py [build/temp.*/csrc/cuda/quantize_cuda.o | lic_quant/_C*.so] [--arch sm_90]
-        [--csv benchmarks/results/sass.csv] [--label TEXT]
+        [--csv benchmarks/results/sass.csv] [--label TEXT] [--match REGEX]
 """
 from __future__ import annotations
 
@@ -76,6 +76,8 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--csv", help="append the rows to this CSV (benchmarks/results/sass.csv)")
     ap.add_argument("--label", default="", help="what the commit does not say")
+    ap.add_argument("--match", default="", help="only the kernels whose short name matches this "
+                                                "regular expression (e.g. '^eb_')")
     args = ap.parse_args(argv)
     binary = args.binary or (glob.glob("lic_quant/_C*.so") +
                              glob.glob("build/temp.*/csrc/cuda/quantize_cuda.o") + [None])[0]
@@ -108,6 +110,8 @@ def main(argv=None) -> int:
             # thread and iteration, so an element costs two threads' iterations.
             per = len(body) * (2 if name.startswith("eb_backward") else 1)
         reg, stack = regs.get(mangled, (None, None))
+        if args.match and not re.search(args.match, name):
+            continue
         rows.append((name, reg, stack, len(ins), len(body), per))
     print(f"{'kernel (' + args.arch + ')':68s} {'REG':>4s} {'STACK':>5s} {'SASS':>6s} {'loop':>6s} {'loop/elem':>9s}")
     for r in sorted(rows):
