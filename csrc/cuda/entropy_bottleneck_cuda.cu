@@ -78,6 +78,7 @@ struct ParamGrads {
 
 struct Shape {
   int64_t C, S, per_channel, chunks;
+  double inv_C, inv_S;  // 1 / C, 1 / S, for index splits without a 64-bit division
   int32_t mode;
   double likelihood_bound;
 };
@@ -209,13 +210,30 @@ __device__ __forceinline__ S narrow(T x) {
   return to_storage<S>(canonical_nan(x));
 }
 
-// The channel of row-major index i: 32-bit division where the index fits (a 64-bit division is
-// a call, whose saved registers cost the backward spills).
+// a / d for 0 <= a < 2^53 and d >= 1, given inv_d = 1 / d: a float64 estimate corrected with
+// integer steps. A 64-bit integer division is a call on the GPU, and the registers saved around
+// it gave some backward instantiations a stack frame.
+__device__ __forceinline__ int64_t quotient(int64_t a, int64_t d, double inv_d) {
+  int64_t q = static_cast<int64_t>(static_cast<double>(a) * inv_d);
+  int64_t r = a - q * d;
+  while (r < 0) {
+    --q;
+    r += d;
+  }
+  while (r >= d) {
+    ++q;
+    r -= d;
+  }
+  return q;
+}
+
+// The channel of row-major index i: 32-bit division where the index fits.
 __device__ __forceinline__ int64_t channel_of(int64_t i, const Shape& sh, bool small) {
   if (small) {
     return static_cast<uint32_t>(i) / static_cast<uint32_t>(sh.S) % static_cast<uint32_t>(sh.C);
   }
-  return (i / sh.S) % sh.C;
+  const int64_t n = quotient(i, sh.S, sh.inv_S);
+  return n - quotient(n, sh.C, sh.inv_C) * sh.C;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,8 +288,8 @@ __global__ void __launch_bounds__(kEbLanes)
   const T bound = static_cast<T>(sh.likelihood_bound);
   const bool noisy = mode_uses_noise(sh.mode);
   const int64_t task = blockIdx.x;
-  const int64_t ch = task / sh.chunks;
-  const int64_t t_begin = (task % sh.chunks) * kEbChunk;
+  const int64_t ch = static_cast<uint32_t>(task) / static_cast<uint32_t>(sh.chunks);
+  const int64_t t_begin = (task - ch * sh.chunks) * kEbChunk;
   const int64_t t_end = std::min(sh.per_channel, t_begin + kEbChunk);
   const int lane = threadIdx.x & 31;
   const int elem = (threadIdx.x >> 5) * 16 + (lane & 15);
@@ -285,7 +303,8 @@ __global__ void __launch_bounds__(kEbLanes)
 
   // The element's sample and position, (t / S, t % S) for t = t0 + elem, stepped with the
   // blocks (one division per task).
-  int64_t t_n = (t_begin + elem) / sh.S, t_s = (t_begin + elem) % sh.S;
+  int64_t t_n = quotient(t_begin + elem, sh.S, sh.inv_S);
+  int64_t t_s = t_begin + elem - t_n * sh.S;
   for (int64_t t0 = t_begin; t0 < t_end; t0 += kEbBlock) {
     const bool live = elem < t_end - t0;
     // Padding elements run as in the CPU kernel: z = u = 0, MLP input 0, g_P = 0.
@@ -338,8 +357,8 @@ __global__ void __launch_bounds__(kThreads)
   using Lay = Layout<L>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= C * Lay::kSlots) return;
-  const int64_t ch = idx / Lay::kSlots;
-  const int s = static_cast<int>(idx % Lay::kSlots);
+  const int64_t ch = static_cast<uint32_t>(idx) / static_cast<uint32_t>(Lay::kSlots);
+  const int s = static_cast<int>(idx - ch * Lay::kSlots);
   double sum = 0.0;
   for (int64_t k = 0; k < chunks; ++k) {
     const T* src = partial + ((ch * chunks + k) * Lay::kSlots + s) * kEbLanes;
@@ -405,6 +424,8 @@ EbCallCuda prepare(const at::Tensor& z, const at::Tensor& medians, at::TensorLis
   c.sh.S = N * C > 0 ? z.numel() / (N * C) : 0;
   c.sh.per_channel = N * c.sh.S;
   c.sh.chunks = (c.sh.per_channel + kEbChunk - 1) / kEbChunk;
+  c.sh.inv_C = C > 0 ? 1.0 / static_cast<double>(C) : 0.0;
+  c.sh.inv_S = c.sh.S > 0 ? 1.0 / static_cast<double>(c.sh.S) : 0.0;
   c.sh.mode = c.mode;
   c.sh.likelihood_bound = likelihood_bound;
   return c;

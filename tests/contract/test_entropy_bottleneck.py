@@ -465,7 +465,10 @@ def test_likelihood_does_not_cancel_where_both_logits_are_large():
                        [30.0, -31.0, 0.25]]])  # (1, C, 3)
     for dtype in (torch.float32, torch.float64):
         for backend in EB_BACKENDS:
-            _backend(backend)
+            try:
+                _backend(backend, dtype)
+            except pytest.skip.Exception:
+                continue  # this backend here (triton: float32 compute, the interpreter)
             _, lik = lq.entropy_bottleneck(z.to(dtype), torch.zeros(channels, dtype=dtype),
                                            [mats[0].to(dtype)], [biases[0].to(dtype)], [],
                                            mode="ste", likelihood_bound=0.0, backend=backend)
