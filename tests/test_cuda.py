@@ -158,8 +158,9 @@ def test_entropy_bottleneck_codegen():
     """The EntropyBottleneck kernels (csrc/cuda/entropy_bottleneck_cuda.cu): every layer count
     1 .. 8 and dtype; the float-compute forward and backward use the header's explicit fmas (no
     mad, no approximate arithmetic but the reciprocal estimate: test_cuda_codegen) and keep
-    everything in registers (no stack, so no spills) up to the default five layers and beyond:
-    the per-lane parameter accumulators are registers indexed by constants."""
+    their activations and per-lane parameter accumulators in registers (indexed by constants) up
+    to seven layers: at most 16 bytes of stack, the few values ptxas keeps around the calls to the
+    IEEE division's slow path in some instantiations (docs/design/entropy_bottleneck_gpu.md)."""
     if not (lq.extension_available() and extension_has_device_code()):
         pytest.skip("lic_quant._C was built CPU-only")
     tool = find_cuobjdump()
@@ -181,7 +182,7 @@ def test_entropy_bottleneck_codegen():
         r"Function (\S*eb_(?:forward|backward)_kernelILi(?:[1-7])E(?:ff|N3c104HalfEf|"
         r"N3c108BFloat16Ef)E\S*):\s*\n\s*REG:\d+ STACK:(\d+)", res)}
     assert len(stacks) == 2 * 7 * 3, sorted(stacks)
-    assert all(v == 0 for v in stacks.values()), {k: v for k, v in stacks.items() if v}
+    assert all(v <= 16 for v in stacks.values()), {k: v for k, v in stacks.items() if v > 16}
 
 
 # -------------------------------------------------------------------------------------------------
