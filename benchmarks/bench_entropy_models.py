@@ -46,6 +46,7 @@ sum of allocations and frees, its maximum).
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import os
 import statistics
@@ -279,7 +280,12 @@ def run_eb(args, device, sync) -> None:
         reference, fused = eb_modules(shape[1], device)
         case = make_eb_case(shape, device, reference)
         compiled = torch.compile(reference)
-        for provider, module in (("eager", reference), ("compiled", compiled), ("fused", fused)):
+        providers = [("eager", reference), ("compiled", compiled), ("fused", fused)]
+        if device.type == "cuda":  # fused: the CUDA kernels (auto); fused-triton: the Triton ones
+            fused_triton = copy.deepcopy(fused)
+            fused_triton.backend = "triton"
+            providers.append(("fused-triton", fused_triton))
+        for provider, module in providers:
             cases[(text, provider)] = (lambda c, m=module: eb_step(m, c), case)
     # measure() calls fn(*inputs) through train_step; the EB steps take the case whole.
     result = measure_steps(cases, args.rounds, sync)

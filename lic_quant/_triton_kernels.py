@@ -953,6 +953,285 @@ RATE_BLOCK = 1024
 RATE_WARPS = 8
 
 
+# ---------------------------------------------------------------------------------------------
+# eb_math.h: the factorized prior (docs/spec.md section 9). Each channel's MLP has L layers of
+# hidden width 3; its constants (softplus(M_i), b_i, tanh(F_i), evaluated once per channel in
+# float64 by the caller and rounded to float32) and its parameter-gradient sums are numbered in
+# slots as in the C++ kernels: layer i's matrix (out x in, row-major), then its bias (out), then
+# its factor (out, hidden layers only). Values travel as tuples indexed by constants, so every
+# layer unrolls into straight-line code.
+
+
+@triton.jit
+def _eb_tanh(x, ON_GPU: tl.constexpr):
+    """tanh from one e^{-2|x|} and its expm1 (eb_math.h, eb_tanh): |x| held at 10."""
+    ex, em1 = _neg_exp(_upper_bound(_mul(2.0, _abs(x), ON_GPU), 20.0), ON_GPU)
+    r = _div(_neg(em1), 1.0 + ex)
+    return _float(_bits(r) ^ (_bits(x) & 0x80000000))
+
+
+@triton.jit
+def _eb_exp_neg_abs(x, ON_GPU: tl.constexpr):
+    ex, em1 = _neg_exp(_upper_bound(_abs(x), 87.0), ON_GPU)
+    return ex
+
+
+@triton.jit
+def _eb_sigmoid(sx, e):
+    """sigma(sx) given e = e^{-|x|}."""
+    return _div(tl.where(sx >= 0.0, 1.0, e), 1.0 + e)
+
+
+@triton.jit
+def _eb_mass(up, lo, e_up, e_lo):
+    """sigma(up) - sigma(lo), as sigma(-lo) - sigma(-up) where up + lo > 0 (no cancellation)."""
+    flip = up + lo > 0.0
+    a = tl.where(flip, _neg(lo), up)
+    b = tl.where(flip, _neg(up), lo)
+    return tl.where(flip, _eb_sigmoid(a, e_lo) - _eb_sigmoid(b, e_up),
+                    _eb_sigmoid(a, e_up) - _eb_sigmoid(b, e_lo))
+
+
+@triton.jit
+def _eb_sigmoid_slope(e, ON_GPU: tl.constexpr):
+    d = _div(tl.full(e.shape, 1.0, tl.float32), 1.0 + e)
+    return _mul(_mul(e, d, ON_GPU), d, ON_GPU)
+
+
+@triton.jit
+def _eb_layer_forward(h, cst, W_OFF: tl.constexpr, IN: tl.constexpr, OUT: tl.constexpr,
+                      HIDDEN: tl.constexpr, ON_GPU: tl.constexpr):
+    """One layer (eb_layer_forward): its outputs and tanh(pre) (empty for the last layer)."""
+    out = ()
+    tt = ()
+    for k in tl.static_range(OUT):
+        acc = _mul(cst[W_OFF + k * IN], h[0], ON_GPU)
+        for q in tl.static_range(1, IN):
+            acc = _fma(cst[W_OFF + k * IN + q], h[q], acc, ON_GPU)
+        pre = acc + cst[W_OFF + OUT * IN + k]
+        if HIDDEN:
+            t = _eb_tanh(pre, ON_GPU)
+            out = out + (_fma(cst[W_OFF + OUT * IN + OUT + k], t, pre, ON_GPU),)
+            tt = tt + (t,)
+        else:
+            out = out + (pre,)
+    return out, tt
+
+
+@triton.jit
+def _eb_mlp_forward(x, cst, L: tl.constexpr, ON_GPU: tl.constexpr):
+    """The logit at x, and every layer's input and tanh(pre) for the backward."""
+    hs = ()
+    ts = ()
+    h = (x,)
+    for i in tl.static_range(L):
+        hs = hs + (h,)
+        h, t = _eb_layer_forward(h, cst, 0 if i == 0 else 9 + 15 * (i - 1), 1 if i == 0 else 3,
+                                 1 if i == L - 1 else 3, i + 1 < L, ON_GPU)
+        ts = ts + (t,)
+    return h[0], hs, ts
+
+
+@triton.jit
+def _eb_layer_backward(h, t, g, cst, acc, W_OFF: tl.constexpr, IN: tl.constexpr,
+                       OUT: tl.constexpr, HIDDEN: tl.constexpr, SLOTS: tl.constexpr,
+                       ON_GPU: tl.constexpr):
+    """One layer's backward (eb_layer_backward): the input's gradient, and acc with this
+    element's parameter terms added to the layer's slots."""
+    gpre = ()
+    gf = ()
+    for k in tl.static_range(OUT):
+        if HIDDEN:
+            f = cst[W_OFF + OUT * IN + OUT + k]
+            gpre = gpre + (_mul(g[k], _fma(f, _fma(_neg(t[k]), t[k], 1.0, ON_GPU), 1.0, ON_GPU),
+                                ON_GPU),)
+            gf = gf + (_mul(g[k], t[k], ON_GPU),)
+        else:
+            gpre = gpre + (g[k],)
+    new = ()
+    for s in tl.static_range(SLOTS):
+        if s < W_OFF:
+            new = new + (acc[s],)
+        elif s < W_OFF + OUT * IN:
+            new = new + (acc[s] + _mul(gpre[(s - W_OFF) // IN], h[(s - W_OFF) % IN], ON_GPU),)
+        elif s < W_OFF + OUT * IN + OUT:
+            new = new + (acc[s] + gpre[s - W_OFF - OUT * IN],)
+        elif HIDDEN and s < W_OFF + OUT * IN + 2 * OUT:
+            new = new + (acc[s] + gf[s - W_OFF - OUT * IN - OUT],)
+        else:
+            new = new + (acc[s],)
+    gin = ()
+    for q in tl.static_range(IN):
+        a = _mul(cst[W_OFF + q], gpre[0], ON_GPU)
+        for k in tl.static_range(1, OUT):
+            a = _fma(cst[W_OFF + k * IN + q], gpre[k], a, ON_GPU)
+        gin = gin + (a,)
+    return gin, new
+
+
+@triton.jit
+def _eb_mlp_backward(g, hs, ts, cst, acc, L: tl.constexpr, SLOTS: tl.constexpr,
+                     ON_GPU: tl.constexpr):
+    """From the logit's gradient g back to the input's; acc gains the element's terms."""
+    gg = (g,)
+    for i in tl.static_range(L - 1, -1, -1):
+        gg, acc = _eb_layer_backward(hs[i], ts[i], gg, cst, acc,
+                                     0 if i == 0 else 9 + 15 * (i - 1), 1 if i == 0 else 3,
+                                     1 if i == L - 1 else 3, i + 1 < L, SLOTS, ON_GPU)
+    return gg[0], acc
+
+
+@triton.jit
+def _eb_constants(c_ptr, mask, SLOTS: tl.constexpr):
+    """The SLOTS constants of each element's channel (c_ptr: a tensor of channel bases)."""
+    cst = ()
+    for s in tl.static_range(SLOTS):
+        cst = cst + (tl.load(c_ptr + s, mask=mask, other=0.0),)
+    return cst
+
+
+@triton.jit
+def _eb_edges(z_ptr, med_ptr, seed_ptr, temp_ptr, offs, ch, mask, MODE: tl.constexpr,
+              IS_BF16: tl.constexpr, ON_GPU: tl.constexpr):
+    """The median, v (the density's argument) and the decoder's z_hat of elements offs (global
+    row-major indices; masked lanes are z = u = 0, as the C++ kernels' padding)."""
+    z = _load_f32(z_ptr, offs, mask, IS_BF16)
+    median = _load_f32(med_ptr, ch, mask, IS_BF16)
+    temperature = tl.load(temp_ptr).to(tl.float32)
+    if MODE != MODE_STE:
+        u0, u1, u2, u3 = _philox_uniform4(tl.load(seed_ptr), offs // 4, ON_GPU)
+        k = offs % 4
+        u = tl.where(k == 0, u0, tl.where(k == 1, u1, tl.where(k == 2, u2, u3)))
+        u = tl.where(mask, u, 0.0)
+    else:
+        u = tl.zeros_like(z)
+    rate, dist = _surrogate(z - median, u, temperature, MODE, ON_GPU)
+    return median, median + rate, median + dist
+
+
+@triton.jit
+def eb_forward_kernel(z_ptr, med_ptr, cst_ptr, seed_ptr, temp_ptr, z_hat_ptr, lik_ptr,
+                      n_elements, C, S, likelihood_bound, L: tl.constexpr, SLOTS: tl.constexpr,
+                      MODE: tl.constexpr, IS_BF16: tl.constexpr, ON_GPU: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """z_hat and P of BLOCK consecutive elements (eb_math.h per element)."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < n_elements
+    if ON_GPU:
+        likelihood_bound = likelihood_bound.to(tl.float32)
+    ch = (offs // S) % C
+    median, v, z_hat = _eb_edges(z_ptr, med_ptr, seed_ptr, temp_ptr, offs, ch, mask, MODE,
+                                 IS_BF16, ON_GPU)
+    cst = _eb_constants(cst_ptr + ch * SLOTS, mask, SLOTS)
+    lo, hs, ts = _eb_mlp_forward(v - 0.5, cst, L, ON_GPU)
+    up, hs, ts = _eb_mlp_forward(v + 0.5, cst, L, ON_GPU)
+    p = _eb_mass(up, lo, _eb_exp_neg_abs(up, ON_GPU), _eb_exp_neg_abs(lo, ON_GPU))
+    _store_from_f32(z_hat_ptr, offs, z_hat, mask, IS_BF16)
+    tl.store(lik_ptr + offs, _canonical_nan(_lower_bound(p, likelihood_bound)), mask=mask)
+
+
+# The C++ kernels' task geometry (csrc/cpu/entropy_bottleneck_cpu.cpp): the order of the
+# parameter gradients' additions depends on it, so it is the same on every backend.
+EB_CHUNK = tl.constexpr(4096)
+EB_BLOCK = tl.constexpr(32)
+EB_LANES = tl.constexpr(64)
+
+
+@triton.jit
+def eb_backward_kernel(g_zhat_ptr, g_lik_ptr, z_ptr, med_ptr, cst_ptr, seed_ptr, temp_ptr,
+                       g_z_ptr, partial_ptr, C, S, per_channel, chunks, n_tasks, blocks,
+                       likelihood_bound, L: tl.constexpr, SLOTS: tl.constexpr,
+                       MODE: tl.constexpr, IS_BF16: tl.constexpr, HAS_GZHAT: tl.constexpr,
+                       NEED_GZ: tl.constexpr, NEED_PARAMS: tl.constexpr, ON_GPU: tl.constexpr,
+                       TASKS: tl.constexpr):
+    """TASKS tasks side by side, a task being EB_CHUNK elements of one channel in blocks of
+    EB_BLOCK, with the C++ kernels' lanes (element j of each block: its lower edge in lane j, its
+    upper edge in lane 32 + j). Each lane adds its terms to one float32 accumulator per parameter
+    slot, block after block (blocks: the most any task has; a task's lanes add nothing in the
+    blocks it lacks), and the accumulators go to partial[task, slot, lane]. Tasks never mix, so
+    TASKS changes no bits: the GPU takes one per program (one warp), the interpreter all at once
+    (its cost is per operation, not per element)."""
+    i = tl.arange(0, TASKS * EB_BLOCK).to(tl.int64)
+    task = tl.program_id(0).to(tl.int64) * TASKS + i // EB_BLOCK
+    j = i % EB_BLOCK
+    valid = task < n_tasks
+    ch = tl.where(valid, task // chunks, 0)
+    t_begin = (task % chunks) * EB_CHUNK
+    t_end = tl.where(valid, tl.minimum(per_channel, t_begin + EB_CHUNK), t_begin)
+    if ON_GPU:
+        likelihood_bound = likelihood_bound.to(tl.float32)
+    zero = tl.zeros([TASKS * EB_BLOCK], tl.float32)
+    acc_lo = ()
+    acc_up = ()
+    for s in tl.static_range(SLOTS):
+        acc_lo = acc_lo + (zero,)
+        acc_up = acc_up + (zero,)
+    cst = _eb_constants(cst_ptr + ch * SLOTS, valid, SLOTS)
+    for b in range(0, blocks):
+        t0 = t_begin + b * EB_BLOCK
+        in_task = t0 < t_end  # the block exists in this lane's task
+        t = t0 + j
+        live = t < t_end
+        offs = tl.where(live, ((t // S) * C + ch) * S + t % S, 0)
+        median, v, z_hat = _eb_edges(z_ptr, med_ptr, seed_ptr, temp_ptr, offs, ch, live, MODE,
+                                     IS_BF16, ON_GPU)
+        x_lo = tl.where(live, v - 0.5, 0.0)
+        x_up = tl.where(live, v + 0.5, 0.0)
+        lo, hs_lo, ts_lo = _eb_mlp_forward(x_lo, cst, L, ON_GPU)
+        up, hs_up, ts_up = _eb_mlp_forward(x_up, cst, L, ON_GPU)
+        e_up = _eb_exp_neg_abs(up, ON_GPU)
+        e_lo = _eb_exp_neg_abs(lo, ON_GPU)
+        p = _eb_mass(up, lo, e_up, e_lo)
+        g_lik = tl.load(g_lik_ptr + offs, mask=live, other=0.0)
+        g_p = tl.where((p >= likelihood_bound) | (g_lik < 0.0), g_lik, _mul(g_lik, 0.0, ON_GPU))
+        g_p = tl.where(live, g_p, 0.0)
+        g_lo = _mul(_neg(g_p), _eb_sigmoid_slope(e_lo, ON_GPU), ON_GPU)
+        g_up = _mul(g_p, _eb_sigmoid_slope(e_up, ON_GPU), ON_GPU)
+        gx_lo, new_lo = _eb_mlp_backward(g_lo, hs_lo, ts_lo, cst, acc_lo, L, SLOTS, ON_GPU)
+        gx_up, new_up = _eb_mlp_backward(g_up, hs_up, ts_up, cst, acc_up, L, SLOTS, ON_GPU)
+        if TASKS == 1:
+            acc_lo = new_lo
+            acc_up = new_up
+        else:
+            kept_lo = ()
+            kept_up = ()
+            for s in tl.static_range(SLOTS):
+                kept_lo = kept_lo + (tl.where(in_task, new_lo[s], acc_lo[s]),)
+                kept_up = kept_up + (tl.where(in_task, new_up[s], acc_up[s]),)
+            acc_lo = kept_lo
+            acc_up = kept_up
+        if NEED_GZ:
+            if HAS_GZHAT:
+                g_zh = _load_f32(g_zhat_ptr, offs, live, IS_BF16)
+            else:
+                g_zh = zero
+            _store_from_f32(g_z_ptr, offs, g_zh + (gx_lo + gx_up), live, IS_BF16)
+    if NEED_PARAMS:
+        base = partial_ptr + task * SLOTS * EB_LANES + j
+        for s in tl.static_range(SLOTS):
+            tl.store(base + s * EB_LANES, acc_lo[s], mask=valid)
+            tl.store(base + s * EB_LANES + EB_BLOCK, acc_up[s], mask=valid)
+
+
+@triton.jit
+def eb_reduce_kernel(partial_ptr, sums_ptr, chunks, SLOTS: tl.constexpr,
+                     SLOTS_P2: tl.constexpr):
+    """Per channel and slot: each task's lanes summed in float64 in lane order, the channel's
+    tasks in chunk order (the C++ kernels' order)."""
+    ch = tl.program_id(0).to(tl.int64)
+    s = tl.arange(0, SLOTS_P2)
+    mask = s < SLOTS
+    total = tl.zeros([SLOTS_P2], tl.float64)
+    for k in range(0, chunks):
+        base = partial_ptr + ((ch * chunks + k) * SLOTS + s) * EB_LANES
+        part = tl.zeros([SLOTS_P2], tl.float64)
+        for lane in range(0, EB_LANES):
+            part += tl.load(base + lane, mask=mask, other=0.0).to(tl.float64)
+        total += part
+    tl.store(sums_ptr + ch * SLOTS + s, total, mask=mask)
+
+
 def _interpreted() -> bool:
     try:
         from triton.runtime.interpreter import InterpretedFunction

@@ -245,7 +245,7 @@ def mixture_quantize(
 
 
 # The backends with EntropyBottleneck kernels (docs/spec.md section 9).
-EB_BACKENDS = ("reference", "cpu")
+EB_BACKENDS = ("reference", "cpu", "cuda", "triton")
 
 
 def entropy_bottleneck(
@@ -271,7 +271,7 @@ def entropy_bottleneck(
     check_eb_call(z, medians, matrices, biases, factors, mode, likelihood_bound)
     requested, backend = backend, _resolve_backend(backend, z)
     if backend not in EB_BACKENDS and requested == "auto":
-        # No GPU kernels yet: "auto" keeps CUDA models training, on the reference's torch ops.
+        # A device without EntropyBottleneck kernels: "auto" runs the reference's torch ops.
         backend = "reference"
     if backend not in EB_BACKENDS:
         raise NotImplementedError(
@@ -283,6 +283,16 @@ def entropy_bottleneck(
         t = temp_t if isinstance(temperature, torch.Tensor) else temperature
         return entropy_bottleneck_reference(z, medians, matrices, biases, factors, u, mode=mode,
                                             temperature=t, likelihood_bound=likelihood_bound)
+    if backend == "triton":  # as in _quantize: the op when compiling, else the Function
+        from .triton_ops import TritonEntropyBottleneck
+
+        if _is_compiling():
+            return torch.ops.lic_quant.triton_entropy_bottleneck_forward(
+                z, medians, matrices, biases, factors, seed_t, temp_t, mode,
+                float(likelihood_bound))
+        return TritonEntropyBottleneck.apply(z, medians, seed_t, temp_t, mode,
+                                             float(likelihood_bound), len(matrices), *matrices,
+                                             *biases, *factors)
     return torch.ops.lic_quant.entropy_bottleneck_forward(
         z, medians, matrices, biases, factors, seed_t, temp_t, mode, float(likelihood_bound))
 

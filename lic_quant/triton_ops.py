@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from ._checks import (FAMILIES, FORWARD_MODE_ERROR, MODES, SECOND_DERIVATIVE_ERROR, check_call,
-                      check_input, check_mixture_call, check_op_tensor,
+                      check_eb_call, check_input, check_mixture_call, check_op_tensor,
                       check_unit_interval, component_layout, likelihood_dtype, rate_shape)
 from ._ops import parameter_grad
 
@@ -585,3 +585,273 @@ TritonQuantize = _autograd_function("TritonQuantize", _forward, "triton_quantize
 TritonMixtureQuantize = _autograd_function(
     "TritonMixtureQuantize", _mixture_forward, "triton_mixture_quantize_forward",
     _mixture_setup_context, _mixture_autograd_backward)
+
+
+# ---------------------------------------------------------------------------------------------
+# The factorized prior (docs/spec.md section 9): triton_entropy_bottleneck_forward / _backward,
+# the C++ ops' schemas. The per-channel constants (softplus(M_i), b_i, tanh(F_i)) and the chain
+# rule of the parameter gradients are float64 torch ops here, rounded once, as the C++ kernels
+# evaluate them (libm in float64); the kernels do the per-element work and the ordered sums.
+
+EB_INTERPRETER_BLOCK = 4096  # forward elements per program instance under the interpreter
+EB_INTERPRETER_TASKS = 256  # backward tasks side by side under the interpreter
+EB_GPU_BLOCK, EB_GPU_WARPS = 256, 4  # forward on the GPU; the backward: one warp per task
+
+
+def _eb_slots(layers: int) -> int:
+    """Parameter slots of a channel: 9 for the first layer, 15 per hidden layer, 4 for the last."""
+    return 2 if layers == 1 else 15 * layers - 17
+
+
+def _check_eb_op(z, medians, matrices, biases, factors, seed, temperature, mode,
+                 likelihood_bound) -> None:
+    check_eb_call(z, medians, matrices, biases, factors, mode, likelihood_bound)
+    _check_dtype(z)
+    _check_scalars(z, seed, temperature)
+    for i, m in enumerate(matrices[:-1]):
+        if m.shape[1] != 3:
+            raise NotImplementedError(
+                f"lic_quant: the Triton EntropyBottleneck kernels take hidden widths of 3 "
+                f"(filters=(3, 3, ...)); matrices[{i}] has {m.shape[1]} outputs (use "
+                f"backend='reference')")
+
+
+def _eb_parts(matrices, biases, factors, channels: int):
+    """(kind, tensor as (C, width)) per slot range, in slot order; kind: 'm', 'b' or 'f'."""
+    for i, m in enumerate(matrices):
+        yield "m", m.reshape(channels, -1)
+        yield "b", biases[i].reshape(channels, -1)
+        if i < len(factors):
+            yield "f", factors[i].reshape(channels, -1)
+
+
+def _eb_constants(matrices, biases, factors, channels: int) -> Tensor:
+    """(C, slots) float32: softplus(M) (torch's threshold 20), b, tanh(F), in float64 first."""
+    cols = []
+    for kind, t in _eb_parts(matrices, biases, factors, channels):
+        x = t.double()
+        if kind == "m":
+            x = torch.where(x > 20.0, x, torch.log1p(torch.exp(x)))
+        elif kind == "f":
+            x = torch.tanh(x)
+        cols.append(x)
+    return torch.cat(cols, dim=1).float().contiguous()
+
+
+def _eb_narrow(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """float64 -> float32 -> dtype (the C++ static_casts), NaN as the canonical NaN."""
+    y = x.float().to(dtype)
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    canon = torch.full(y.shape, 0x7FFFFFFF if dtype == torch.float32 else 0x7FFF, dtype=bits,
+                       device=y.device).view(dtype)
+    return torch.where(torch.isnan(x), canon, y)
+
+
+def _eb_forward(z: Tensor, medians: Tensor, matrices: Sequence[Tensor], biases: Sequence[Tensor],
+                factors: Sequence[Tensor], seed: Tensor, temperature: Tensor, mode: str,
+                likelihood_bound: float, launch: bool = True) -> tuple[Tensor, Tensor]:
+    _check_eb_op(z, medians, matrices, biases, factors, seed, temperature, mode, likelihood_bound)
+    z_hat = torch.empty(z.shape, dtype=z.dtype, device=z.device)
+    lik = torch.empty(z.shape, dtype=likelihood_dtype(z.dtype), device=z.device)
+    n = z.numel()
+    if n == 0 or not launch:
+        return z_hat, lik
+    channels = z.shape[1]
+    layers = len(matrices)
+    args = (_raw(z.contiguous()), _raw(medians.contiguous()),
+            _eb_constants(matrices, biases, factors, channels), seed, temperature, _raw(z_hat),
+            lik, n, channels, n // (z.shape[0] * channels), float(likelihood_bound))
+    consts = dict(L=layers, SLOTS=_eb_slots(layers), MODE=MODES.index(mode),
+                  IS_BF16=z.dtype == torch.bfloat16)
+    if INTERPRETED:
+        check_unit_interval("temperature", float(temperature))
+        block = min(EB_INTERPRETER_BLOCK, max(16, triton.next_power_of_2(n)))
+        _k.eb_forward_kernel[(triton.cdiv(n, block),)](*args, **consts, ON_GPU=False,
+                                                       BLOCK=block)
+    else:
+        torch.library.wrap_triton(_k.eb_forward_kernel)[(triton.cdiv(n, EB_GPU_BLOCK),)](
+            *args, **consts, ON_GPU=True, BLOCK=EB_GPU_BLOCK, num_warps=EB_GPU_WARPS)
+    return z_hat, lik
+
+
+def _eb_backward(grad_z_hat: Optional[Tensor], grad_likelihoods: Tensor, z: Tensor,
+                 medians: Tensor, matrices: Sequence[Tensor], biases: Sequence[Tensor],
+                 factors: Sequence[Tensor], seed: Tensor, temperature: Tensor, mode: str,
+                 likelihood_bound: float, output_mask: Sequence[bool], launch: bool = True
+                 ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+    _check_eb_op(z, medians, matrices, biases, factors, seed, temperature, mode, likelihood_bound)
+    lik_dtype = likelihood_dtype(z.dtype)
+    if grad_likelihoods.shape != z.shape or grad_likelihoods.dtype != lik_dtype or \
+            grad_likelihoods.device != z.device:
+        raise ValueError(f"lic_quant: grad_likelihoods must be {lik_dtype} with the shape and "
+                         f"device of z")
+    if grad_z_hat is not None:
+        check_input("grad_z_hat", grad_z_hat, z)
+    mask = [bool(b) for b in output_mask]
+    g_z = torch.empty(z.shape if mask[0] else (0,), dtype=z.dtype, device=z.device)
+    n, channels, layers = z.numel(), z.shape[1], len(matrices)
+    params = any(mask[1:])
+    slots = _eb_slots(layers)
+    sums = None
+    if n > 0 and launch and (mask[0] or params):
+        chunks = triton.cdiv(n // channels, _k.EB_CHUNK.value)
+        cst = _eb_constants(matrices, biases, factors, channels)
+        partial = torch.empty(channels * chunks * slots * _k.EB_LANES.value if params else 0,
+                              dtype=torch.float32, device=z.device)
+        z_c = z.contiguous()
+        g_zh = grad_z_hat.contiguous() if grad_z_hat is not None else None
+        args = (_raw(g_zh if g_zh is not None else z_c), grad_likelihoods.contiguous(), _raw(z_c),
+                _raw(medians.contiguous()), cst, seed, temperature,
+                _raw(g_z if mask[0] else z_c), partial if params else cst, channels,
+                n // (z.shape[0] * channels), n // channels, chunks, channels * chunks,
+                triton.cdiv(min(n // channels, _k.EB_CHUNK.value), _k.EB_BLOCK.value),
+                float(likelihood_bound))
+        consts = dict(L=layers, SLOTS=slots, MODE=MODES.index(mode),
+                      IS_BF16=z.dtype == torch.bfloat16, HAS_GZHAT=g_zh is not None,
+                      NEED_GZ=mask[0], NEED_PARAMS=params)
+        tasks = channels * chunks
+        if INTERPRETED:  # every task side by side: the interpreter's cost is per operation
+            check_unit_interval("temperature", float(temperature))
+            group = min(triton.next_power_of_2(tasks), EB_INTERPRETER_TASKS)
+            _k.eb_backward_kernel[(triton.cdiv(tasks, group),)](*args, **consts, ON_GPU=False,
+                                                               TASKS=group)
+        else:
+            torch.library.wrap_triton(_k.eb_backward_kernel)[(tasks,)](
+                *args, **consts, ON_GPU=True, TASKS=1, num_warps=1)
+        if params:
+            sums = torch.empty((channels, slots), dtype=torch.float64, device=z.device)
+            reduce_args = (partial, sums, chunks)
+            reduce_consts = dict(SLOTS=slots, SLOTS_P2=triton.next_power_of_2(slots))
+            if INTERPRETED:
+                _k.eb_reduce_kernel[(channels,)](*reduce_args, **reduce_consts)
+            else:
+                torch.library.wrap_triton(_k.eb_reduce_kernel)[(channels,)](
+                    *reduce_args, **reduce_consts, num_warps=1)
+    grads = {"m": [], "b": [], "f": []}
+    wanted = {"m": mask[1], "b": mask[2], "f": mask[3]}
+    shapes = {"m": [m.shape for m in matrices], "b": [b.shape for b in biases],
+              "f": [f.shape for f in factors]}
+    col = 0
+    for kind, raw in _eb_parts(matrices, biases, factors, channels):
+        width = raw.shape[1]
+        if wanted[kind]:
+            shape = shapes[kind][len(grads[kind])]
+            if sums is None:  # nothing to sum (no elements), or a fake call
+                grads[kind].append((torch.zeros if n == 0 else torch.empty)(
+                    shape, dtype=z.dtype, device=z.device))
+            else:
+                g = sums[:, col:col + width]
+                x = raw.double()
+                if kind == "m":  # softplus' slope, as torch's softplus_backward forms it
+                    e = torch.exp(x)
+                    g = g * torch.where(x > 20.0, 1.0, e / (e + 1.0))
+                elif kind == "f":
+                    t = torch.tanh(x)
+                    g = g * (1.0 - t * t)
+                grads[kind].append(_eb_narrow(g, z.dtype).reshape(shape))
+        col += width
+    return g_z, grads["m"], grads["b"], grads["f"]
+
+
+def triton_entropy_bottleneck_forward(z: Tensor, medians: Tensor, matrices: list[Tensor],
+                                      biases: list[Tensor], factors: list[Tensor], seed: Tensor,
+                                      temperature: Tensor, mode: str, likelihood_bound: float
+                                      ) -> tuple[Tensor, Tensor]:
+    return _eb_forward(z, medians, matrices, biases, factors, seed, temperature, mode,
+                       likelihood_bound)
+
+
+def triton_entropy_bottleneck_backward(
+        grad_z_hat: Optional[Tensor], grad_likelihoods: Tensor, z: Tensor, medians: Tensor,
+        matrices: list[Tensor], biases: list[Tensor], factors: list[Tensor], seed: Tensor,
+        temperature: Tensor, mode: str, likelihood_bound: float, output_mask: Sequence[bool]
+) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+    return _eb_backward(grad_z_hat, grad_likelihoods, z, medians, matrices, biases, factors,
+                        seed, temperature, mode, likelihood_bound, output_mask)
+
+
+class TritonEntropyBottleneck(torch.autograd.Function):
+    """backend='triton' of lic_quant.entropy_bottleneck: the parameter lists come flattened
+    (autograd tracks only tensors passed as arguments): apply(z, medians, seed, temperature,
+    mode, likelihood_bound, layers, *matrices, *biases, *factors). The backward recomputes the
+    noise from the seed and is once differentiable."""
+
+    @staticmethod
+    def forward(z, medians, seed, temperature, mode, likelihood_bound, layers, *params):
+        m, b, f = params[:layers], params[layers:2 * layers], params[2 * layers:]
+        args = (z, medians, list(m), list(b), list(f), seed, temperature, mode,
+                likelihood_bound)
+        if _direct(z):
+            return _eb_forward(*args)
+        return torch.ops.lic_quant.triton_entropy_bottleneck_forward(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, medians, seed, temperature, mode, likelihood_bound, layers, *params = inputs
+        ctx.save_for_backward(z, medians, seed, temperature, *params)
+        ctx.settings = (mode, likelihood_bound)
+        ctx.layers = layers
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad_z_hat, grad_likelihoods):
+        z, medians, seed, temperature, *params = ctx.saved_tensors
+        layers = ctx.layers
+        need = ctx.needs_input_grad
+        need_z = need[0]
+        need_p = [any(need[7 + k * layers + i] for i in range(layers - (k == 2)))
+                  for k in range(3)]
+        none = (None,) * (6 + len(params))
+        if grad_likelihoods is None:  # only z_hat was used: the identity to z
+            return (grad_z_hat if need_z else None), *none
+        m, b, f = params[:layers], params[layers:2 * layers], params[2 * layers:]
+        g_z, g_m, g_b, g_f = _run_backward(
+            _eb_backward, "triton_entropy_bottleneck_backward",
+            (grad_z_hat, grad_likelihoods, z, medians, list(m), list(b), list(f), seed,
+             temperature, *ctx.settings, [need_z, *need_p]),
+            (grad_z_hat, grad_likelihoods, z, *params))
+        flat = [*(g_m or [None] * layers), *(g_b or [None] * layers),
+                *(g_f or [None] * (layers - 1))]
+        return (g_z if need_z else None), None, None, None, None, None, None, *flat
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(FORWARD_MODE_ERROR)
+
+
+if TRITON_ERROR is None:
+    _register = torch.library.custom_op if INTERPRETED else torch.library.triton_op
+    _eb_fwd_op = _register("lic_quant::triton_entropy_bottleneck_forward", mutates_args=())(
+        triton_entropy_bottleneck_forward)
+    _eb_bwd_op = _register("lic_quant::triton_entropy_bottleneck_backward", mutates_args=())(
+        triton_entropy_bottleneck_backward)
+    if INTERPRETED:  # an opaque op needs a fake kernel
+        _eb_fwd_op.register_fake(lambda *args: _eb_forward(*args, launch=False))
+        _eb_bwd_op.register_fake(lambda *args: _eb_backward(*args, launch=False))
+
+    def _eb_op_setup_context(ctx, inputs, output):
+        z, medians, matrices, biases, factors, seed, temperature, mode, likelihood_bound = inputs
+        ctx.save_for_backward(z, medians, seed, temperature, *matrices, *biases, *factors)
+        ctx.settings = (mode, likelihood_bound)
+        ctx.layers = len(matrices)
+        ctx.set_materialize_grads(False)
+
+    def _eb_op_backward(ctx, grad_z_hat, grad_likelihoods):
+        """torch.ops callers (torch.compile): the lists' gradients as lists."""
+        z, medians, seed, temperature, *params = ctx.saved_tensors
+        layers = ctx.layers
+        need = ctx.needs_input_grad
+        lists = (params[:layers], params[layers:2 * layers], params[2 * layers:])
+        if grad_likelihoods is None:
+            return (grad_z_hat if need[0] else None), None, *([None] * len(p) for p in lists), \
+                None, None, None, None
+        need_p = [any(n) if isinstance(n, (list, tuple)) else bool(n) for n in need[2:5]]
+        g_z, g_m, g_b, g_f = _run_backward(
+            _eb_backward, "triton_entropy_bottleneck_backward",
+            (grad_z_hat, grad_likelihoods, z, medians, *(list(p) for p in lists), seed,
+             temperature, *ctx.settings, [bool(need[0]), *need_p]),
+            (grad_z_hat, grad_likelihoods, z, *params))
+        out = [g if g else [None] * len(p) for g, p in zip((g_m, g_b, g_f), lists)]
+        return (g_z if need[0] else None), None, *out, None, None, None, None
+
+    _eb_fwd_op.register_autograd(_eb_op_backward, setup_context=_eb_op_setup_context)

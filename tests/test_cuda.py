@@ -32,7 +32,7 @@ from helpers import (DTYPES, EPS, LIKELIHOOD_BOUND as LB, SCALE_BOUND as SB, ass
 from helpers import kernel_fn as _kernel_fn
 
 OPS = ("quantize_forward", "quantize_backward", "uniform_noise", "mixture_quantize_forward",
-       "mixture_quantize_backward")
+       "mixture_quantize_backward", "entropy_bottleneck_forward", "entropy_bottleneck_backward")
 DEVICE = os.environ.get("LIC_QUANT_CUDA_TEST_DEVICE", "cuda")
 BACKEND = "cuda" if DEVICE == "cuda" else "cpu"
 ON_GPU = DEVICE == "cuda"
@@ -129,7 +129,9 @@ def test_cuda_codegen():
     entries = [p for p in re.split(r"\n(?=\.visible \.entry|\.entry)", ptx)
                if p.lstrip().startswith((".entry", ".visible .entry"))]
     # (float64 kernels: <double, double, ...> or, for the rate forward, <double, family>)
-    float_entries = [p for p in entries if not re.search(r"kernelId[dL]", p.split("(", 1)[0])]
+    # (and the EntropyBottleneck kernels that evaluate float64 libm: constants, reduce)
+    float_entries = [p for p in entries if not re.search(
+        r"kernelId[dL]|eb_(constants|reduce)_kernel|eb_\w+_kernelILi\d+Edd", p.split("(", 1)[0])]
     assert len(float_entries) >= 20, len(float_entries)
     for body in float_entries:
         name = body.split("(", 1)[0].split()[-1]
@@ -150,6 +152,37 @@ def test_cuda_codegen():
     body = _kernel_ptx(ptx, "backward_kernelIffLi4ELi0ELi0ELb0E")  # rate=False (Lb0E)
     assert len(re.findall(r"ld\.global(\.nc)?\.v4\.f32", body)) >= 5  # g_yhat, g_P, y, mu, sigma
     assert len(re.findall(r"st\.global\.v4\.f32", body)) >= 3
+
+
+def test_entropy_bottleneck_codegen():
+    """The EntropyBottleneck kernels (csrc/cuda/entropy_bottleneck_cuda.cu): every layer count
+    1 .. 8 and dtype; the float-compute forward and backward use the header's explicit fmas (no
+    mad, no approximate arithmetic but the reciprocal estimate: test_cuda_codegen) and keep
+    their activations and per-lane parameter accumulators in registers (indexed by constants) up
+    to seven layers: at most 16 bytes of stack, the few values ptxas keeps around the calls to the
+    IEEE division's slow path in some instantiations (docs/design/entropy_bottleneck_gpu.md)."""
+    if not (lq.extension_available() and extension_has_device_code()):
+        pytest.skip("lic_quant._C was built CPU-only")
+    tool = find_cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump")
+    so = extension_path()
+    ptx = subprocess.run([tool, "-ptx", so], capture_output=True, text=True).stdout
+    for dtype in ("ff", "dd", "N3c104HalfEf", "N3c108BFloat16Ef"):
+        for layers in range(1, 9):
+            for kind in ("constants", "forward", "backward", "reduce"):
+                body = _kernel_ptx(ptx, f"eb_{kind}_kernelILi{layers}E{dtype}E")
+                if kind in ("forward", "backward") and dtype != "dd":
+                    assert re.search(r"\bfma\.rn\.f32", body), (kind, dtype, layers)
+    res = subprocess.run([tool, "-res-usage", "-arch", "sm_90", so], capture_output=True,
+                         text=True).stdout
+    if "Function" not in res:
+        pytest.skip("no sm_90 machine code in this build (TORCH_CUDA_ARCH_LIST)")
+    stacks = {m.group(1): int(m.group(2)) for m in re.finditer(
+        r"Function (\S*eb_(?:forward|backward)_kernelILi(?:[1-7])E(?:ff|N3c104HalfEf|"
+        r"N3c108BFloat16Ef)E\S*):\s*\n\s*REG:\d+ STACK:(\d+)", res)}
+    assert len(stacks) == 2 * 7 * 3, sorted(stacks)
+    assert all(v <= 16 for v in stacks.values()), {k: v for k, v in stacks.items() if v > 16}
 
 
 # -------------------------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ os.environ["TRITON_INTERPRET"] = "0"
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--eb-layers", type=int, default=2,
+                        help="layers of the EntropyBottleneck variants (5: CompressAI's default, "
+                             "about ten minutes of compilation on 2 cores; 2 by default)")
     args = parser.parse_args()
     try:
         import triton
@@ -138,6 +141,30 @@ def main() -> int:
          dict(mix_fwd, RATE=True, ALIGNED=False), 8),
         ("mixture backward noise bf16 rate", K.mixture_backward_kernel,
          dict(mix_bwd_sig, sample_size="i64"), dict(mix_bwd, RATE=True), 8),
+    ]
+    # The EntropyBottleneck (docs/spec.md section 9): forward (fp32, sua) and backward (bf16,
+    # noise, every output) with --eb-layers layers.
+    eb_layers = args.eb_layers
+    eb_slots = 2 if eb_layers == 1 else 15 * eb_layers - 17
+    eb_fwd_sig = {"z_ptr": "*fp32", "med_ptr": "*fp32", "cst_ptr": "*fp32", "seed_ptr": "*i64",
+                  "temp_ptr": "*fp64", "z_hat_ptr": "*fp32", "lik_ptr": "*fp32",
+                  "n_elements": "i64", "C": "i64", "S": "i64", "likelihood_bound": "fp32",
+                  "L": "constexpr", "SLOTS": "constexpr", "MODE": "constexpr",
+                  "IS_BF16": "constexpr", "ON_GPU": "constexpr", "BLOCK": "constexpr"}
+    eb_bwd_sig = {"g_zhat_ptr": "*i16", "g_lik_ptr": "*fp32", "z_ptr": "*i16", "med_ptr": "*i16",
+                  "cst_ptr": "*fp32", "seed_ptr": "*i64", "temp_ptr": "*fp64", "g_z_ptr": "*i16",
+                  "partial_ptr": "*fp32", "C": "i64", "S": "i64", "per_channel": "i64",
+                  "chunks": "i64", "n_tasks": "i64", "blocks": "i64", "likelihood_bound": "fp32",
+                  "L": "constexpr",
+                  "SLOTS": "constexpr", "MODE": "constexpr", "IS_BF16": "constexpr",
+                  "HAS_GZHAT": "constexpr", "NEED_GZ": "constexpr", "NEED_PARAMS": "constexpr",
+                  "ON_GPU": "constexpr", "TASKS": "constexpr"}
+    variants += [
+        (f"entropy bottleneck forward sua fp32 L={eb_layers}", K.eb_forward_kernel, eb_fwd_sig,
+         dict(L=eb_layers, SLOTS=eb_slots, MODE=3, IS_BF16=False, ON_GPU=True, BLOCK=256), 4),
+        (f"entropy bottleneck backward noise bf16 L={eb_layers}", K.eb_backward_kernel,
+         eb_bwd_sig, dict(L=eb_layers, SLOTS=eb_slots, MODE=0, IS_BF16=True, HAS_GZHAT=True,
+                          NEED_GZ=True, NEED_PARAMS=True, ON_GPU=True, TASKS=1), 1),
     ]
     failed = False
     for name, fn, sig, const, nw in variants:

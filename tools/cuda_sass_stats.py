@@ -3,7 +3,7 @@ each kernel's main loop (per element on the pack path), from `cuobjdump` (the CU
 the copy triton ships). Costs no GPU; docs/design/cuda_kernels.md says how the counts are used.
 
     python tools/cuda_sass_stats.py [build/temp.*/csrc/cuda/quantize_cuda.o | lic_quant/_C*.so] [--arch sm_90]
-        [--csv benchmarks/results/sass.csv] [--label TEXT]
+        [--csv benchmarks/results/sass.csv] [--label TEXT] [--match REGEX]
 """
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def find_cuobjdump():
 
 
 def short_name(mangled: str) -> str:
+    # The EntropyBottleneck kernels (entropy_bottleneck_cuda.cu): <layers, storage, compute>.
+    m = re.search(r"(eb_\w+?_kernel)ILi(\d+)E(d|f|N3c104HalfE|N3c108BFloat16E)", mangled)
+    if m:
+        dtype = {"d": "f64", "f": "f32", "N3c104HalfE": "f16", "N3c108BFloat16E": "bf16"}[m.group(3)]
+        return f"{m.group(1)}<{dtype}, L={m.group(2)}>"
     m = re.search(r"(mixture_forward_kernel|mixture_backward_kernel|forward_rate_kernel|"
                   r"rate_finish_kernel|forward_kernel|backward_kernel|uniform_noise_kernel)"
                   r"(I.*?(L[ib]n?\d+E)+)?", mangled)
@@ -103,9 +108,11 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--csv", help="append the rows to this CSV (benchmarks/results/sass.csv)")
     ap.add_argument("--label", default="", help="what the commit does not say")
+    ap.add_argument("--match", default="", help="only the kernels whose short name matches this "
+                                                "regular expression (e.g. '^eb_')")
     args = ap.parse_args(argv)
-    binary = args.binary or (glob.glob("build/temp.*/csrc/cuda/quantize_cuda.o") +
-                             glob.glob("lic_quant/_C*.so") + [None])[0]
+    binary = args.binary or (glob.glob("lic_quant/_C*.so") +
+                             glob.glob("build/temp.*/csrc/cuda/quantize_cuda.o") + [None])[0]
     tool = find_cuobjdump()
     if binary is None or tool is None:
         print("need a built object and cuobjdump")
@@ -137,7 +144,13 @@ def main(argv=None) -> int:
         if name.startswith("mixture_"):
             nbody, per = mixture_path(ins, loops, name)
             nbody = nbody or 0
+        if name.startswith(("eb_forward_kernel", "eb_backward_kernel")):
+            # forward: one element (both bin edges) per iteration; backward: one bin edge per
+            # thread and iteration, so an element costs two threads' iterations.
+            per = len(body) * (2 if name.startswith("eb_backward") else 1)
         reg, stack = regs.get(mangled, (None, None))
+        if args.match and not re.search(args.match, name):
+            continue
         rows.append((name, reg, stack, len(ins), nbody, per))
     print(f"{'kernel (' + args.arch + ')':68s} {'REG':>4s} {'STACK':>5s} {'SASS':>6s} {'loop':>6s} {'loop/elem':>9s}")
     for r in sorted(rows):
@@ -146,7 +159,9 @@ def main(argv=None) -> int:
     print("loop = the longest backward branch's span: every path of the main loop (the backward "
           "holds both the p-skipping and the full path; a thread runs one), not the tail.")
     print("mixture_* rows: loop = the element loop, each component loop once; loop/elem = one "
-          "element at K = 3 (mixture_path: probabilities, no zero_center).")
+          "element at K = 3 (mixture_path: probabilities, no zero_center). EntropyBottleneck: "
+          "loop/elem is the forward's loop (both edges of one element) and twice the "
+          "backward's (one edge per thread).")
     if args.csv:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
             os.path.abspath(__file__))), "benchmarks"))

@@ -117,11 +117,17 @@ Channel<T> load_channel(const EbCall& c, int64_t ch) {
     const int in = c.in_width(i), out = c.out_width(i);
     const S* m = c.matrices[i].const_data_ptr<S>() + ch * out * in;
     const S* b = c.biases[i].const_data_ptr<S>() + ch * out;
-    for (int k = 0; k < out * in; ++k) p.W[i][k] = eb_softplus(static_cast<T>(m[k]));
+    // softplus and tanh of the raw parameters in float64, rounded once: the CUDA and Triton
+    // kernels do the same (their float32 exp would round differently from libm's).
+    for (int k = 0; k < out * in; ++k) {
+      p.W[i][k] = static_cast<T>(eb_softplus(static_cast<double>(static_cast<T>(m[k]))));
+    }
     for (int k = 0; k < out; ++k) p.b[i][k] = static_cast<T>(b[k]);
     if (i + 1 < c.layers) {
       const S* f = c.factors[i].const_data_ptr<S>() + ch * out;
-      for (int k = 0; k < out; ++k) p.f[i][k] = eb_factor(static_cast<T>(f[k]));
+      for (int k = 0; k < out; ++k) {
+        p.f[i][k] = static_cast<T>(eb_factor(static_cast<double>(static_cast<T>(f[k]))));
+      }
     }
   }
   return p;
