@@ -148,8 +148,9 @@ struct Grads {
 template <int kFamily, typename T>
 LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logits,
                           bool bits_grad, QuantParams<T> prm) {
-  // Restricted pointers: the two blocks' arrays never overlap, which GCC cannot see through the
-  // references, and without which it does not vectorize.
+  // GCC honours __restrict on these locals only partly: with the eleven arrays of pass 1 it would
+  // version the loop for aliasing beyond its limit of checks and leave it scalar. The block's
+  // arrays never overlap, which ivdep states.
   T* __restrict p = b.p;
   const T* __restrict c = b.c;
   const T* __restrict rate = b.rate;
@@ -163,16 +164,15 @@ LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logit
     T* __restrict mass = g.mass[k];
     T* __restrict dv = g.dv[k];
     T* __restrict ds = g.ds[k];
-    // The mass and the slopes in two loops: GCC vectorizes each for every family, but not the
-    // Gaussian's as one loop body.
+    // The mass and the slopes in one body, sharing the bin's arguments and exponentials (as two
+    // loops: 1.25x the time of this one, same bits).
+#pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) {
-      mass[j] = component_mass<kFamily>(component_residual(c[j], rate[j], mu[j]), sigma[j], prm);
-      p[j] = p[j] + w[j] * mass[j];
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      const BinSlopes<T> d = component_bin_slopes<kFamily>(
+      const ComponentSlopes<T> d = component_mass_and_slopes<kFamily>(
           component_residual(c[j], rate[j], mu[j]), sigma[j], prm);
-      dv[j] = d.d_av;
+      mass[j] = d.mass;
+      p[j] = p[j] + w[j] * d.mass;
+      dv[j] = d.d_v;
       ds[j] = d.d_s;
     }
   }

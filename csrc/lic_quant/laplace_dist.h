@@ -29,11 +29,25 @@ LQ_HD T laplace_logistic_second_exponent(T a, T h, T m) {
   return a < T(0) ? T(2) * m : h;
 }
 
+// The two exponentials of the mass and of its slopes: E = e^{-|a|} and e^{-y}.
+template <typename T>
+struct LaplaceExps {
+  NegExp<T> ea, ey;
+};
+
+template <typename T>
+LQ_HD LaplaceExps<T> laplace_exps(T h, T a, T m) {
+  return {neg_exp(abs_bits(a)), neg_exp(laplace_logistic_second_exponent(a, h, m))};
+}
+
+template <typename T>
+LQ_HD T laplace_bin_probability(T a, const LaplaceExps<T>& e) {
+  return fma_rn(T(-0.5) * e.ea.exp, e.ey.expm1, a < T(0) ? -e.ea.expm1 : T(0));
+}
+
 template <typename T>
 LQ_HD T laplace_bin_probability(T h, T a, T m) {
-  const NegExp<T> ea = neg_exp(abs_bits(a));
-  const NegExp<T> ey = neg_exp(laplace_logistic_second_exponent(a, h, m));
-  return fma_rn(T(-0.5) * ea.exp, ey.expm1, a < T(0) ? -ea.expm1 : T(0));
+  return laplace_bin_probability(a, laplace_exps(h, a, m));
 }
 
 template <typename T>
@@ -43,16 +57,19 @@ struct FamilySlopes {
 };
 
 template <typename T>
-LQ_HD FamilySlopes<T> laplace_bin_slopes(T h, T a, T m) {
-  const NegExp<T> ea = neg_exp(abs_bits(a));
-  const NegExp<T> ey = neg_exp(laplace_logistic_second_exponent(a, h, m));
+LQ_HD FamilySlopes<T> laplace_bin_slopes(T h, T a, const LaplaceExps<T>& e) {
   // a enters a product with E = e^{-|a|}, which is 0 beyond the clamp.
   const T ac = upper_bound(lower_bound(a, -ExpClamp<T>::kMax), ExpClamp<T>::kMax);
-  const T slope = fma_rn(ac, -ey.expm1, -(h * ey.exp));
+  const T slope = fma_rn(ac, -e.ey.expm1, -(h * e.ey.exp));
   // E times each factor first: E (a - b e^{-y}) is at most 2/e, so the product by h/2 stays
   // finite where h is huge.
   const T half_h = T(0.5) * h;
-  return {(ea.exp * ey.expm1) * half_h, (ea.exp * slope) * half_h};
+  return {(e.ea.exp * e.ey.expm1) * half_h, (e.ea.exp * slope) * half_h};
+}
+
+template <typename T>
+LQ_HD FamilySlopes<T> laplace_bin_slopes(T h, T a, T m) {
+  return laplace_bin_slopes(h, a, laplace_exps(h, a, m));
 }
 
 }  // namespace lic_quant

@@ -49,14 +49,17 @@ LQ_HD LogisticTerms<T> logistic_terms(T h, T a, T m) {
 }
 
 template <typename T>
-LQ_HD T logistic_bin_probability(T h, T a, T m) {
-  const LogisticTerms<T> t = logistic_terms(h, a, m);
+LQ_HD T logistic_bin_probability(T a, const LogisticTerms<T>& t) {
   return (a < T(0) ? t.m1 : t.e * t.beta) * t.rd;
 }
 
 template <typename T>
-LQ_HD FamilySlopes<T> logistic_bin_slopes(T h, T a, T m) {
-  const LogisticTerms<T> t = logistic_terms(h, a, m);
+LQ_HD T logistic_bin_probability(T h, T a, T m) {
+  return logistic_bin_probability(a, logistic_terms(h, a, m));
+}
+
+template <typename T>
+LQ_HD FamilySlopes<T> logistic_bin_slopes(T h, T a, const LogisticTerms<T>& t) {
   // a enters a product with E = e^{-|a|}, which is 0 beyond the clamp.
   const T ac = upper_bound(lower_bound(a, -ExpClamp<T>::kMax), ExpClamp<T>::kMax);
   const T one_plus_e = T(1) + t.e;
@@ -64,6 +67,11 @@ LQ_HD FamilySlopes<T> logistic_bin_slopes(T h, T a, T m) {
   // E / D^2 times each factor first (at most ~1), then h: finite where h is huge.
   const T w = (t.e * t.rd) * t.rd;
   return {-(w * (t.beta * t.m1)) * h, (w * s) * h};
+}
+
+template <typename T>
+LQ_HD FamilySlopes<T> logistic_bin_slopes(T h, T a, T m) {
+  return logistic_bin_slopes(h, a, logistic_terms(h, a, m));
 }
 
 }  // namespace lic_quant

@@ -55,6 +55,15 @@ struct ComponentSlopes {
   T d_s;   // d mass_k / d s_k
 };
 
+// component_mass and component_bin_slopes together (the backward needs both), bit for bit theirs,
+// with the arguments and the exponentials both use formed once.
+template <int kFamily, typename T>
+LQ_HD ComponentSlopes<T> component_mass_and_slopes(T v, T sigma, const QuantParams<T>& p) {
+  const MassSlopes<T> d =
+      family_bin_mass_and_slopes<kFamily>(bin_args(abs_bits(v), bounded_scale(sigma, p)));
+  return {d.mass, with_sign_of(d.d_av, v), d.d_s};
+}
+
 // The gradients of component k given g_p (the gradient of p after the likelihood bound's rule)
 // and gw = g_p * w_k: dmu_k = -gw dv, dsigma_k = gw ds through the scale bound's rule, and the
 // weight's g_p * mass_k, or with logits the softmax Jacobian w_k (g_p mass_k - sum_j w_j g_p

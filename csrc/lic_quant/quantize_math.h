@@ -167,17 +167,18 @@ LQ_HD BinArgs<double> bin_args(double av, double s) {
 // The midpoint series is used where h < 1/2 and x < 1/2: there its truncation (after the h^4 term
 // in float32, the h^12 term in float64) is below 1e-6 (1e-16) relative, and outside it the
 // difference form loses at most a factor 1 / (1 - e^{-1/2}) = 2.5 of the tails' accuracy to
-// cancellation.
-LQ_HD bool use_series(const BinArgs<float>& g) { return g.h < 0.5f && g.x < 0.5f; }
-LQ_HD bool use_series(const BinArgs<double>& g) { return g.h < 0.5 && g.x < 0.5; }
+// cancellation. `&`, not `&&`: GCC 12 if-converts the short circuit into a select of masks it
+// cannot vectorize in the mixture's backward loop (mass and slopes in one body).
+LQ_HD bool use_series(const BinArgs<float>& g) { return (g.h < 0.5f) & (g.x < 0.5f); }
+LQ_HD bool use_series(const BinArgs<double>& g) { return (g.h < 0.5) & (g.x < 0.5); }
 
 // ---------------------------------------------------------------------------------------------
 // The bin mass p (docs/spec.md section 1), finite for every finite av >= 0 and s > 0.
 
-LQ_HD float bin_probability(const BinArgs<float>& g) {
+// e_a = exp(-a^2/2), which the slopes share (bin_mass_and_slopes).
+LQ_HD float bin_probability(const BinArgs<float>& g, float e_a) {
   const bool series = use_series(g);
   const float w = g.h * g.h;
-  const float e_a = exp_neg_half_square(g.a);
   // One small exponential serves both forms: e^{-x} (difference) or exp(h^2/8 - x/2) (series).
   const float e = exp_neg(series ? fma_rn(w, -0.125f, 0.5f * g.x) : upper_bound(g.x, kExpNegMaxArg));
   // Difference form: Q(|a|) and Q(b) from one reciprocal of the product of their denominators.
@@ -195,6 +196,9 @@ LQ_HD float bin_probability(const BinArgs<float>& g) {
   const float poly = fma_rn(q, fma_rn(q, 5.20833346e-4f, c1), c0);          // 1/1920
   const float p_series = ((g.h * kInvSqrt2Pi) * (e_a * e)) * poly;
   return series ? p_series : p_diff;
+}
+LQ_HD float bin_probability(const BinArgs<float>& g) {
+  return bin_probability(g, exp_neg_half_square(g.a));
 }
 
 // float64: the series term by term, He_n(m) by its recurrence; h, m h < 1/2 make the k-th term
@@ -229,16 +233,19 @@ struct BinSlopes {
   T d_s;   // dp/ds
 };
 
-LQ_HD BinSlopes<float> bin_slopes(const BinArgs<float>& g) {
+LQ_HD BinSlopes<float> bin_slopes(const BinArgs<float>& g, float e_a) {
   // a and b enter products with phi(a), which is 0 beyond |a| = 16: finite stand-ins keep those
   // products 0 instead of inf * 0.
-  const float phi_a = kInvSqrt2Pi * exp_neg_half_square(g.a);  // the bin mass's exp, shared
+  const float phi_a = kInvSqrt2Pi * e_a;  // the bin mass's exp, shared
   const float a = upper_bound(lower_bound(g.a, -64.0f), 64.0f);
   const float b = upper_bound(g.b, 64.0f);
   const ExpM1 e = exp_and_expm1(-upper_bound(g.x, kExpNegMaxArg));  // phi(b) = phi(a) e^{-x}
   // a - b e^{-x}; for small x as -h - b (e^{-x} - 1), which does not cancel.
   const float slope = g.x < 1.0f ? fma_rn(-b, e.expm1, -g.h) : fma_rn(-b, e.exp, a);
   return {(phi_a * e.expm1) * g.h, (phi_a * slope) * g.h};
+}
+LQ_HD BinSlopes<float> bin_slopes(const BinArgs<float>& g) {
+  return bin_slopes(g, exp_neg_half_square(g.a));
 }
 
 LQ_HD BinSlopes<double> bin_slopes(const BinArgs<double>& g) {
@@ -262,6 +269,41 @@ LQ_HD T family_bin_probability(const BinArgs<T>& g) {
     return logistic_bin_probability(g.h, g.a, g.m);
   } else {
     return bin_probability(g);
+  }
+}
+
+// The bin mass and its slopes together, each bit for bit what family_bin_probability and
+// family_bin_slopes give, with the exponentials both need computed once (the mixture's backward
+// needs both for every component).
+template <typename T>
+struct MassSlopes {
+  T mass;
+  T d_av;  // dp/d|v| (<= 0)
+  T d_s;   // dp/ds
+};
+
+LQ_HD MassSlopes<float> bin_mass_and_slopes(const BinArgs<float>& g) {
+  const float e_a = exp_neg_half_square(g.a);
+  const BinSlopes<float> d = bin_slopes(g, e_a);
+  return {bin_probability(g, e_a), d.d_av, d.d_s};
+}
+LQ_HD MassSlopes<double> bin_mass_and_slopes(const BinArgs<double>& g) {
+  const BinSlopes<double> d = bin_slopes(g);  // float64: libm's erfc and exp, nothing to share
+  return {bin_probability(g), d.d_av, d.d_s};
+}
+
+template <int kFamily, typename T>
+LQ_HD MassSlopes<T> family_bin_mass_and_slopes(const BinArgs<T>& g) {
+  if constexpr (kFamily == kLaplace) {
+    const LaplaceExps<T> e = laplace_exps(g.h, g.a, g.m);
+    const FamilySlopes<T> d = laplace_bin_slopes(g.h, g.a, e);
+    return {laplace_bin_probability(g.a, e), d.d_av, d.d_s};
+  } else if constexpr (kFamily == kLogistic) {
+    const LogisticTerms<T> t = logistic_terms(g.h, g.a, g.m);
+    const FamilySlopes<T> d = logistic_bin_slopes(g.h, g.a, t);
+    return {logistic_bin_probability(g.a, t), d.d_av, d.d_s};
+  } else {
+    return bin_mass_and_slopes(g);
   }
 }
 
