@@ -511,31 +511,13 @@ eb_backward_cuda(const std::optional<at::Tensor>& grad_z_hat, const at::Tensor& 
   const c10::cuda::CUDAGuard guard(z.device());
   const EbCallCuda c = prepare(z, medians, matrices, biases, factors, seed, temperature, mode,
                                likelihood_bound);
-  const auto lik_dtype = likelihood_dtype(z.scalar_type());
-  TORCH_CHECK_VALUE(grad_lik.sizes() == z.sizes() && grad_lik.scalar_type() == lik_dtype &&
-                        grad_lik.device() == z.device(),
-                    "lic_quant: grad_likelihoods must be ", lik_dtype,
-                    " with the shape and device of z");
-  at::Tensor g_zhat;
-  if (grad_z_hat.has_value() && grad_z_hat->defined()) {
-    TORCH_CHECK_VALUE(grad_z_hat->sizes() == z.sizes() &&
-                          grad_z_hat->scalar_type() == z.scalar_type() &&
-                          grad_z_hat->device() == z.device(),
-                      "lic_quant: grad_z_hat must have the shape, dtype and device of z");
-    g_zhat = grad_z_hat->contiguous();
-  }
-  const at::Tensor g_l = grad_lik.contiguous();
+  const auto upstream = check_eb_grads(grad_z_hat, grad_lik, z);
+  const at::Tensor& g_zhat = upstream.first;
+  const at::Tensor& g_l = upstream.second;
   at::Tensor g_z = at::empty(output_mask[0] ? c.z.sizes() : at::IntArrayRef{0}, c.z.options());
-  auto grads = [](const std::vector<at::Tensor>& ps, bool asked) {
-    std::vector<at::Tensor> g;
-    if (asked) {
-      for (const auto& p : ps) g.push_back(at::empty(p.sizes(), p.options()));
-    }
-    return g;
-  };
-  std::vector<at::Tensor> g_m = grads(c.matrices, output_mask[1]);
-  std::vector<at::Tensor> g_b = grads(c.biases, output_mask[2]);
-  std::vector<at::Tensor> g_f = grads(c.factors, output_mask[3]);
+  std::vector<at::Tensor> g_m = eb_parameter_grads(c.matrices, output_mask[1]);
+  std::vector<at::Tensor> g_b = eb_parameter_grads(c.biases, output_mask[2]);
+  std::vector<at::Tensor> g_f = eb_parameter_grads(c.factors, output_mask[3]);
   const bool params = output_mask[1] || output_mask[2] || output_mask[3];
   if (c.z.numel() == 0) {
     for (auto* list : {&g_m, &g_b, &g_f}) {

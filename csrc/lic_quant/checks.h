@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
@@ -16,6 +17,8 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "quantize_math.h"
 
@@ -265,6 +268,38 @@ inline int32_t check_eb_call(const at::Tensor& z, const at::Tensor& medians,
   TORCH_CHECK_VALUE(likelihood_bound >= 0.0 && likelihood_bound < 1.0,
                     "lic_quant: likelihood_bound must lie in [0, 1); got ", likelihood_bound);
   return mode_index;
+}
+
+// The EntropyBottleneck backward's incoming gradients, checked against z (both kernels take the
+// same): grad_likelihoods of z's shape in the likelihoods' dtype, grad_z_hat (optional) of z's
+// shape and dtype. Returns {grad_z_hat, grad_likelihoods} contiguous, the first undefined where
+// none was given.
+inline std::pair<at::Tensor, at::Tensor> check_eb_grads(
+    const std::optional<at::Tensor>& grad_z_hat, const at::Tensor& grad_lik, const at::Tensor& z) {
+  const auto lik_dtype = likelihood_dtype(z.scalar_type());
+  TORCH_CHECK_VALUE(grad_lik.sizes() == z.sizes() && grad_lik.scalar_type() == lik_dtype &&
+                        grad_lik.device() == z.device(),
+                    "lic_quant: grad_likelihoods must be ", lik_dtype,
+                    " with the shape and device of z");
+  at::Tensor g_zhat;
+  if (grad_z_hat.has_value() && grad_z_hat->defined()) {
+    TORCH_CHECK_VALUE(grad_z_hat->sizes() == z.sizes() &&
+                          grad_z_hat->scalar_type() == z.scalar_type() &&
+                          grad_z_hat->device() == z.device(),
+                      "lic_quant: grad_z_hat must have the shape, dtype and device of z");
+    g_zhat = grad_z_hat->contiguous();
+  }
+  return {g_zhat, grad_lik.contiguous()};
+}
+
+// One uninitialized gradient per parameter of a list where output_mask asks for them, else none.
+inline std::vector<at::Tensor> eb_parameter_grads(const std::vector<at::Tensor>& params,
+                                                  bool asked) {
+  std::vector<at::Tensor> g;
+  if (asked) {
+    for (const auto& p : params) g.push_back(at::empty(p.sizes(), p.options()));
+  }
+  return g;
 }
 
 }  // namespace lic_quant
