@@ -269,10 +269,7 @@ def entropy_bottleneck(
     learn through ``EntropyBottleneck.loss()``)."""
     matrices, biases, factors = list(matrices), list(biases), list(factors)
     check_eb_call(z, medians, matrices, biases, factors, mode, likelihood_bound)
-    requested, backend = backend, _resolve_backend(backend, z)
-    if backend not in EB_BACKENDS and requested == "auto":
-        # A device without EntropyBottleneck kernels: "auto" runs the reference's torch ops.
-        backend = "reference"
+    backend = _resolve_backend(backend, z)
     if backend not in EB_BACKENDS:
         raise NotImplementedError(
             f"lic_quant: entropy_bottleneck has no {backend!r} kernels yet (backend={backend!r}); "

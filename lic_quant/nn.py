@@ -709,6 +709,12 @@ class _FusedEntropyBottleneckMixin(_QuantizationSettings):
         super().__init__(channels, *args, tail_mass=tail_mass, init_scale=init_scale,
                          filters=filters, likelihood_bound=likelihood_bound, **kwargs)
         self._init_settings(mode, temperature, backend)
+        if any(f != 3 for f in self.filters):
+            # Said once here rather than run slower unannounced on every call.
+            warnings.warn(f"lic_quant.nn.EntropyBottleneck: the fused kernels take hidden widths "
+                          f"of 3 (CompressAI's default); filters={tuple(self.filters)} runs the "
+                          f"reference's torch ops under backend='auto' (backend='cpu', 'cuda' or "
+                          f"'triton' raises NotImplementedError)", stacklevel=2)
         self._sync_bounds()
         self.register_load_state_dict_post_hook(_sync_bounds_after_load)
 
@@ -766,7 +772,8 @@ if HAVE_COMPRESSAI:
                 medians`` for the decoder, what TCM, STF and MLIC++ write by hand) or ``"sua"``.
             temperature: SUA temperature in [0, 1]; usually driven by a lic_quant.schedules
                 schedule.
-            backend: the op's backend (``"auto"``, ``"reference"``, ``"cpu"``).
+            backend: the op's backend (``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"``,
+                ``"triton"``).
         """
 
 else:  # pragma: no cover - exercised where compressai is absent
