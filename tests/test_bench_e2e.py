@@ -62,3 +62,19 @@ def test_bench_e2e_runs_the_gmm_model(tmp_path):
     assert [(r["model"], r["entropy_model"], r["compiled"]) for r in rows] == [
         ("Cheng2020GMM", "compressai", "False"), ("Cheng2020GMM", "lic_quant-mixed", "False")]
     assert all(float(r["median_ms"]) > 0 for r in rows) and {r["label"] for r in rows} == {"smoke"}
+
+
+def test_replace_all_swaps_both_entropy_models(bench):
+    """--replace all: lic_quant's conditional and its EntropyBottleneck, and a training step runs
+    with gradients reaching the bottleneck's parameters."""
+    import lic_quant.nn as lnn
+
+    model, _ = bench.build("Cheng2020GMM", True, "lic_quant", "mixed", torch.device("cpu"),
+                           replace="all")
+    assert type(model.gaussian_conditional) is lnn.GaussianMixtureConditional
+    assert type(model.entropy_bottleneck) is lnn.EntropyBottleneck
+    assert model.entropy_bottleneck.mode == "mixed"
+    out = model(torch.rand(1, 3, 64, 64))
+    sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in model.entropy_bottleneck.matrices)
