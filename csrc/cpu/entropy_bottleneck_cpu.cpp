@@ -76,12 +76,7 @@ EbCall prepare(const at::Tensor& z, const at::Tensor& medians, at::TensorList ma
   check_scalar_tensor(seed, z, "seed", at::kLong, "a 0-dim int64 tensor");
   check_scalar_tensor(temperature, z, "temperature", at::kDouble, "a 0-dim float64 tensor");
   c.layers = static_cast<int>(matrices.size());
-  for (int i = 0; i + 1 < c.layers; ++i) {
-    TORCH_CHECK_NOT_IMPLEMENTED(matrices[i].size(1) == kW,
-                                "lic_quant: the CPU EntropyBottleneck kernels take hidden widths "
-                                "of 3 (filters=(3, 3, ...)); matrices[", i, "] has ",
-                                matrices[i].size(1), " outputs (use backend='reference')");
-  }
+  check_eb_kernel_widths(matrices, "CPU");
   c.seed = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
   c.temperature = *temperature.const_data_ptr<double>();
   check_unit_interval("temperature", c.temperature);

@@ -406,12 +406,7 @@ EbCallCuda prepare(const at::Tensor& z, const at::Tensor& medians, at::TensorLis
   check_scalar_tensor(seed, z, "seed", at::kLong, "a 0-dim int64 tensor");
   check_scalar_tensor(temperature, z, "temperature", at::kDouble, "a 0-dim float64 tensor");
   c.layers = static_cast<int>(matrices.size());
-  for (int i = 0; i + 1 < c.layers; ++i) {
-    TORCH_CHECK_NOT_IMPLEMENTED(matrices[i].size(1) == kW,
-                                "lic_quant: the CUDA EntropyBottleneck kernels take hidden widths "
-                                "of 3 (filters=(3, 3, ...)); matrices[", i, "] has ",
-                                matrices[i].size(1), " outputs (use backend='reference')");
-  }
+  check_eb_kernel_widths(matrices, "CUDA");
   c.z = z.contiguous();
   c.medians = medians.contiguous();
   for (int i = 0; i < c.layers; ++i) {

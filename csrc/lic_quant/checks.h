@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "eb_math.h"
 #include "quantize_math.h"
 
 namespace lic_quant {
@@ -268,6 +269,17 @@ inline int32_t check_eb_call(const at::Tensor& z, const at::Tensor& medians,
   TORCH_CHECK_VALUE(likelihood_bound >= 0.0 && likelihood_bound < 1.0,
                     "lic_quant: likelihood_bound must lie in [0, 1); got ", likelihood_bound);
   return mode_index;
+}
+
+// The fused EntropyBottleneck kernels' one limit: hidden layers of width 3 (CompressAI's default
+// filters), any depth; `kernels` names the backend ("CPU", "CUDA") in the message.
+inline void check_eb_kernel_widths(at::TensorList matrices, const char* kernels) {
+  for (size_t i = 0; i + 1 < matrices.size(); ++i) {
+    TORCH_CHECK_NOT_IMPLEMENTED(matrices[i].size(1) == kEbWidth, "lic_quant: the ", kernels,
+                                " EntropyBottleneck kernels take hidden widths of 3 (filters=(3, "
+                                "3, ...)); matrices[", i, "] has ", matrices[i].size(1),
+                                " outputs (use backend='reference')");
+  }
 }
 
 // The EntropyBottleneck backward's incoming gradients, checked against z (both kernels take the
