@@ -791,6 +791,32 @@ def _mixture_residual(y_ptr, w_ptr, mu_ptr, seed_ptr, temp_ptr, offs, mask, firs
 
 
 @triton.jit
+def _f32_bounds(scale_bound, likelihood_bound, ON_GPU: tl.constexpr):
+    """The bounds as float32: Inductor passes Python floats as fp64 (see quantize_forward_kernel)."""
+    if ON_GPU:
+        scale_bound = scale_bound.to(tl.float32)
+        likelihood_bound = likelihood_bound.to(tl.float32)
+    return scale_bound, likelihood_bound
+
+
+@triton.jit
+def _parameter_positions(offs, inner, mu_outer, mu_inner, sigma_outer, sigma_inner, w_outer,
+                         w_inner, LAYOUT: tl.constexpr):
+    """(outer, rem) of y's index over the common inner size, and where the element sits in each
+    parameter's component 0 (the backward places its gradients with the same outer and rem)."""
+    if LAYOUT == 1:
+        outer = offs // inner
+        rem = offs - outer * inner
+    else:
+        outer = offs
+        rem = offs
+    mpos = _position(offs, outer, rem, mu_outer, mu_inner, LAYOUT)
+    spos = _position(offs, outer, rem, sigma_outer, sigma_inner, LAYOUT)
+    wpos = _position(offs, outer, rem, w_outer, w_inner, LAYOUT)
+    return outer, rem, mpos, spos, wpos
+
+
+@triton.jit
 def mixture_forward_kernel(
     y_ptr, mu_ptr, sigma_ptr, w_ptr, seed_ptr, temp_ptr, y_hat_ptr, lik_ptr,
     n_elements, index_base, scale_bound, likelihood_bound, K, inner,
@@ -802,18 +828,9 @@ def mixture_forward_kernel(
     sample_size=1, chunks=1,
 ):
     pid, offs, mask, first = _elements(n_elements, index_base, BLOCK, RATE, sample_size, chunks)
-    if ON_GPU:  # fp64 from Inductor (see quantize_forward_kernel)
-        scale_bound = scale_bound.to(tl.float32)
-        likelihood_bound = likelihood_bound.to(tl.float32)
-    if LAYOUT == 1:
-        outer = offs // inner
-        rem = offs - outer * inner
-    else:
-        outer = offs
-        rem = offs
-    mpos = _position(offs, outer, rem, mu_outer, mu_inner, LAYOUT)
-    spos = _position(offs, outer, rem, sigma_outer, sigma_inner, LAYOUT)
-    wpos = _position(offs, outer, rem, w_outer, w_inner, LAYOUT)
+    scale_bound, likelihood_bound = _f32_bounds(scale_bound, likelihood_bound, ON_GPU)
+    outer, rem, mpos, spos, wpos = _parameter_positions(
+        offs, inner, mu_outer, mu_inner, sigma_outer, sigma_inner, w_outer, w_inner, LAYOUT)
     max_logit, inv_norm, c, rate, dist = _mixture_residual(
         y_ptr, w_ptr, mu_ptr, seed_ptr, temp_ptr, offs, mask, first, wpos, w_stride, mpos,
         mu_stride, K, MODE, ZERO_CENTER, LOGITS, IS_BF16, ON_GPU, BLOCK, ALIGNED)
@@ -839,18 +856,9 @@ def mixture_backward_kernel(
     RATE: tl.constexpr = False, sample_size=1,
 ):
     pid, offs, mask, first = _elements(n_elements, index_base, BLOCK, False, 1, 1)
-    if ON_GPU:  # fp64 from Inductor (see quantize_forward_kernel)
-        scale_bound = scale_bound.to(tl.float32)
-        likelihood_bound = likelihood_bound.to(tl.float32)
-    if LAYOUT == 1:
-        outer = offs // inner
-        rem = offs - outer * inner
-    else:
-        outer = offs
-        rem = offs
-    mpos = _position(offs, outer, rem, mu_outer, mu_inner, LAYOUT)
-    spos = _position(offs, outer, rem, sigma_outer, sigma_inner, LAYOUT)
-    wpos = _position(offs, outer, rem, w_outer, w_inner, LAYOUT)
+    scale_bound, likelihood_bound = _f32_bounds(scale_bound, likelihood_bound, ON_GPU)
+    outer, rem, mpos, spos, wpos = _parameter_positions(
+        offs, inner, mu_outer, mu_inner, sigma_outer, sigma_inner, w_outer, w_inner, LAYOUT)
     max_logit, inv_norm, c, rate, dist = _mixture_residual(
         y_ptr, w_ptr, mu_ptr, seed_ptr, temp_ptr, offs, mask, first, wpos, w_stride, mpos,
         mu_stride, K, MODE, ZERO_CENTER, LOGITS, IS_BF16, ON_GPU, BLOCK, True)
@@ -964,10 +972,12 @@ RATE_WARPS = 8
 
 @triton.jit
 def _eb_tanh(x, ON_GPU: tl.constexpr):
-    """tanh from one e^{-2|x|} and its expm1 (eb_math.h, eb_tanh): |x| held at 10."""
-    ex, em1 = _neg_exp(_upper_bound(_mul(2.0, _abs(x), ON_GPU), 20.0), ON_GPU)
-    r = _div(_neg(em1), 1.0 + ex)
-    return _float(_bits(r) ^ (_bits(x) & 0x80000000))
+    """tanh from one expm1 of -2|x| (eb_math.h, eb_tanh): |x| held at 10, so 2^k is normal."""
+    k, r = _reduce_ln2(_neg(_upper_bound(_mul(2.0, _abs(x), ON_GPU), 20.0)), ON_GPU)
+    s = _scale_by_exp2(tl.full(x.shape, 1.0, tl.float32), k)
+    em1 = _fma(s, _mul(_expm1_over_r(r, ON_GPU), r, ON_GPU), s - 1.0, ON_GPU)
+    t = _div(_neg(em1), 2.0 + em1)
+    return _float(_bits(t) ^ (_bits(x) & 0x80000000))
 
 
 @triton.jit

@@ -242,6 +242,21 @@ def _broadcast(inputs: Tensor, scales: Tensor, means: Optional[Tensor]):
     return expand(inputs), expand(scales), expand(means)
 
 
+def _checked_setting(name: str, check, doc: str) -> property:
+    """A setting a training loop may assign between steps, kept in ``_<name>``: ``check`` sees
+    every assignment, so a bad value fails where it is made, not at the next forward."""
+    attr = "_" + name
+
+    def get(self):
+        return getattr(self, attr)
+
+    def set(self, value) -> None:
+        check(value)
+        setattr(self, attr, value)
+
+    return property(get, set, doc=doc)
+
+
 class _QuantizationSettings:
     """What every lic_quant entropy model shares: the training surrogate ``mode``, the SUA
     ``temperature`` (in a buffer a schedule updates in place) and the op's ``backend``."""
@@ -258,15 +273,8 @@ class _QuantizationSettings:
                              persistent=False)
         self.temperature = temperature
 
-    @property
-    def backend(self) -> str:
-        """The op's backend: one of ``lic_quant.api.BACKENDS``."""
-        return self._backend
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        check_choice("backend", value, BACKENDS)
-        self._backend = value
+    backend = _checked_setting("backend", lambda v: check_choice("backend", v, BACKENDS),
+                               "The op's backend: one of ``lic_quant.api.BACKENDS``.")
 
     @property
     def temperature(self) -> Tensor:
@@ -332,15 +340,8 @@ class _FusedQuantizationMixin(_QuantizationSettings):
 
     # -- settings ------------------------------------------------------------------------------
 
-    @property
-    def family(self) -> str:
-        """The bins' distribution: one of ``lic_quant.FAMILIES``."""
-        return self._family
-
-    @family.setter
-    def family(self, value: str) -> None:
-        check_choice("family", value, FAMILIES)
-        self._family = value
+    family = _checked_setting("family", lambda v: check_choice("family", v, FAMILIES),
+                              "The bins' distribution: one of ``lic_quant.FAMILIES``.")
 
     # The family's standard CDF and quantile (scale 1), which CompressAI's _likelihood and
     # update() read: the coder's tables follow the family. The Gaussian's are CompressAI's own.
@@ -377,19 +378,13 @@ class _FusedQuantizationMixin(_QuantizationSettings):
         """The lower bound of the likelihoods (0 when ``use_likelihood_bound`` is False)."""
         return self._likelihood_bound_value
 
-    @property
-    def rate(self) -> bool:
-        """False: forward returns ``(outputs, likelihoods)``, as CompressAI's. True: ``(outputs,
-        bits)`` with ``bits`` of shape ``(inputs.shape[0],)``, the sum of -log2 of the
-        likelihoods over each sample, computed inside the op without a likelihood tensor
-        (docs/spec.md section 8); :func:`bits_per_pixel` and :class:`RateDistortionLoss` read
-        either."""
-        return self._rate
-
-    @rate.setter
-    def rate(self, value: bool) -> None:
-        check_bool("rate", value)
-        self._rate = value
+    rate = _checked_setting(
+        "rate", lambda v: check_bool("rate", v),
+        "False: forward returns ``(outputs, likelihoods)``, as CompressAI's. True: ``(outputs, "
+        "bits)`` with ``bits`` of shape ``(inputs.shape[0],)``, the sum of -log2 of the "
+        "likelihoods over each sample, computed inside the op without a likelihood tensor "
+        "(docs/spec.md section 8); :func:`bits_per_pixel` and :class:`RateDistortionLoss` read "
+        "either.")
 
     def extra_repr(self) -> str:
         return (f"family={self.family!r}, mode={self.mode!r}, "
@@ -544,16 +539,10 @@ class _FusedMixtureMixin(_FusedQuantizationMixin):
         self.weights_are_logits = weights_are_logits
         self._init_fused(mode, temperature, zero_center, backend, rate)
 
-    @property
-    def weights_are_logits(self) -> bool:
-        """False: ``weights`` are probabilities (CompressAI's convention); True: logits, which
-        the kernel softmaxes over the K components (the model then skips its own softmax)."""
-        return self._weights_are_logits
-
-    @weights_are_logits.setter
-    def weights_are_logits(self, value: bool) -> None:
-        check_bool("weights_are_logits", value)
-        self._weights_are_logits = value
+    weights_are_logits = _checked_setting(
+        "weights_are_logits", lambda v: check_bool("weights_are_logits", v),
+        "False: ``weights`` are probabilities (CompressAI's convention); True: logits, which the "
+        "kernel softmaxes over the K components (the model then skips its own softmax).")
 
     def extra_repr(self) -> str:
         return (f"K={self.K}, " + super().extra_repr()

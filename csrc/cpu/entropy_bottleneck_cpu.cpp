@@ -50,14 +50,10 @@ struct Channel {
   T f[kEbMaxLayers][kW];       // tanh(F_i)
 };
 
-struct EbCall {
-  int32_t mode = 0;
-  int layers = 0;
+struct EbCall : EbTensors {
   int64_t N = 0, C = 0, S = 0;
   uint64_t seed = 0;
   double temperature = 0.0, likelihood_bound = 0.0;
-  at::Tensor z, medians;
-  std::vector<at::Tensor> matrices, biases, factors;  // contiguous
   // Parameter slots of one channel: layer i's W at w_off[i] (out * in), b at b_off[i], F at
   // f_off[i]; n_slots in all.
   int w_off[kEbMaxLayers] = {}, b_off[kEbMaxLayers] = {}, f_off[kEbMaxLayers] = {};
@@ -72,25 +68,15 @@ EbCall prepare(const at::Tensor& z, const at::Tensor& medians, at::TensorList ma
                const at::Tensor& temperature, c10::string_view mode, double likelihood_bound) {
   TORCH_CHECK(z.device().is_cpu(), "lic_quant: the CPU kernels got z on ", z.device());
   EbCall c;
-  c.mode = check_eb_call(z, medians, matrices, biases, factors, mode, likelihood_bound);
-  check_scalar_tensor(seed, z, "seed", at::kLong, "a 0-dim int64 tensor");
-  check_scalar_tensor(temperature, z, "temperature", at::kDouble, "a 0-dim float64 tensor");
-  c.layers = static_cast<int>(matrices.size());
-  check_eb_kernel_widths(matrices, "CPU");
+  static_cast<EbTensors&>(c) = prepare_eb_tensors(z, medians, matrices, biases, factors, seed,
+                                                  temperature, mode, likelihood_bound, "CPU");
   c.seed = static_cast<uint64_t>(*seed.const_data_ptr<int64_t>());
   c.temperature = *temperature.const_data_ptr<double>();
   check_unit_interval("temperature", c.temperature);
   c.likelihood_bound = likelihood_bound;
-  c.z = z.contiguous();
-  c.medians = medians.contiguous();
   c.N = z.size(0);
   c.C = z.size(1);
   c.S = c.N * c.C > 0 ? z.numel() / (c.N * c.C) : 0;
-  for (int i = 0; i < c.layers; ++i) {
-    c.matrices.push_back(matrices[i].contiguous());
-    c.biases.push_back(biases[i].contiguous());
-    if (i + 1 < c.layers) c.factors.push_back(factors[i].contiguous());
-  }
   int slot = 0;
   for (int i = 0; i < c.layers; ++i) {
     c.w_off[i] = slot;

@@ -388,12 +388,8 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
-struct EbCallCuda {
-  int32_t mode = 0;
-  int layers = 0;
+struct EbCallCuda : EbTensors {
   Shape sh{};
-  at::Tensor z, medians;
-  std::vector<at::Tensor> matrices, biases, factors;
 };
 
 EbCallCuda prepare(const at::Tensor& z, const at::Tensor& medians, at::TensorList matrices,
@@ -402,18 +398,8 @@ EbCallCuda prepare(const at::Tensor& z, const at::Tensor& medians, at::TensorLis
                    double likelihood_bound) {
   TORCH_CHECK(z.device().is_cuda(), "lic_quant: the CUDA kernels got z on ", z.device());
   EbCallCuda c;
-  c.mode = check_eb_call(z, medians, matrices, biases, factors, mode, likelihood_bound);
-  check_scalar_tensor(seed, z, "seed", at::kLong, "a 0-dim int64 tensor");
-  check_scalar_tensor(temperature, z, "temperature", at::kDouble, "a 0-dim float64 tensor");
-  c.layers = static_cast<int>(matrices.size());
-  check_eb_kernel_widths(matrices, "CUDA");
-  c.z = z.contiguous();
-  c.medians = medians.contiguous();
-  for (int i = 0; i < c.layers; ++i) {
-    c.matrices.push_back(matrices[i].contiguous());
-    c.biases.push_back(biases[i].contiguous());
-    if (i + 1 < c.layers) c.factors.push_back(factors[i].contiguous());
-  }
+  static_cast<EbTensors&>(c) = prepare_eb_tensors(z, medians, matrices, biases, factors, seed,
+                                                  temperature, mode, likelihood_bound, "CUDA");
   const int64_t N = z.size(0), C = z.size(1);
   c.sh.C = C;
   c.sh.S = N * C > 0 ? z.numel() / (N * C) : 0;

@@ -282,6 +282,37 @@ inline void check_eb_kernel_widths(at::TensorList matrices, const char* kernels)
   }
 }
 
+// One EntropyBottleneck call as both kernels take it: every check of the op (check_eb_call, the
+// seed and temperature tensors, the kernels' width limit, `kernels` naming the backend in its
+// message) and the tensors made contiguous (factors: one per hidden layer).
+struct EbTensors {
+  int32_t mode = 0;
+  int layers = 0;
+  at::Tensor z, medians;
+  std::vector<at::Tensor> matrices, biases, factors;
+};
+
+inline EbTensors prepare_eb_tensors(const at::Tensor& z, const at::Tensor& medians,
+                                    at::TensorList matrices, at::TensorList biases,
+                                    at::TensorList factors, const at::Tensor& seed,
+                                    const at::Tensor& temperature, c10::string_view mode,
+                                    double likelihood_bound, const char* kernels) {
+  EbTensors c;
+  c.mode = check_eb_call(z, medians, matrices, biases, factors, mode, likelihood_bound);
+  check_scalar_tensor(seed, z, "seed", at::kLong, "a 0-dim int64 tensor");
+  check_scalar_tensor(temperature, z, "temperature", at::kDouble, "a 0-dim float64 tensor");
+  check_eb_kernel_widths(matrices, kernels);
+  c.layers = static_cast<int>(matrices.size());
+  c.z = z.contiguous();
+  c.medians = medians.contiguous();
+  for (int i = 0; i < c.layers; ++i) {
+    c.matrices.push_back(matrices[i].contiguous());
+    c.biases.push_back(biases[i].contiguous());
+    if (i + 1 < c.layers) c.factors.push_back(factors[i].contiguous());
+  }
+  return c;
+}
+
 // The EntropyBottleneck backward's incoming gradients, checked against z (both kernels take the
 // same): grad_likelihoods of z's shape in the likelihoods' dtype, grad_z_hat (optional) of z's
 // shape and dtype. Returns {grad_z_hat, grad_likelihoods} contiguous, the first undefined where

@@ -67,13 +67,16 @@ LQ_HD T eb_factor_slope(T x) {
 // ---------------------------------------------------------------------------------------------
 // Per element.
 
-// tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}), the numerator an expm1: relative accuracy
-// at small |x|; NaN -> NaN. |x| is held at 10, where the float32 result is 1 already: beyond it
-// e^{-2|x|} would reach the subnormals, whose arithmetic costs x86 a microcode assist per lane
-// (the hidden activations of a trained prior are often tens).
+// tanh(x) = sign(x) (-E) / (2 + E) with E = e^{-2|x|} - 1: relative accuracy at small |x| (E is
+// an expm1), and the denominator lies in (1, 2], where E's absolute accuracy is what counts, so one
+// expm1 serves both. |x| is held at 10, where the float32 result is 1 already; then k >= -29 in
+// e^{-2|x|} = 2^k e^r, and 2^k is a normal number without the clamps of neg_exp (the hidden
+// activations of a trained prior are often tens). NaN -> NaN.
 LQ_HD float eb_tanh(float x) {
-  const NegExp<float> e = neg_exp(upper_bound(2.0f * abs_bits(x), 20.0f));
-  return with_sign_of(-e.expm1 / (1.0f + e.exp), x);
+  const Ln2Reduced e = reduce_ln2(-upper_bound(2.0f * abs_bits(x), 20.0f));
+  const float s = exp2_int(e.k);
+  const float em1 = fma_rn(s, expm1_over_r(e.r) * e.r, s - 1.0f);
+  return with_sign_of(-em1 / (2.0f + em1), x);
 }
 LQ_HD double eb_tanh(double x) { return ::tanh(x); }
 
