@@ -19,6 +19,7 @@ pytest.importorskip("triton")
 pytest.importorskip("numpy")
 
 import lic_quant as lq  # noqa: E402
+from lic_quant import _triton_kernels as triton_kernels  # noqa: E402
 from lic_quant import triton_ops  # noqa: E402
 from lic_quant.noise import philox_uniform  # noqa: E402
 
@@ -228,3 +229,42 @@ def test_gpu_machine_code_has_no_contraction():
     if proc.returncode == 2:
         pytest.skip(f"no NVIDIA toolchain in Triton: {proc.stdout.strip()}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_eb_tanh_against_mpmath():
+    """The EntropyBottleneck's tanh (eb_math.h eb_tanh; its Triton port gives the C++ bits, which
+    test_entropy_bottleneck_backends.py checks through the op): within 3 ulp of the float32
+    rounding of tanh on arguments from 1e-12 to 20 (the degree-5 expm1 polynomial has relative
+    error 1.3e-7 = 1.1 ulp, the division and the final rounding add one each; mpmath at 40
+    digits), odd, exactly 1 from |x| = 10 on, NaN -> NaN."""
+    mpmath = pytest.importorskip("mpmath")
+    import numpy as np
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def tanh_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr, ON_GPU: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(x_ptr + offs, mask=mask)
+        tl.store(out_ptr + offs, triton_kernels._eb_tanh(x, ON_GPU), mask=mask)
+
+    rng = np.random.default_rng(0)
+    mags = np.concatenate([10.0 ** rng.uniform(-12, 1.31, 6000), rng.uniform(0, 12, 2000),
+                           [1e-30, 1e-45, 0.5, 1.0, 9.99, 10.0, 10.01, 20.0, 88.0, np.inf]])
+    x = torch.from_numpy(np.concatenate([mags, -mags, [np.nan]]).astype(np.float32)).to(DEVICE)
+    out = torch.empty_like(x)
+    tanh_kernel[(triton.cdiv(x.numel(), 1024),)](x, out, x.numel(), BLOCK=1024, ON_GPU=ON_GPU)
+    xs, ts = x.cpu().numpy(), out.cpu().numpy()
+    mpmath.mp.dps = 40
+    worst = 0.0
+    for xi, ti in zip(xs[:-1], ts[:-1]):
+        want = mpmath.tanh(mpmath.mpf(float(xi)))
+        ulp = float(np.spacing(np.float32(abs(float(want)))))
+        if ulp > 0:
+            worst = max(worst, abs(float(ti) - float(want)) / ulp)
+    assert worst <= 3.0, worst
+    n = mags.size
+    assert np.array_equal(ts[n:2 * n], -ts[:n])
+    assert np.all(np.abs(ts[:-1][np.abs(xs[:-1]) >= 10.0]) == 1.0)
+    assert np.isnan(ts[-1])
