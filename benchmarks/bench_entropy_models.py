@@ -95,10 +95,10 @@ def make_mixture_case(shape, device, k):
     return (y, scales, means, weights), g_yhat, (-1.0 / lik).detach()
 
 
-def compressai_mixture_fn(k):
+def compressai_mixture_fn(k, device):
     from compressai.entropy_models import GaussianMixtureConditional
 
-    module = GaussianMixtureConditional(K=k).train()
+    module = GaussianMixtureConditional(K=k).to(device).train()  # its bounds are buffers
     return lambda y, scales, means, weights: module(y, scales, means, weights)
 
 
@@ -332,7 +332,7 @@ def main() -> None:
                          "GaussianMixtureConditional (0: none)")
     ap.add_argument("--parts", default="families,rate",
                     help="families (the op per family, and the mixture), rate (the rate "
-                         "output) and/or eb (the EntropyBottleneck)")
+                         "output) and/or eb (the EntropyBottleneck), run in this order")
     ap.add_argument("--csv", help="append the family and mixture rows to this CSV")
     ap.add_argument("--rate-csv", help="append the rate rows to this CSV")
     ap.add_argument("--eb-shapes", default="16x128x4x4,16x192x8x8,16x192x16x16",
@@ -344,13 +344,13 @@ def main() -> None:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     families = args.families.split(",")
-    parts = args.parts.split(",")
-    if "families" in parts:
-        run_families(args, shape, device, sync, families)
-    if "rate" in parts:
-        run_rate(args, shape, device, sync)
-    if "eb" in parts:
-        run_eb(args, device, sync)
+    runs = {"families": lambda: run_families(args, shape, device, sync, families),
+            "rate": lambda: run_rate(args, shape, device, sync),
+            "eb": lambda: run_eb(args, device, sync)}
+    for part in args.parts.split(","):  # in the order given; each appends its rows when done
+        if part not in runs:
+            ap.error(f"--parts: unknown part {part!r} (families, rate, eb)")
+        runs[part]()
 
 
 def run_rate(args, shape, device, sync) -> None:
@@ -387,8 +387,8 @@ def run_families(args, shape, device, sync, families) -> None:
         k = args.mixture_k
         case = make_mixture_case(shape, device, k)
         name = f"gmm{k}"  # provider names: CompressAI's module eager and under torch.compile
-        cases[(name, "eager")] = (compressai_mixture_fn(k), case)
-        cases[(name, "compiled")] = (torch.compile(compressai_mixture_fn(k)), case)
+        cases[(name, "eager")] = (compressai_mixture_fn(k, device), case)
+        cases[(name, "compiled")] = (torch.compile(compressai_mixture_fn(k, device)), case)
         cases[(name, "fused")] = (fused_mixture_fn(k), case)
     result = measure(cases, args.rounds, sync)
 

@@ -11,8 +11,11 @@
 #   SKIP_TESTS=1 bash scripts/gpu_run.sh    # build + benchmark only
 #   SKIP_BUILD=1 SKIP_BENCH=1 bash scripts/gpu_run.sh   # tests on a warm machine, built before
 #   BENCH_ARGS="--dtypes float32,bfloat16" bash scripts/gpu_run.sh
+#   SKIP_ENTROPY_BENCH=1 bash scripts/gpu_run.sh   # without bench_entropy_models.py (the mixture
+#                                                  # at 16x320x16x16, rate, EntropyBottleneck;
+#                                                  # needs compressai: COMPRESSAI_WHEEL=path.whl)
 # Environment: PYTHON (default python3), CUDA_HOME (default /usr/local/cuda), TEST_TIMEOUT and
-# BENCH_TIMEOUT (seconds, default 260 and 230), TESTS (default tests/contract tests/test_cuda.py
+# BENCH_TIMEOUT (seconds, default 260 and 230), ENTROPY_TIMEOUT (200), ENTROPY_SHAPE, TESTS (default tests/contract tests/test_cuda.py
 # tests/test_triton.py tests/test_overhead_paths.py: the contract suite for the backends "cuda" and
 # "triton" (LIC_QUANT_TEST_BACKENDS; their bits against the CPU kernels' included), then what only
 # the CUDA and Triton kernels have, and the eager entry on the machine's torch; one Triton config,
@@ -71,10 +74,35 @@ if [ "${SKIP_BENCH:-0}" != "1" ]; then
   grep -E "^\[bench\] (device-to-device|triton)" "$LOGS/bench.log"
   [ $rc -ne 0 ] && { tail -30 "$LOGS/bench.log"; status=1; }
 fi
+if [ -n "${COMPRESSAI_WHEEL:-}" ] && ! $PY -c "import compressai" 2>/dev/null; then
+  $PY -m pip install -q --no-deps "$COMPRESSAI_WHEEL" >"$LOGS/compressai_install.log" 2>&1 ||
+    echo "compressai: $COMPRESSAI_WHEEL did not install (see compressai_install.log)"
+fi
+if [ "${SKIP_ENTROPY_BENCH:-0}" != "1" ] && ! $PY -c "import compressai" 2>/dev/null; then
+  echo "== entropy models benchmark: skipped, compressai is not installed (its baselines; set"
+  echo "   COMPRESSAI_WHEEL to a wheel for this Python carried with the call)"
+elif [ "${SKIP_ENTROPY_BENCH:-0}" != "1" ]; then
+  # The mixture (K = 3 against CompressAI's GaussianMixtureConditional, eager and compiled), the
+  # families, the rate output and the EntropyBottleneck, on the device; each part appends its rows
+  # when it ends, the EntropyBottleneck first (its bar is GPU-only).
+  echo "== entropy models benchmark"
+  t0=$(date +%s)
+  timeout "${ENTROPY_TIMEOUT:-200}" $PY benchmarks/bench_entropy_models.py --device cuda \
+    --shape "${ENTROPY_SHAPE:-16x320x16x16}" --rounds 20 --parts eb,families,rate \
+    --eb-shapes 16x128x4x4,16x192x8x8,16x192x16x16 \
+    --csv benchmarks/results/entropy_models.csv --rate-csv benchmarks/results/rate_output.csv \
+    --eb-csv benchmarks/results/entropy_bottleneck.csv --label "${LABEL:-}" \
+    >"$LOGS/bench_entropy.log" 2>&1
+  rc=$?
+  echo "entropy models benchmark: rc=$rc, $(( $(date +%s) - t0 )) s"
+  grep -E "x$|^(family|shape|provider)" "$LOGS/bench_entropy.log" | tail -30
+  [ $rc -ne 0 ] && { tail -30 "$LOGS/bench_entropy.log"; status=1; }
+fi
 nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv > "$LOGS/gpu_after.csv" 2>&1
-cp benchmarks/results/gpu.csv benchmarks/results/sass.csv "$LOGS/" 2>/dev/null
+cp benchmarks/results/gpu.csv benchmarks/results/sass.csv benchmarks/results/entropy_models.csv \
+  benchmarks/results/rate_output.csv benchmarks/results/entropy_bottleneck.csv "$LOGS/" 2>/dev/null
 if [ -s "$LOGS/bench_gpu.md" ]; then
-  echo "== results: benchmarks/results/gpu.csv, sass.csv (commit them)"
+  echo "== results: benchmarks/results/gpu.csv, sass.csv, entropy_models.csv, rate_output.csv, entropy_bottleneck.csv (commit them)"
   cat "$LOGS/bench_gpu.md"
 fi
 exit $status
