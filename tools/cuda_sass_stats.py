@@ -50,10 +50,14 @@ def short_name(mangled: str) -> str:
     # A bool after them is the rate option (rate=True, docs/spec.md section 8); rate=False rows
     # keep their names.
     rate = ", rate" if re.search(r"Lb1E", t) else ""
-    if name.startswith("mixture_") and len(ints) == 1:
-        # Four elements per thread step, K read at run time (docs/design/cuda_kernels.md).
+    if name.startswith("mixture_") and len(ints) == 2:
+        # Four elements per thread step, K read at run time; template constants: family, mode
+        # (-1: read at run time), then the bools rate and logits (docs/design/cuda_kernels.md).
         family = families.get(ints[0], f", family={ints[0]}")
-        return f"{name}<{dtype}, N=4, any K{family}{rate}>"
+        bools = re.findall(r"Lb([01])E", t)
+        rate = ", rate" if bools[:1] == ["1"] else ""
+        logits = ", logits" if bools[1:2] == ["1"] else ""
+        return f"{name}<{dtype}, N=4, any K, mode={modes.get(ints[1], ints[1])}{family}{rate}{logits}>"
     if name == "forward_rate_kernel" and len(ints) == 1:
         # No loop: four elements per thread, then the chunk's reduction.
         family = families.get(ints[0], f", family={ints[0]}")
@@ -65,13 +69,15 @@ def short_name(mangled: str) -> str:
 
 
 def mixture_path(ins, loops, name, K=3):
-    """(element loop span, instructions per element at K) of a mixture kernel. Its loops nest:
-    [grid-stride loop >] element loop (four elements per group) > component loops (K iterations
-    each, rolled). The count per element at K is the group's own code / 4 + the element loop's
-    code outside its component loops (every path: an upper bound of what one element runs) + K x
-    the component loops that run for probabilities without zero_center (the forward's last loop,
-    the mass; the backward's last two, the masses and slopes, then the gradients). The softmax
-    and zero_center loops are left out (they run only with logits or zero_center)."""
+    """(piece loop span, instructions per element at K) of a mixture kernel. Its loops nest:
+    [grid-stride loop >] piece loop (the four elements of a group; a second iteration only where
+    the group crosses a block of the layout) > component loops (K iterations each, rolled, each
+    iteration serving the four elements). The count per element at K is one group's code / 4:
+    the code of the grid-stride loop (or, without one, the kernel) outside the piece loop, plus
+    the piece loop's code outside its component loops once (every branch: an upper bound), plus
+    K x the component loops that run for a group without zero_center (the forward's last loop,
+    the mass; the backward's last two, the masses and slopes, then the gradients; with logits
+    also the first two, the softmax's max and normalizer). The zero_center loop is left out."""
     if not loops:
         return None, None
     spans = sorted(loops, key=lambda l: l[1] - l[0], reverse=True)
@@ -79,16 +85,18 @@ def mixture_path(ins, loops, name, K=3):
         return sum(1 for a, _ in ins if l[0] <= a <= l[1])
     def inside(a, b):
         return b[0] <= a[0] and a[1] <= b[1] and a != b
-    elem = next((l for l in reversed(spans) if any(inside(c, l) for c in loops)), None)
-    if elem is None:
+    piece = next((l for l in reversed(spans) if any(inside(c, l) for c in loops)), None)
+    if piece is None:
         return None, None
-    comps = sorted((c for c in loops if inside(c, elem)
+    comps = sorted((c for c in loops if inside(c, piece)
                     and not any(inside(d, c) for d in loops)), key=lambda c: c[0])
-    outer = next((l for l in reversed(spans) if inside(elem, l)), None)
-    group = (size(outer) if outer else len(ins)) - size(elem)
+    outer = next((l for l in reversed(spans) if inside(piece, l)), None)
+    group = (size(outer) if outer else len(ins)) - size(piece)
     hot = comps[-1:] if "forward" in name else comps[-2:]
-    own = size(elem) - sum(size(c) for c in comps)
-    return size(elem), group / 4 + own + K * sum(size(c) for c in hot)
+    if ", logits" in name:
+        hot = comps[:2] + hot
+    own = size(piece) - sum(size(c) for c in comps)
+    return size(piece), (group + own + K * sum(size(c) for c in hot)) / 4
 
 
 def nvcc_release() -> str:
@@ -158,8 +166,8 @@ def main(argv=None) -> int:
         print(f"{r[0]:68s} {r[1]!s:>4s} {r[2]!s:>5s} {r[3]:6d} {r[4]:6d} {per:>9s}")
     print("loop = the longest backward branch's span: every path of the main loop (the backward "
           "holds both the p-skipping and the full path; a thread runs one), not the tail.")
-    print("mixture_* rows: loop = the element loop, each component loop once; loop/elem = one "
-          "element at K = 3 (mixture_path: probabilities, no zero_center). EntropyBottleneck: "
+    print("mixture_* rows: loop = the piece loop (four elements), each component loop once; "
+          "loop/elem = one element at K = 3 (mixture_path: no zero_center). EntropyBottleneck: "
           "loop/elem is the forward's loop (both edges of one element) and twice the "
           "backward's (one edge per thread).")
     if args.csv:
