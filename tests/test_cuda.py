@@ -15,6 +15,7 @@ themselves on a machine without a GPU); LIC_QUANT_EXPECT_CUDA_BUILD=1 makes a CP
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import os
@@ -503,6 +504,14 @@ def test_more_than_2_31_elements(dtype):
             assert ((got - want).abs() <= 1e-2 * want.abs() + 1e-4 * want.abs().max()).all()
 
 
+@functools.lru_cache(maxsize=None)
+def _sass_listing(binary: str) -> str:
+    """The tool's table for one binary: the two SASS tests share one disassembly (16 s)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, os.path.join(root, "tools", "cuda_sass_stats.py"),
+                           binary], capture_output=True, text=True).stdout
+
+
 def sass_table():
     """tools/cuda_sass_stats.py on the extension this run built (sm_90): {kernel: (reg, stack,
     sass, loop, per element or None)}; skips where there is nothing to count."""
@@ -510,13 +519,11 @@ def sass_table():
         pytest.skip("lic_quant._C was built CPU-only")
     if find_cuobjdump() is None:
         pytest.skip("no cuobjdump")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, os.path.join(root, "tools", "cuda_sass_stats.py"),
-                          extension_path()], capture_output=True, text=True)
-    if "sm_90" not in out.stdout or "forward_kernel<f32" not in out.stdout:
+    listing = _sass_listing(extension_path())
+    if "sm_90" not in listing or "forward_kernel<f32" not in listing:
         pytest.skip("no sm_90 machine code in this build (TORCH_CUDA_ARCH_LIST)")
     table = {}
-    for line in out.stdout.splitlines():
+    for line in listing.splitlines():
         m = re.match(r"(\w+<[^>]*>)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*(\d*)\s*$", line)
         if m:
             table[m.group(1)] = (*(int(g) for g in m.groups()[1:5]),
