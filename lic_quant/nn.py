@@ -797,8 +797,16 @@ def _convert(old: nn.Module, settings: dict) -> nn.Module:
         new = GaussianMixtureConditional(old.K, None, **common)
     else:
         new = GaussianConditional(None, **common)
-    # Copy every buffer (scale table, CDFs, offsets, bounds) as is: sizes may differ from a fresh
-    # module's empty ones (after update()), so assign rather than load_state_dict.
+    _copy_buffers(old, new)  # scale table, CDFs, offsets, bounds
+    new._sync_bounds()
+    new.to(device=old.lower_bound_scale.bound.device)
+    new.train(old.training)
+    return new
+
+
+def _copy_buffers(old: nn.Module, new: nn.Module) -> None:
+    """Copies of old's buffers into new wherever new has a buffer of that name. Assigned, not
+    loaded: after update() the CDF tables' sizes differ from a fresh module's empty ones."""
     new_buffers = dict(new.named_buffers())
     for name, buf in old.named_buffers():
         if name not in new_buffers:
@@ -806,10 +814,6 @@ def _convert(old: nn.Module, settings: dict) -> nn.Module:
         owner_name, _, leaf = name.rpartition(".")
         owner = new.get_submodule(owner_name) if owner_name else new
         owner._buffers[leaf] = buf.clone()
-    new._sync_bounds()
-    new.to(device=old.lower_bound_scale.bound.device)
-    new.train(old.training)
-    return new
 
 
 def _convert_entropy_bottleneck(old: nn.Module, settings: dict) -> nn.Module:
@@ -830,13 +834,7 @@ def _convert_entropy_bottleneck(old: nn.Module, settings: dict) -> nn.Module:
     # copies of every buffer (target, bound, and the CDFs/offsets of update()).
     new.matrices, new.biases, new.factors = old.matrices, old.biases, old.factors
     new.quantiles = old.quantiles
-    new_buffers = dict(new.named_buffers())
-    for name, buf in old.named_buffers():
-        if name not in new_buffers:
-            continue
-        owner_name, _, leaf = name.rpartition(".")
-        owner = new.get_submodule(owner_name) if owner_name else new
-        owner._buffers[leaf] = buf.clone()
+    _copy_buffers(old, new)
     new._sync_bounds()
     new._buffers["_temperature"] = new._temperature.to(old.quantiles.device)
     new.train(old.training)

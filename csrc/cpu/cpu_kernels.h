@@ -6,6 +6,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <cmath>
@@ -29,6 +31,18 @@
 
 namespace lic_quant {
 namespace {
+
+// Calls fn(S{}, T{}) with S the input type and T the compute type (float32 for float16 and
+// bfloat16): the dtype dispatch of the mixture and EntropyBottleneck kernels.
+template <typename Fn>
+void dispatch_types(at::ScalarType dt, Fn&& fn) {
+  switch (dt) {
+    case at::kDouble: return fn(double{}, double{});
+    case at::kFloat: return fn(float{}, float{});
+    case at::kHalf: return fn(c10::Half{}, float{});
+    default: return fn(c10::BFloat16{}, float{});
+  }
+}
 
 // The largest block a fill serves.
 constexpr int64_t kMaxNoiseBlock = 256;

@@ -445,17 +445,6 @@ void backward_impl(const EbCall& c, const at::Tensor& g_zhat, const at::Tensor& 
   });
 }
 
-// Calls fn(S{}, T{}) with S the input type and T the compute type.
-template <typename Fn>
-void dispatch_types(at::ScalarType dt, Fn&& fn) {
-  switch (dt) {
-    case at::kDouble: return fn(double{}, double{});
-    case at::kFloat: return fn(float{}, float{});
-    case at::kHalf: return fn(c10::Half{}, float{});
-    default: return fn(c10::BFloat16{}, float{});
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> eb_forward_cpu(const at::Tensor& z, const at::Tensor& medians,
                                                   at::TensorList matrices, at::TensorList biases,
                                                   at::TensorList factors, const at::Tensor& seed,

@@ -355,17 +355,6 @@ void backward_impl(const CpuMixtureCall& c, const at::Tensor& g_yhat, const at::
   });
 }
 
-// Calls fn(S{}, T{}) with S the input type and T the compute type.
-template <typename Fn>
-void dispatch_types(at::ScalarType dt, Fn&& fn) {
-  switch (dt) {
-    case at::kDouble: return fn(double{}, double{});
-    case at::kFloat: return fn(float{}, float{});
-    case at::kHalf: return fn(c10::Half{}, float{});
-    default: return fn(c10::BFloat16{}, float{});
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> mixture_forward_cpu(
     const at::Tensor& y, const at::Tensor& scales, const at::Tensor& means,
     const at::Tensor& weights, const at::Tensor& seed, const at::Tensor& temperature,
