@@ -233,10 +233,12 @@ def test_gpu_machine_code_has_no_contraction():
 
 def test_eb_tanh_against_mpmath():
     """The EntropyBottleneck's tanh (eb_math.h eb_tanh; its Triton port gives the C++ bits, which
-    test_entropy_bottleneck_backends.py checks through the op): within 3 ulp of the float32
-    rounding of tanh on arguments from 1e-12 to 20 (the degree-5 expm1 polynomial has relative
-    error 1.3e-7 = 1.1 ulp, the division and the final rounding add one each; mpmath at 40
-    digits), odd, exactly 1 from |x| = 10 on, NaN -> NaN."""
+    test_entropy_bottleneck_backends.py checks through the op): within 5 ulp of tanh on arguments
+    from 1e-12 to 20 (mpmath at 40 digits), odd, exactly 1 from |x| = 9.03 on, NaN -> NaN. The
+    bound: tools/fit_eb_tanh.py evaluates every float32 argument of [2^-14, 9.2] (below, P and Q
+    round to 1) as the kernels do and finds at most 4.98 ulp; the rational function itself is
+    within 0.14 ulp of tanh, the rest is the rounding of the nine fmas, the product and the
+    quotient."""
     mpmath = pytest.importorskip("mpmath")
     import numpy as np
     import triton
@@ -251,7 +253,7 @@ def test_eb_tanh_against_mpmath():
 
     rng = np.random.default_rng(0)
     mags = np.concatenate([10.0 ** rng.uniform(-12, 1.31, 6000), rng.uniform(0, 12, 2000),
-                           [1e-30, 1e-45, 0.5, 1.0, 9.99, 10.0, 10.01, 20.0, 88.0, np.inf]])
+                           [1e-30, 1e-45, 0.5, 1.0, 8.652172, 9.02, 9.03, 10.0, 88.0, np.inf]])
     x = torch.from_numpy(np.concatenate([mags, -mags, [np.nan]]).astype(np.float32)).to(DEVICE)
     out = torch.empty_like(x)
     tanh_kernel[(triton.cdiv(x.numel(), 1024),)](x, out, x.numel(), BLOCK=1024, ON_GPU=ON_GPU)
@@ -263,8 +265,8 @@ def test_eb_tanh_against_mpmath():
         ulp = float(np.spacing(np.float32(abs(float(want)))))
         if ulp > 0:
             worst = max(worst, abs(float(ti) - float(want)) / ulp)
-    assert worst <= 3.0, worst
+    assert worst <= 5.0, worst
     n = mags.size
     assert np.array_equal(ts[n:2 * n], -ts[:n])
-    assert np.all(np.abs(ts[:-1][np.abs(xs[:-1]) >= 10.0]) == 1.0)
+    assert np.all(np.abs(ts[:-1][np.abs(xs[:-1]) >= 9.03]) == 1.0)
     assert np.isnan(ts[-1])

@@ -1,5 +1,5 @@
-// What the CPU translation units (quantize_cpu.cpp, mixture_cpu.cpp) share: the ISA clones their
-// loops are compiled as, the block fill of the noise stream (docs/spec.md section 3) and the
+// What the CPU translation units (quantize_cpu.cpp, mixture_cpu.cpp, entropy_bottleneck_cpu.cpp)
+// share: the ISA clones their loops are compiled as, the dtype and mode dispatch, the block fill of the noise stream (docs/spec.md section 3) and the
 // per-sample reduction of rate=True (section 8).
 #pragma once
 
@@ -12,9 +12,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "../lic_quant/host_device.h"
 #include "../lic_quant/philox.h"
+#include "../lic_quant/quantize_math.h"
 
 // The loops are built as target clones (AVX-512, AVX2, baseline x86-64) and the loader picks one
 // for the machine; LQ_CPU_CLONES_AVX2 / LQ_CPU_CLONES_BASELINE build fewer, for
@@ -41,6 +43,18 @@ void dispatch_types(at::ScalarType dt, Fn&& fn) {
     case at::kFloat: return fn(float{}, float{});
     case at::kHalf: return fn(c10::Half{}, float{});
     default: return fn(c10::BFloat16{}, float{});
+  }
+}
+
+// Calls fn(std::integral_constant<int32_t, mode>{}): the surrogate's mode as a compile-time
+// constant, so that the per-element loops have no branch on it and vectorize.
+template <typename Fn>
+decltype(auto) dispatch_mode(int32_t mode, Fn&& fn) {
+  switch (mode) {
+    case kNoise: return fn(std::integral_constant<int32_t, kNoise>{});
+    case kSte: return fn(std::integral_constant<int32_t, kSte>{});
+    case kMixed: return fn(std::integral_constant<int32_t, kMixed>{});
+    default: return fn(std::integral_constant<int32_t, kSua>{});
   }
 }
 

@@ -262,17 +262,24 @@ const T* mlp_backward(const EbCall& c, const Channel<T>& p, Lanes<T>& L, T* acc)
 }
 
 // The surrogates of the block: x <- the MLP inputs (padding lanes 0), yh <- z_hat.
-template <typename T>
-LQ_CLONES void edges_block(const T* __restrict zb, const T* __restrict u, T* __restrict x,
-                           T* __restrict yh, int64_t n, int32_t mode, T median, T temperature) {
+template <int32_t kMode, typename T>
+LQ_CLONES void edges_block_mode(const T* __restrict zb, const T* __restrict u, T* __restrict x,
+                                T* __restrict yh, int64_t n, T median, T temperature) {
   for (int64_t j = 0; j < kBlock; ++j) {
-    const Surrogate<T> q = surrogate<T>(mode, zb[j] - median, u[j], temperature);
+    const Surrogate<T> q = surrogate<T>(kMode, zb[j] - median, u[j], temperature);
     const T v = median + q.rate;
     const bool live = j < n;
     x[j] = live ? v - T(0.5) : T(0);
     x[kBlock + j] = live ? v + T(0.5) : T(0);
     yh[j] = median + q.distortion;
   }
+}
+template <typename T>
+void edges_block(const T* zb, const T* u, T* x, T* yh, int64_t n, int32_t mode, T median,
+                 T temperature) {
+  dispatch_mode(mode, [&](auto m) {
+    edges_block_mode<decltype(m)::value>(zb, u, x, yh, n, median, temperature);
+  });
 }
 
 // p from the logits (lower in lanes 0 .. kBlock-1, upper above).

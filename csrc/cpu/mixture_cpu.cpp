@@ -204,12 +204,9 @@ LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logit
 
 template <typename T>
 void center(Block<T>& b, int K, int64_t n, int32_t mode, bool zero_center, T temperature) {
-  switch (mode) {
-    case kNoise: return center_block<kNoise>(b, K, n, zero_center, temperature);
-    case kSte: return center_block<kSte>(b, K, n, zero_center, temperature);
-    case kMixed: return center_block<kMixed>(b, K, n, zero_center, temperature);
-    default: return center_block<kSua>(b, K, n, zero_center, temperature);
-  }
+  dispatch_mode(mode, [&](auto m) {
+    center_block<decltype(m)::value>(b, K, n, zero_center, temperature);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

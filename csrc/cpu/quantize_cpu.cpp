@@ -64,20 +64,14 @@ LQ_CLONES void backward_block_f32(const float* __restrict g_yhat, const float* _
 
 // Calls fn with (mode, zero_center) as compile-time constants.
 template <typename Fn>
-void dispatch_mode(int32_t mode, bool zero_center, Fn&& fn) {
-  auto with_center = [&](auto mode_c) {
+void dispatch_mode_center(int32_t mode, bool zero_center, Fn&& fn) {
+  dispatch_mode(mode, [&](auto mode_c) {
     if (zero_center) {
       fn(mode_c, std::true_type{});
     } else {
       fn(mode_c, std::false_type{});
     }
-  };
-  switch (mode) {
-    case kNoise: return with_center(std::integral_constant<int32_t, kNoise>{});
-    case kSte: return with_center(std::integral_constant<int32_t, kSte>{});
-    case kMixed: return with_center(std::integral_constant<int32_t, kMixed>{});
-    default: return with_center(std::integral_constant<int32_t, kSua>{});
-  }
+  });
 }
 
 bool all_negative(const float* g, int64_t n) {
@@ -149,7 +143,7 @@ void forward_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t* sigm
       if (mode_uses_noise(p.mode)) fill_noise_block(bu.a, n, keys, static_cast<uint64_t>(i));
       float* out = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(y_hat + i) : byh.a;
       dispatch_family(family, [&](auto fam) {
-        dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
+        dispatch_mode_center(p.mode, p.zero_center, [&](auto m, auto zc) {
           forward_block_f32<decltype(m)::value, decltype(zc)::value, decltype(fam)::value>(
               fy, fm, fs, bu.a, out, lik + i, n, p);
         });
@@ -190,7 +184,7 @@ void backward_reduced(const scalar_t* g_yhat, const float* g_lik, const scalar_t
       if (rate) spread_sample_grads(g_lik, sample_size, i, n, bgl.a);
       const bool skip = !rate && all_negative(g_lik + i, n);
       dispatch_family(family, [&](auto fam) {
-        dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
+        dispatch_mode_center(p.mode, p.zero_center, [&](auto m, auto zc) {
           constexpr int32_t kM = decltype(m)::value;
           constexpr bool kZ = decltype(zc)::value;
           constexpr int kF = decltype(fam)::value;
@@ -288,7 +282,7 @@ void forward_rate_reduced(const scalar_t* y, const scalar_t* mu, const scalar_t*
     const float* fu = mode_uses_noise(p.mode) ? noise_at(bu, i, n, keys) : kZeros;
     float* out = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(y_hat + i) : byh.a;
     dispatch_family(family, [&](auto fam) {
-      dispatch_mode(p.mode, p.zero_center, [&](auto m, auto zc) {
+      dispatch_mode_center(p.mode, p.zero_center, [&](auto m, auto zc) {
         forward_block_f32<decltype(m)::value, decltype(zc)::value, decltype(fam)::value>(
             fy, fm, fs, fu, out, lik.a, n, p);
       });
