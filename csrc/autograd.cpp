@@ -260,28 +260,6 @@ std::tuple<Tensor, Tensor> quantize_forward_autograd(
 // ---------------------------------------------------------------------------------------------
 // mixture_quantize_forward / _backward (docs/spec.md section 7): the same scheme, four inputs.
 
-using MixtureForwardFn = std::tuple<Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    c10::string_view, double, double, bool, c10::string_view, bool, bool);
-using MixtureBackwardFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
-    const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const Tensor&, const Tensor&, const Tensor&, c10::string_view, double, double, bool,
-    c10::string_view, bool, std::array<bool, 4>, bool);
-
-const c10::TypedOperatorHandle<MixtureForwardFn>& mixture_forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lic_quant::mixture_quantize_forward", "")
-                             .typed<MixtureForwardFn>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<MixtureBackwardFn>& mixture_backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lic_quant::mixture_quantize_backward", "")
-                             .typed<MixtureBackwardFn>();
-  return op;
-}
-
 std::tuple<Tensor, Tensor, Tensor, Tensor> mixture_backward_autograd(
     const std::optional<Tensor>& grad_y_hat, const Tensor& grad_lik, const Tensor& y,
     const Tensor& scales, const Tensor& means, const Tensor& weights, const Tensor& seed,
@@ -429,29 +407,6 @@ std::tuple<Tensor, Tensor> mixture_forward_autograd(
 // entropy_bottleneck_forward / _backward (docs/spec.md section 9). The node's outputs (next
 // edges) are z, then matrices, biases and factors in list order; the medians get no gradient (in
 // CompressAI they learn through loss() only).
-
-using EbForwardFn = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, at::TensorList,
-                                               at::TensorList, at::TensorList, const Tensor&,
-                                               const Tensor&, c10::string_view, double);
-using EbBackwardFn =
-    std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>(
-        const std::optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&,
-        at::TensorList, at::TensorList, at::TensorList, const Tensor&, const Tensor&,
-        c10::string_view, double, std::array<bool, 4>);
-
-const c10::TypedOperatorHandle<EbForwardFn>& eb_forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lic_quant::entropy_bottleneck_forward", "")
-                             .typed<EbForwardFn>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<EbBackwardFn>& eb_backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lic_quant::entropy_bottleneck_backward", "")
-                             .typed<EbBackwardFn>();
-  return op;
-}
 
 bool any_forward_grad(at::TensorList ts) {
   for (const auto& t : ts) {

@@ -13,7 +13,8 @@
 #   BENCH_ARGS="--dtypes float32,bfloat16" bash scripts/gpu_run.sh
 #   SKIP_ENTROPY_BENCH=1 bash scripts/gpu_run.sh   # without bench_entropy_models.py (the mixture
 #                                                  # at 16x320x16x16, rate, EntropyBottleneck;
-#                                                  # needs compressai: COMPRESSAI_WHEEL=path.whl)
+#                                                  # needs compressai: run scripts/gpu_wheels.sh
+#                                                  # here and carry .whl with the call)
 # Environment: PYTHON (default python3), CUDA_HOME (default /usr/local/cuda), TEST_TIMEOUT and
 # BENCH_TIMEOUT (seconds, default 260 and 230), ENTROPY_TIMEOUT (200), ENTROPY_SHAPE, TESTS (default tests/contract tests/test_cuda.py
 # tests/test_triton.py tests/test_overhead_paths.py: the contract suite for the backends "cuda" and
@@ -49,8 +50,9 @@ else
     tail -50 "$LOGS/build.log"; echo "BUILD FAILED"; exit 1
   fi
   echo "build: $(( $(date +%s) - t0 )) s"
+  # The SASS rows belong to a build: a call with SKIP_BUILD=1 does not append them again.
+  $PY tools/cuda_sass_stats.py --csv benchmarks/results/sass.csv --label "${LABEL:-}" >"$LOGS/res_usage.txt" 2>&1
 fi
-$PY tools/cuda_sass_stats.py --csv benchmarks/results/sass.csv --label "${LABEL:-}" >"$LOGS/res_usage.txt" 2>&1
 
 if [ "${SKIP_TESTS:-0}" != "1" ]; then
   echo "== tests"
@@ -74,13 +76,19 @@ if [ "${SKIP_BENCH:-0}" != "1" ]; then
   grep -E "^\[bench\] (device-to-device|triton)" "$LOGS/bench.log"
   [ $rc -ne 0 ] && { tail -30 "$LOGS/bench.log"; status=1; }
 fi
-if [ -n "${COMPRESSAI_WHEEL:-}" ] && ! $PY -c "import compressai" 2>/dev/null; then
-  $PY -m pip install -q --no-deps "$COMPRESSAI_WHEEL" >"$LOGS/compressai_install.log" 2>&1 ||
-    echo "compressai: $COMPRESSAI_WHEEL did not install (see compressai_install.log)"
+if ls .whl/*.whl >/dev/null 2>&1 && ! $PY -c "import compressai" 2>/dev/null; then
+  # The carried wheels (scripts/gpu_wheels.sh), beside the image's packages rather than over them.
+  SITE=/tmp/lic_quant_site
+  if $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$SITE" .whl/*.whl >"$LOGS/wheels_install.log" 2>&1; then
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  else
+    echo "the carried wheels did not install (see wheels_install.log)"
+  fi
 fi
 if [ "${SKIP_ENTROPY_BENCH:-0}" != "1" ] && ! $PY -c "import compressai" 2>/dev/null; then
-  echo "== entropy models benchmark: skipped, compressai is not installed (its baselines; set"
-  echo "   COMPRESSAI_WHEEL to a wheel for this Python carried with the call)"
+  echo "== entropy models benchmark: skipped, compressai is not installed (its baselines: run"
+  echo "   scripts/gpu_wheels.sh where pip works and carry .whl with the call)"
 elif [ "${SKIP_ENTROPY_BENCH:-0}" != "1" ]; then
   # The mixture (K = 3 against CompressAI's GaussianMixtureConditional, eager and compiled), the
   # families, the rate output and the EntropyBottleneck, on the device; each part appends its rows

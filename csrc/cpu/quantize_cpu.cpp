@@ -316,15 +316,6 @@ void forward_rate_double(const double* y, const double* mu, const double* sigma,
 // ---------------------------------------------------------------------------------------------
 // Op implementations.
 
-template <typename scalar_t>
-const scalar_t* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
-}
-template <typename scalar_t>
-scalar_t* mutable_or_null(at::Tensor& t) {
-  return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
-}
-
 void check_cpu(const at::Tensor& y) {
   TORCH_CHECK(y.device().is_cpu(), "lic_quant: the CPU kernels got y on ", y.device());
 }

@@ -129,15 +129,6 @@ int64_t grid_size(int64_t work) {
   return std::max<int64_t>(1, std::min<int64_t>(needed, sms * per_sm));
 }
 
-template <typename scalar_t>
-const scalar_t* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
-}
-template <typename scalar_t>
-scalar_t* mutable_or_null(at::Tensor& t) {
-  return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
-}
-
 inline void check_cuda(const at::Tensor& y) {
   TORCH_CHECK(y.device().is_cuda(), "lic_quant: the CUDA kernels got y on ", y.device());
 }

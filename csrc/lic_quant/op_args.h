@@ -19,6 +19,16 @@
 
 namespace lic_quant {
 
+// The data of an optional (possibly undefined) tensor: nullptr when it is undefined.
+template <typename scalar_t>
+const scalar_t* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+}
+template <typename scalar_t>
+scalar_t* mutable_or_null(at::Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
+}
+
 // Op-level checks of both ops: the call's arguments, then the seed and temperature tensors.
 inline Choices check_inputs(const at::Tensor& y, const at::Tensor& scales,
                             const c10::optional<at::Tensor>& means, const at::Tensor& seed,

@@ -10,6 +10,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace lic_quant {
 
@@ -27,18 +28,56 @@ using BackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, c10::string_view,
     double, double, bool, std::array<bool, 3>, c10::string_view, bool);
 
-inline const c10::TypedOperatorHandle<ForwardFn>& forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lic_quant::quantize_forward", "")
-                             .typed<ForwardFn>();
-  return op;
+// mixture_quantize_forward(y, scales, means, weights, seed, temperature, mode, scale_bound,
+// likelihood_bound, zero_center, family, weights_are_logits, rate) -> (y_hat, likelihoods or bits)
+using MixtureForwardFn = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, c10::string_view, double, double, bool,
+    c10::string_view, bool, bool);
+
+// mixture_quantize_backward(grad_y_hat, grad_likelihoods, y, scales, means, weights, seed,
+// temperature, mode, scale_bound, likelihood_bound, zero_center, family, weights_are_logits,
+// output_mask, rate) -> (grad_y, grad_scales, grad_means, grad_weights)
+using MixtureBackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
+    double, double, bool, c10::string_view, bool, std::array<bool, 4>, bool);
+
+// entropy_bottleneck_forward(z, medians, matrices, biases, factors, seed, temperature, mode,
+// likelihood_bound) -> (z_hat, likelihoods)
+using EbForwardFn = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, at::TensorList, at::TensorList, at::TensorList,
+    const at::Tensor&, const at::Tensor&, c10::string_view, double);
+
+// entropy_bottleneck_backward(grad_z_hat, grad_likelihoods, z, medians, matrices, biases,
+// factors, seed, temperature, mode, likelihood_bound, output_mask)
+// -> (grad_z, grad_matrices, grad_biases, grad_factors)
+using EbBackwardFn =
+    std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+               std::vector<at::Tensor>>(
+        const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
+        const at::Tensor&, c10::string_view, double, std::array<bool, 4>);
+
+// The typed handle of the op `name`, looked up once per process by each accessor below.
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
 }
 
-inline const c10::TypedOperatorHandle<BackwardFn>& backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("lic_quant::quantize_backward", "")
-                             .typed<BackwardFn>();
-  return op;
-}
+#define LQ_OP_HANDLE(accessor, Fn, name)                          \
+  inline const c10::TypedOperatorHandle<Fn>& accessor() {         \
+    static const auto op = find_op<Fn>("lic_quant::" name);       \
+    return op;                                                    \
+  }
+
+LQ_OP_HANDLE(forward_op, ForwardFn, "quantize_forward")
+LQ_OP_HANDLE(backward_op, BackwardFn, "quantize_backward")
+LQ_OP_HANDLE(mixture_forward_op, MixtureForwardFn, "mixture_quantize_forward")
+LQ_OP_HANDLE(mixture_backward_op, MixtureBackwardFn, "mixture_quantize_backward")
+LQ_OP_HANDLE(eb_forward_op, EbForwardFn, "entropy_bottleneck_forward")
+LQ_OP_HANDLE(eb_backward_op, EbBackwardFn, "entropy_bottleneck_backward")
+
+#undef LQ_OP_HANDLE
 
 }  // namespace lic_quant
