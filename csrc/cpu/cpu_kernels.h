@@ -1,6 +1,7 @@
 // What the CPU translation units (quantize_cpu.cpp, mixture_cpu.cpp, entropy_bottleneck_cpu.cpp)
-// share: the ISA clones their loops are compiled as, the dtype and mode dispatch, the block fill of the noise stream (docs/spec.md section 3) and the
-// per-sample reduction of rate=True (section 8).
+// share: the ISA clones their loops are compiled as, the dtype and mode dispatch, the block fill
+// of the noise stream (docs/spec.md section 3) and the per-sample reduction of rate=True
+// (section 8).
 #pragma once
 
 #include <ATen/Parallel.h>
