@@ -231,6 +231,39 @@ def test_gpu_machine_code_has_no_contraction():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_eb_tanh_constants_are_the_fit():
+    """eb_math.h's eb_tanh and its Triton port hold the coefficients and the argument clamp that
+    tools/fit_eb_tanh.py computes (float32 for float32), in the order it lists them, so the tool
+    that bounds the error is about the code that runs."""
+    import re
+    import sys
+    import numpy as np
+    pytest.importorskip("scipy")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "tools"))
+    try:
+        import fit_eb_tanh
+    finally:
+        sys.path.pop(0)
+    _, p, q = fit_eb_tanh.fit()
+    hold = fit_eb_tanh.find_hold(p, q)
+    # Horner from the top coefficient: P's, then Q's, the clamp first.
+    want = [hold] + list(p[::-1]) + list(q[::-1])
+    want = [w for w in want if w != 1.0]  # the constant terms 1 are written as 1.0f / 1.0
+
+    with open(os.path.join(root, "csrc", "lic_quant", "eb_math.h")) as f:
+        header = f.read()
+    body = header[header.index("LQ_HD float eb_tanh(float x) {"):]
+    body = body[:body.index("\n}\n")]
+    import inspect
+    # The Python function under the jit wrapper (compiled or interpreted), after its docstring.
+    src = inspect.getsource(triton_kernels._eb_tanh.fn).split('"""')[-1]
+    for text in (body, src):
+        got = [np.float32(v) for v in re.findall(r"-?\d+\.\d+(?:e[-+]?\d+)?", text)]
+        got = [g for g in got if g != 1.0]
+        assert got == want, (text, want)
+
+
 def test_eb_tanh_against_mpmath():
     """The EntropyBottleneck's tanh (eb_math.h eb_tanh; its Triton port gives the C++ bits, which
     test_entropy_bottleneck_backends.py checks through the op): within 5 ulp of tanh on arguments

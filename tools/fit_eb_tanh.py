@@ -9,7 +9,8 @@ that the result saturates at 1, and clamp the result to [-1, 1].
 
 Then every float32 argument in [2^-14, 9.2] (or every STEP-th one) is evaluated the way the
 kernels do, fma for fma, and compared with float64 tanh; the largest error in float32 ulps is
-what tests/test_triton.py::test_eb_tanh_against_mpmath allows (with a margin it states).
+what tests/test_triton.py::test_eb_tanh_against_mpmath allows (with a margin it states);
+test_eb_tanh_constants_are_the_fit checks that eb_math.h and its Triton port hold these constants.
 
     python tools/fit_eb_tanh.py [--step STEP]
 """
