@@ -15,13 +15,13 @@
 #                                                  # at 16x320x16x16, rate, EntropyBottleneck;
 #                                                  # needs compressai: run scripts/gpu_wheels.sh
 #                                                  # here and carry .whl with the call)
-# Environment: PYTHON (default python3), CUDA_HOME (default /usr/local/cuda), TEST_TIMEOUT and
-# BENCH_TIMEOUT (seconds, default 260 and 230), ENTROPY_TIMEOUT (200), ENTROPY_SHAPE, TESTS (default tests/contract tests/test_cuda.py
-# tests/test_triton.py tests/test_overhead_paths.py: the contract suite for the backends "cuda" and
-# "triton" (LIC_QUANT_TEST_BACKENDS; their bits against the CPU kernels' included), then what only
-# the CUDA and Triton kernels have, and the eager entry on the machine's torch; one Triton config,
-# no autotuning). The benchmark
-# rewrites its results after every shape (the bar's shape first), so a cut-short run keeps them.
+# Environment: PYTHON (default python3), CUDA_HOME (default /usr/local/cuda), TEST_TIMEOUT,
+# BENCH_TIMEOUT and ENTROPY_TIMEOUT (seconds, default 260, 230 and 200), ENTROPY_SHAPE, TESTS
+# (default tests/contract tests/test_cuda.py tests/test_triton.py tests/test_overhead_paths.py:
+# the contract suite for the backends "cuda" and "triton" (LIC_QUANT_TEST_BACKENDS; their bits
+# against the CPU kernels' included), then what only the CUDA and Triton kernels have, and the
+# eager entry on the machine's torch; one Triton config, no autotuning). The benchmark rewrites
+# its results after every shape (the bar's shape first), so a cut-short run keeps them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -235,8 +235,10 @@ def test_eb_tanh_constants_are_the_fit():
     """eb_math.h's eb_tanh and its Triton port hold the coefficients and the argument clamp that
     tools/fit_eb_tanh.py computes (float32 for float32), in the order it lists them, so the tool
     that bounds the error is about the code that runs."""
+    import inspect
     import re
     import sys
+
     import numpy as np
     pytest.importorskip("scipy")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -255,7 +257,6 @@ def test_eb_tanh_constants_are_the_fit():
         header = f.read()
     body = header[header.index("LQ_HD float eb_tanh(float x) {"):]
     body = body[:body.index("\n}\n")]
-    import inspect
     # The Python function under the jit wrapper (compiled or interpreted), after its docstring.
     src = inspect.getsource(triton_kernels._eb_tanh.fn).split('"""')[-1]
     for text in (body, src):

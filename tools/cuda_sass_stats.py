@@ -57,7 +57,8 @@ def short_name(mangled: str) -> str:
         bools = re.findall(r"Lb([01])E", t)
         rate = ", rate" if bools[:1] == ["1"] else ""
         logits = ", logits" if bools[1:2] == ["1"] else ""
-        return f"{name}<{dtype}, N=4, any K, mode={modes.get(ints[1], ints[1])}{family}{rate}{logits}>"
+        mode = modes.get(ints[1], ints[1])
+        return f"{name}<{dtype}, N=4, any K, mode={mode}{family}{rate}{logits}>"
     if name == "forward_rate_kernel" and len(ints) == 1:
         # No loop: four elements per thread, then the chunk's reduction.
         family = families.get(ints[0], f", family={ints[0]}")

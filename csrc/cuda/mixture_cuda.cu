@@ -92,6 +92,20 @@ __device__ __forceinline__ GroupWalk group_walk(uint64_t i0, uint64_t step, uint
   return {i0 / inner, i0 % inner, step / inner, step % inner};
 }
 
+// The grid-stride loop of both kernels: fn(i0, n, q, r) for each group of four this thread takes,
+// its first element i0, its element count n and (q, r) = (i0 / inner, i0 % inner).
+template <typename Args, typename Fn>
+__device__ __forceinline__ void for_each_group(const Args& a, Fn&& fn) {
+  const uint64_t groups = (a.numel + kGroup - 1) / kGroup;
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  const uint64_t first = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  GroupWalk walk = group_walk(first * kGroup, stride * kGroup, a.inner);
+  for (uint64_t gi = first; gi < groups; gi += stride, walk.next(a.inner)) {
+    const uint64_t i0 = gi * kGroup;
+    fn(i0, static_cast<int>(std::min<uint64_t>(kGroup, a.numel - i0)), walk.q, walk.r);
+  }
+}
+
 // A group's four lanes are its elements i0 .. i0 + 3, of which the first n exist. They run in one
 // piece, or in two where the group crosses into the next block of `inner` (the host keeps
 // inner >= 4 wherever a tensor's layout makes that matter, see addressable): lanes [0, split) lie
@@ -353,15 +367,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     chunk_sum(acc, a.partial);
   } else {
-    const uint64_t groups = (a.numel + kGroup - 1) / kGroup;
-    const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-    const uint64_t first = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    GroupWalk walk = group_walk(first * kGroup, stride * kGroup, a.inner);
-    for (uint64_t gi = first; gi < groups; gi += stride, walk.next(a.inner)) {
-      const uint64_t i0 = gi * kGroup;
-      const int n = static_cast<int>(std::min<uint64_t>(kGroup, a.numel - i0));
-      forward_group<kFamily, false, kLogits>(a, i0, n, walk.q, walk.r, keys, noisy, p);
-    }
+    for_each_group(a, [&](uint64_t i0, int n, uint64_t q, uint64_t r) {
+      forward_group<kFamily, false, kLogits>(a, i0, n, q, r, keys, noisy, p);
+    });
   }
 }
 
@@ -385,13 +393,7 @@ __global__ void __launch_bounds__(backward_block<acc_type<scalar_t>>(), 1)
   const QuantParams<acc_t> p = fix_mode<kMode>(with_temperature(params, temperature));
   const PhiloxKeys keys = philox_keys(static_cast<uint64_t>(*seed_ptr));
   const bool noisy = mode_uses_noise(p.mode);
-  const uint64_t groups = (a.numel + kGroup - 1) / kGroup;
-  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  const uint64_t first = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  GroupWalk walk = group_walk(first * kGroup, stride * kGroup, a.inner);
-  for (uint64_t gi = first; gi < groups; gi += stride, walk.next(a.inner)) {
-    const uint64_t i0 = gi * kGroup;
-    const int n = static_cast<int>(std::min<uint64_t>(kGroup, a.numel - i0));
+  for_each_group(a, [&](uint64_t i0, int n, uint64_t q, uint64_t r) {
     float u[kGroup];
     group_noise(noisy, keys, i0, u);
     const scalar_t* const yp = a.y + i0;
@@ -428,13 +430,13 @@ __global__ void __launch_bounds__(backward_block<acc_type<scalar_t>>(), 1)
     acc_t gy[kGroup];  // each lane's sum, formed in the piece that holds the lane
 #pragma unroll
     for (int j = 0; j < kGroup; ++j) gy[j] = acc_t(0);
-    const int split = group_split(walk.r, n, a.inner);
+    const int split = group_split(r, n, a.inner);
 #pragma unroll 1
     for (int lo = 0, hi = split; lo < n; lo = hi, hi = n) {
       const Piece pc = make_piece(lo, hi);
-      Quad<const scalar_t> s = quad(a.scales, walk.q, walk.r, pc),
-                           m = quad(a.means, walk.q, walk.r, pc),
-                           w = quad(a.weights, walk.q, walk.r, pc);
+      Quad<const scalar_t> s = quad(a.scales, q, r, pc),
+                           m = quad(a.means, q, r, pc),
+                           w = quad(a.weights, q, r, pc);
       const GroupState<kLogits, acc_t> st = group_state<kLogits>(w, m, a.K, pc, y, u, p);
       // Pass 1: every component's mass and slopes (kept), and p.
       acc_t prob[kGroup], sv[kGroup], mv[kGroup], wv[kGroup];
@@ -466,9 +468,9 @@ __global__ void __launch_bounds__(backward_block<acc_type<scalar_t>>(), 1)
                        : pass_if_towards(gl[j], prob[j] >= p.likelihood_bound);
       }
       // Pass 2: the gradients from the kept mass and slopes.
-      Quad<scalar_t> gs = quad(a.grad_scales, walk.q, walk.r, pc),
-                     gm = quad(a.grad_means, walk.q, walk.r, pc),
-                     gw = quad(a.grad_weights, walk.q, walk.r, pc);
+      Quad<scalar_t> gs = quad(a.grad_scales, q, r, pc),
+                     gm = quad(a.grad_means, q, r, pc),
+                     gw = quad(a.grad_weights, q, r, pc);
       const acc_t* slot = slots;
       LQ_ROLLED for (int k = 0; k < a.K; ++k, s.advance(), w.advance(), gs.advance(),
                                          gm.advance(), gw.advance(), slot += kComponentSlots) {
@@ -505,7 +507,7 @@ __global__ void __launch_bounds__(backward_block<acc_type<scalar_t>>(), 1)
         if (j < n) gyp[j] = to_storage<scalar_t>(g);
       }
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

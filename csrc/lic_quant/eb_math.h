@@ -10,8 +10,8 @@
 // channel (libm; the per-element math below never calls libm in float32).
 //
 // float32: IEEE operations, explicit fmas, bit casts and correctly rounded divisions only (tanh a
-// rational function, the sigmoids from neg_exp.h), so a CUDA or Triton port that keeps the same order of operations
-// gives the same bits. float64: libm.
+// rational function, the sigmoids from neg_exp.h), so a CUDA or Triton port that keeps the same
+// order of operations gives the same bits. float64: libm.
 #pragma once
 
 #include <cmath>
