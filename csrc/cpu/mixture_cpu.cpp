@@ -71,6 +71,38 @@ void scatter(const T* src, const ComponentLayout& l, int64_t k, int64_t i0, int6
   });
 }
 
+// The offset of the block's run of component k in a tensor of layout l when the run lies inside
+// one segment, else -1. There the loops use the tensor's memory itself (when its elements are of
+// the compute type): the loads then overlap with the math, where a copy into scratch first would
+// wait for them.
+inline int64_t run_offset(const ComponentLayout& l, int64_t k, int64_t i0, int64_t n) {
+  const int64_t r = i0 % l.inner;
+  return r + n <= l.inner ? k * l.stride_k + (i0 / l.inner) * l.stride_outer + r : -1;
+}
+
+// The block's run of component k as the loops read it: in place, or gathered into scratch.
+template <typename S, typename T>
+const T* read_run(const S* base, const ComponentLayout& l, int64_t k, int64_t i0, int64_t n,
+                  T* scratch) {
+  if constexpr (std::is_same_v<S, T>) {
+    const int64_t off = run_offset(l, k, i0, n);
+    if (off >= 0) return base + off;
+  }
+  gather(base, l, k, i0, n, scratch);
+  return scratch;
+}
+
+// Where the loops write the block's run of component k of a gradient: in place, or scratch
+// (scattered after).
+template <typename S, typename T>
+T* out_run(S* base, const ComponentLayout& l, int64_t k, int64_t i0, int64_t n, T* scratch) {
+  if constexpr (std::is_same_v<S, T>) {
+    const int64_t off = run_offset(l, k, i0, n);
+    if (off >= 0) return base + off;
+  }
+  return scratch;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The block loops. T is the compute type; arrays are [component][kBlock].
 
@@ -79,21 +111,27 @@ struct Block {
   alignas(64) T y[kBlock], u[kBlock], c[kBlock], rate[kBlock], p[kBlock], aux[kBlock];
   alignas(64) T mu[kMaxComponents][kBlock], sigma[kMaxComponents][kBlock],
       w[kMaxComponents][kBlock];
+  // What the loops read (read_run): the tensors' memory, or the arrays above.
+  const T* y_in;
+  const T* mu_in[kMaxComponents];
+  const T* sigma_in[kMaxComponents];
+  const T* w_in[kMaxComponents];
 };
 
-// Logits -> weights in place (aux holds the running max, then 1 / the normalizer).
+// Logits -> weights, into w (aux holds the running max, then 1 / the normalizer).
 template <typename T>
 LQ_CLONES void softmax_block(Block<T>& b, int K, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) b.aux[j] = b.w[0][j];
+  for (int64_t j = 0; j < n; ++j) b.aux[j] = b.w_in[0][j];
   for (int k = 1; k < K; ++k) {
-    for (int64_t j = 0; j < n; ++j) b.aux[j] = max_nan(b.aux[j], b.w[k][j]);
+    for (int64_t j = 0; j < n; ++j) b.aux[j] = max_nan(b.aux[j], b.w_in[k][j]);
   }
   for (int64_t j = 0; j < n; ++j) b.p[j] = T(0);
   for (int k = 0; k < K; ++k) {
     for (int64_t j = 0; j < n; ++j) {
-      b.w[k][j] = softmax_numerator(b.w[k][j], b.aux[j]);
+      b.w[k][j] = softmax_numerator(b.w_in[k][j], b.aux[j]);
       b.p[j] = b.p[j] + b.w[k][j];
     }
+    b.w_in[k] = b.w[k];
   }
   for (int64_t j = 0; j < n; ++j) b.aux[j] = softmax_reciprocal(b.p[j]);
   for (int k = 0; k < K; ++k) {
@@ -101,37 +139,44 @@ LQ_CLONES void softmax_block(Block<T>& b, int K, int64_t n) {
   }
 }
 
-// c = sum_k w_k mu_k (or 0), then the surrogate: rate <- r~_R, aux <- y_hat.
+// c = sum_k w_k mu_k (or 0), then the surrogate: rate <- r~_R, y_hat (the output's memory or aux).
 template <int32_t kMode, typename T>
-LQ_CLONES void center_block(Block<T>& b, int K, int64_t n, bool zero_center, T temperature) {
-  for (int64_t j = 0; j < n; ++j) b.c[j] = T(0);
+LQ_CLONES void center_block(Block<T>& b, int K, int64_t n, bool zero_center, T temperature,
+                            T* __restrict y_hat) {
+  T* __restrict c = b.c;
+  for (int64_t j = 0; j < n; ++j) c[j] = T(0);
   if (zero_center) {
     for (int k = 0; k < K; ++k) {
-      for (int64_t j = 0; j < n; ++j) b.c[j] = b.c[j] + b.w[k][j] * b.mu[k][j];
+      const T* __restrict w = b.w_in[k];
+      const T* __restrict mu = b.mu_in[k];
+      for (int64_t j = 0; j < n; ++j) c[j] = c[j] + w[j] * mu[j];
     }
   }
+  const T* __restrict y = b.y_in;
   for (int64_t j = 0; j < n; ++j) {
-    const Surrogate<T> q = surrogate<T>(kMode, b.y[j] - b.c[j], b.u[j], temperature);
+    const Surrogate<T> q = surrogate<T>(kMode, y[j] - c[j], b.u[j], temperature);
     b.rate[j] = q.rate;
-    b.aux[j] = canonical_nan(b.c[j] + q.distortion);
+    y_hat[j] = canonical_nan(c[j] + q.distortion);
   }
 }
 
+// p = sum_k w_k mass_k, then P = max(p, b_p) into lik (the output's memory or scratch).
 template <int kFamily, typename T>
-LQ_CLONES void mass_block(Block<T>& b, int K, int64_t n, QuantParams<T> prm) {
+LQ_CLONES void mass_block(Block<T>& b, int K, int64_t n, QuantParams<T> prm, T* __restrict lik) {
   T* __restrict p = b.p;
   const T* __restrict c = b.c;
   const T* __restrict rate = b.rate;
   for (int64_t j = 0; j < n; ++j) p[j] = T(0);
   for (int k = 0; k < K; ++k) {
-    const T* __restrict mu = b.mu[k];
-    const T* __restrict sigma = b.sigma[k];
-    const T* __restrict w = b.w[k];
+    const T* __restrict mu = b.mu_in[k];
+    const T* __restrict sigma = b.sigma_in[k];
+    const T* __restrict w = b.w_in[k];
     for (int64_t j = 0; j < n; ++j) {
       p[j] = p[j] + w[j] * component_mass<kFamily>(component_residual(c[j], rate[j], mu[j]),
                                                    sigma[j], prm);
     }
   }
+  for (int64_t j = 0; j < n; ++j) lik[j] = canonical_nan(lower_bound(p[j], prm.likelihood_bound));
 }
 
 template <typename T>
@@ -139,10 +184,18 @@ struct Grads {
   alignas(64) T g_yhat[kBlock], g_lik[kBlock], g_p[kBlock], gy[kBlock];
   alignas(64) T mass[kMaxComponents][kBlock], dv[kMaxComponents][kBlock],
       ds[kMaxComponents][kBlock];
+  const T* g_yhat_in;  // the tensors' memory, or g_yhat and g_lik above
+  const T* g_lik_in;
+  // Where the gradients go: the outputs' memory (out_run), or the arrays above, in place
+  // (gy_out = gy, w_out[k] = mass[k], mu_out[k] = dv[k], sigma_out[k] = ds[k]), scattered after.
+  T* gy_out;
+  T* w_out[kMaxComponents];
+  T* mu_out[kMaxComponents];
+  T* sigma_out[kMaxComponents];
 };
 
-// Pass 1: every component's mass and slopes, and p; pass 2: g_p and the gradients (written over
-// mass -> weight, dv -> mu, ds -> sigma).
+// Pass 1: every component's mass and slopes, and p; pass 2: g_p and the gradients into the
+// *_out pointers (which may be the arrays pass 1 wrote: each element is read before it is written).
 // bits_grad (rate=True): g_lik holds the bits' gradient of each element's sample, and g_p is
 // formed from it and p.
 template <int kFamily, typename T>
@@ -158,9 +211,9 @@ LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logit
   T* __restrict gy = g.gy;
   for (int64_t j = 0; j < n; ++j) p[j] = T(0);
   for (int k = 0; k < K; ++k) {
-    const T* __restrict mu = b.mu[k];
-    const T* __restrict sigma = b.sigma[k];
-    const T* __restrict w = b.w[k];
+    const T* __restrict mu = b.mu_in[k];
+    const T* __restrict sigma = b.sigma_in[k];
+    const T* __restrict w = b.w_in[k];
     T* __restrict mass = g.mass[k];
     T* __restrict dv = g.dv[k];
     T* __restrict ds = g.ds[k];
@@ -176,7 +229,7 @@ LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logit
       ds[j] = d.d_s;
     }
   }
-  const T* __restrict g_lik = g.g_lik;
+  const T* __restrict g_lik = g.g_lik_in;
   if (bits_grad) {
     for (int64_t j = 0; j < n; ++j) gp[j] = rate_grad_p(g_lik[j], p[j], prm.likelihood_bound);
   } else {
@@ -184,28 +237,34 @@ LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logit
   }
   for (int64_t j = 0; j < n; ++j) gy[j] = T(0);
   for (int k = 0; k < K; ++k) {
-    const T* __restrict sigma = b.sigma[k];
-    const T* __restrict w = b.w[k];
-    T* __restrict mass = g.mass[k];
-    T* __restrict dv = g.dv[k];
-    T* __restrict ds = g.ds[k];
+    const T* __restrict sigma = b.sigma_in[k];
+    const T* __restrict w = b.w_in[k];
+    const T* mass = g.mass[k];
+    const T* dv = g.dv[k];
+    const T* ds = g.ds[k];
+    T* w_out = g.w_out[k];
+    T* mu_out = g.mu_out[k];
+    T* sigma_out = g.sigma_out[k];
+#pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) {
       const ComponentSlopes<T> d{mass[j], dv[j], ds[j]};
       gy[j] = gy[j] + (gp[j] * w[j]) * d.d_v;
       const ComponentGrads<T> o = component_grads(gp[j], w[j], d, p[j], sigma[j], logits, prm);
-      mass[j] = o.weight;
-      dv[j] = o.mu;
-      ds[j] = o.sigma;
+      w_out[j] = o.weight;
+      mu_out[j] = o.mu;
+      sigma_out[j] = o.sigma;
     }
   }
-  const T* __restrict g_yhat = g.g_yhat;
-  for (int64_t j = 0; j < n; ++j) gy[j] = canonical_nan(g_yhat[j] + gy[j]);
+  const T* __restrict g_yhat = g.g_yhat_in;
+  T* __restrict gy_out = g.gy_out;
+  for (int64_t j = 0; j < n; ++j) gy_out[j] = canonical_nan(g_yhat[j] + gy[j]);
 }
 
 template <typename T>
-void center(Block<T>& b, int K, int64_t n, int32_t mode, bool zero_center, T temperature) {
+void center(Block<T>& b, int K, int64_t n, int32_t mode, bool zero_center, T temperature,
+            T* y_hat) {
   dispatch_mode(mode, [&](auto m) {
-    center_block<decltype(m)::value>(b, K, n, zero_center, temperature);
+    center_block<decltype(m)::value>(b, K, n, zero_center, temperature, y_hat);
   });
 }
 
@@ -244,12 +303,19 @@ CpuMixtureCall prepare(const at::Tensor& y, const at::Tensor& scales, const at::
   return c;
 }
 
-// Loads block [i0, i0 + n) of the call into b (compute type T, inputs of type S); i0 is any
-// index (rate=True's chunks start where a sample does).
+// Loads block [i0, i0 + n) of the call into b (compute type T, inputs of type S) and forms c,
+// r~_R and y_hat (into y_hat: the output's memory, or b.aux); i0 is any index (rate=True's
+// chunks start where a sample does).
 template <typename S, typename T>
-void load(const CpuMixtureCall& c, Block<T>& b, int64_t i0, int64_t n, const PhiloxKeys& keys) {
-  const S* y = c.y.const_data_ptr<S>();
-  for (int64_t j = 0; j < n; ++j) b.y[j] = static_cast<T>(y[i0 + j]);
+void load(const CpuMixtureCall& c, Block<T>& b, int64_t i0, int64_t n, const PhiloxKeys& keys,
+          T* y_hat) {
+  const S* y = c.y.const_data_ptr<S>() + i0;
+  if constexpr (std::is_same_v<S, T>) {
+    b.y_in = y;
+  } else {
+    for (int64_t j = 0; j < n; ++j) b.y[j] = static_cast<T>(y[j]);
+    b.y_in = b.y;
+  }
   if (mode_uses_noise(c.mode)) {
     alignas(64) float buf[kNoiseAtBuffer];
     const float* u = noise_at(buf, i0, n, keys);
@@ -258,21 +324,27 @@ void load(const CpuMixtureCall& c, Block<T>& b, int64_t i0, int64_t n, const Phi
     for (int64_t j = 0; j < n; ++j) b.u[j] = T(0);
   }
   for (int k = 0; k < c.K; ++k) {
-    gather(c.means.const_data_ptr<S>(), c.lm, k, i0, n, b.mu[k]);
-    gather(c.scales.const_data_ptr<S>(), c.ls, k, i0, n, b.sigma[k]);
-    gather(c.weights.const_data_ptr<S>(), c.lw, k, i0, n, b.w[k]);
+    b.mu_in[k] = read_run(c.means.const_data_ptr<S>(), c.lm, k, i0, n, b.mu[k]);
+    b.sigma_in[k] = read_run(c.scales.const_data_ptr<S>(), c.ls, k, i0, n, b.sigma[k]);
+    b.w_in[k] = read_run(c.weights.const_data_ptr<S>(), c.lw, k, i0, n, b.w[k]);
   }
   if (c.logits) softmax_block(b, c.K, n);
-  center(b, c.K, n, c.mode, c.zero_center, static_cast<T>(c.temperature));
+  center(b, c.K, n, c.mode, c.zero_center, static_cast<T>(c.temperature), y_hat);
 }
 
-// Block [i0, i0 + n) forward: y_hat written out, p left in b.p.
+// Block [i0, i0 + n) forward: y_hat written out, P into lik.
 template <typename S, typename T>
 void forward_block(const CpuMixtureCall& c, Block<T>& b, int64_t i0, int64_t n,
-                   const PhiloxKeys& keys, const QuantParams<T>& prm, S* yh) {
-  load<S, T>(c, b, i0, n, keys);
-  dispatch_family(c.family, [&](auto fam) { mass_block<decltype(fam)::value>(b, c.K, n, prm); });
-  for (int64_t j = 0; j < n; ++j) yh[i0 + j] = narrow<S>(b.aux[j]);
+                   const PhiloxKeys& keys, const QuantParams<T>& prm, S* yh, T* lik) {
+  if constexpr (std::is_same_v<S, T>) {
+    load<S, T>(c, b, i0, n, keys, yh + i0);
+  } else {
+    load<S, T>(c, b, i0, n, keys, b.aux);
+    for (int64_t j = 0; j < n; ++j) yh[i0 + j] = narrow<S>(b.aux[j]);
+  }
+  dispatch_family(c.family, [&](auto fam) {
+    mass_block<decltype(fam)::value>(b, c.K, n, prm, lik);
+  });
 }
 
 // lik: P (rate=False, y's shape) or the bits (rate=True, one per sample).
@@ -290,11 +362,7 @@ void forward_impl(const CpuMixtureCall& c, at::Tensor& y_hat, at::Tensor& lik,
       Block<T> b;
       alignas(64) T chunk[kRateChunk];
       for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
-        const int64_t m = std::min(kBlock, n - j0);
-        forward_block<S, T>(c, b, i0 + j0, m, keys, prm, yh);
-        for (int64_t j = 0; j < m; ++j) {
-          chunk[j0 + j] = canonical_nan(lower_bound(b.p[j], prm.likelihood_bound));
-        }
+        forward_block<S, T>(c, b, i0 + j0, std::min(kBlock, n - j0), keys, prm, yh, chunk + j0);
       }
       return chunk_bits(chunk, n);
     });
@@ -304,10 +372,7 @@ void forward_impl(const CpuMixtureCall& c, at::Tensor& y_hat, at::Tensor& lik,
     Block<T> b;
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t i0 = blk * kBlock, n = std::min(kBlock, numel - i0);
-      forward_block<S, T>(c, b, i0, n, keys, prm, yh);
-      for (int64_t j = 0; j < n; ++j) {
-        pl[i0 + j] = canonical_nan(lower_bound(b.p[j], prm.likelihood_bound));
-      }
+      forward_block<S, T>(c, b, i0, n, keys, prm, yh, pl + i0);
     }
   });
 }
@@ -324,29 +389,54 @@ void backward_impl(const CpuMixtureCall& c, const at::Tensor& g_yhat, const at::
   const PhiloxKeys keys = philox_keys(c.seed);
   const S* gyh = g_yhat.defined() ? g_yhat.const_data_ptr<S>() : nullptr;
   const T* gl = g_lik.const_data_ptr<T>();
+  const ComponentLayout y_layout{0, 0, numel};  // y and its gradient: contiguous, one component
   at::parallel_for(0, (numel + kBlock - 1) / kBlock, kGrain / kBlock, [&](int64_t b0, int64_t b1) {
     Block<T> b;
     Grads<T> g;
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t i0 = blk * kBlock, n = std::min(kBlock, numel - i0);
-      load<S, T>(c, b, i0, n, keys);
-      for (int64_t j = 0; j < n; ++j) g.g_yhat[j] = gyh ? static_cast<T>(gyh[i0 + j]) : T(0);
+      load<S, T>(c, b, i0, n, keys, b.aux);  // y_hat is not needed
+      if constexpr (std::is_same_v<S, T>) {
+        if (gyh) g.g_yhat_in = gyh + i0;
+      }
+      if (!gyh || !std::is_same_v<S, T>) {
+        for (int64_t j = 0; j < n; ++j) g.g_yhat[j] = gyh ? static_cast<T>(gyh[i0 + j]) : T(0);
+        g.g_yhat_in = g.g_yhat;
+      }
       if (c.rate) {
         spread_sample_grads(gl, c.sample_size, i0, n, g.g_lik);
+        g.g_lik_in = g.g_lik;
       } else {
-        for (int64_t j = 0; j < n; ++j) g.g_lik[j] = gl[i0 + j];
+        g.g_lik_in = gl + i0;
+      }
+      g.gy_out = mask[0] ? out_run<S, T>(o.y.mutable_data_ptr<S>(), y_layout, 0, i0, n, g.gy)
+                         : g.gy;
+      for (int k = 0; k < c.K; ++k) {
+        g.sigma_out[k] = mask[1] ? out_run<S, T>(o.scales.mutable_data_ptr<S>(), o.ls, k, i0, n,
+                                                 g.ds[k])
+                                 : g.ds[k];
+        g.mu_out[k] = mask[2] ? out_run<S, T>(o.means.mutable_data_ptr<S>(), o.lm, k, i0, n,
+                                              g.dv[k])
+                              : g.dv[k];
+        g.w_out[k] = mask[3] ? out_run<S, T>(o.weights.mutable_data_ptr<S>(), o.lw, k, i0, n,
+                                             g.mass[k])
+                             : g.mass[k];
       }
       dispatch_family(c.family, [&](auto fam) {
         grad_block<decltype(fam)::value>(b, g, c.K, n, c.logits, c.rate, prm);
       });
-      if (mask[0]) {
-        S* gy = o.y.mutable_data_ptr<S>();
-        for (int64_t j = 0; j < n; ++j) gy[i0 + j] = narrow<S>(g.gy[j]);
-      }
+      // The gradients the loops could not write in place.
+      if (mask[0] && g.gy_out == g.gy) scatter(g.gy, y_layout, 0, i0, n, o.y.mutable_data_ptr<S>());
       for (int k = 0; k < c.K; ++k) {
-        if (mask[1]) scatter(g.ds[k], o.ls, k, i0, n, o.scales.mutable_data_ptr<S>());
-        if (mask[2]) scatter(g.dv[k], o.lm, k, i0, n, o.means.mutable_data_ptr<S>());
-        if (mask[3]) scatter(g.mass[k], o.lw, k, i0, n, o.weights.mutable_data_ptr<S>());
+        if (mask[1] && g.sigma_out[k] == g.ds[k]) {
+          scatter(g.ds[k], o.ls, k, i0, n, o.scales.mutable_data_ptr<S>());
+        }
+        if (mask[2] && g.mu_out[k] == g.dv[k]) {
+          scatter(g.dv[k], o.lm, k, i0, n, o.means.mutable_data_ptr<S>());
+        }
+        if (mask[3] && g.w_out[k] == g.mass[k]) {
+          scatter(g.mass[k], o.lw, k, i0, n, o.weights.mutable_data_ptr<S>());
+        }
       }
     }
   });
