@@ -184,18 +184,39 @@ struct Grads {
   alignas(64) T g_yhat[kBlock], g_lik[kBlock], g_p[kBlock], gy[kBlock];
   alignas(64) T mass[kMaxComponents][kBlock], dv[kMaxComponents][kBlock],
       ds[kMaxComponents][kBlock];
+  alignas(64) T gy_s[kBlock], w_s[kMaxComponents][kBlock], mu_s[kMaxComponents][kBlock],
+      sigma_s[kMaxComponents][kBlock];
   const T* g_yhat_in;  // the tensors' memory, or g_yhat and g_lik above
   const T* g_lik_in;
-  // Where the gradients go: the outputs' memory (out_run), or the arrays above, in place
-  // (gy_out = gy, w_out[k] = mass[k], mu_out[k] = dv[k], sigma_out[k] = ds[k]), scattered after.
+  // Where the gradients go: the outputs' memory (out_run), or the *_s arrays, scattered after.
+  // Never the arrays pass 1 writes: the loops' pointers do not alias, so they vectorize.
   T* gy_out;
   T* w_out[kMaxComponents];
   T* mu_out[kMaxComponents];
   T* sigma_out[kMaxComponents];
 };
 
+// Pass 2 for component k: its gradients from g_p into the *_out pointers, and its term of the
+// gradient of y into gy. The arrays are parameters so that their __restrict holds (as locals
+// loaded from the blocks' pointer members, GCC left this loop scalar).
+template <typename T>
+inline __attribute__((always_inline)) void component_grads_loop(
+    int64_t n, const T* __restrict gp, const T* __restrict p, const T* __restrict w,
+    const T* __restrict sigma, const T* __restrict mass, const T* __restrict dv,
+    const T* __restrict ds, T* __restrict gy, T* __restrict w_out, T* __restrict mu_out,
+    T* __restrict sigma_out, bool logits, const QuantParams<T>& prm) {
+  for (int64_t j = 0; j < n; ++j) {
+    const ComponentSlopes<T> d{mass[j], dv[j], ds[j]};
+    gy[j] = gy[j] + (gp[j] * w[j]) * d.d_v;
+    const ComponentGrads<T> o = component_grads(gp[j], w[j], d, p[j], sigma[j], logits, prm);
+    w_out[j] = o.weight;
+    mu_out[j] = o.mu;
+    sigma_out[j] = o.sigma;
+  }
+}
+
 // Pass 1: every component's mass and slopes, and p; pass 2: g_p and the gradients into the
-// *_out pointers (which may be the arrays pass 1 wrote: each element is read before it is written).
+// *_out pointers.
 // bits_grad (rate=True): g_lik holds the bits' gradient of each element's sample, and g_p is
 // formed from it and p.
 template <int kFamily, typename T>
@@ -237,23 +258,8 @@ LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logit
   }
   for (int64_t j = 0; j < n; ++j) gy[j] = T(0);
   for (int k = 0; k < K; ++k) {
-    const T* __restrict sigma = b.sigma_in[k];
-    const T* __restrict w = b.w_in[k];
-    const T* mass = g.mass[k];
-    const T* dv = g.dv[k];
-    const T* ds = g.ds[k];
-    T* w_out = g.w_out[k];
-    T* mu_out = g.mu_out[k];
-    T* sigma_out = g.sigma_out[k];
-#pragma GCC ivdep
-    for (int64_t j = 0; j < n; ++j) {
-      const ComponentSlopes<T> d{mass[j], dv[j], ds[j]};
-      gy[j] = gy[j] + (gp[j] * w[j]) * d.d_v;
-      const ComponentGrads<T> o = component_grads(gp[j], w[j], d, p[j], sigma[j], logits, prm);
-      w_out[j] = o.weight;
-      mu_out[j] = o.mu;
-      sigma_out[j] = o.sigma;
-    }
+    component_grads_loop(n, gp, p, b.w_in[k], b.sigma_in[k], g.mass[k], g.dv[k], g.ds[k], gy,
+                         g.w_out[k], g.mu_out[k], g.sigma_out[k], logits, prm);
   }
   const T* __restrict g_yhat = g.g_yhat_in;
   T* __restrict gy_out = g.gy_out;
@@ -409,33 +415,33 @@ void backward_impl(const CpuMixtureCall& c, const at::Tensor& g_yhat, const at::
       } else {
         g.g_lik_in = gl + i0;
       }
-      g.gy_out = mask[0] ? out_run<S, T>(o.y.mutable_data_ptr<S>(), y_layout, 0, i0, n, g.gy)
-                         : g.gy;
+      g.gy_out = mask[0] ? out_run<S, T>(o.y.mutable_data_ptr<S>(), y_layout, 0, i0, n, g.gy_s)
+                         : g.gy_s;
       for (int k = 0; k < c.K; ++k) {
         g.sigma_out[k] = mask[1] ? out_run<S, T>(o.scales.mutable_data_ptr<S>(), o.ls, k, i0, n,
-                                                 g.ds[k])
-                                 : g.ds[k];
+                                                 g.sigma_s[k])
+                                 : g.sigma_s[k];
         g.mu_out[k] = mask[2] ? out_run<S, T>(o.means.mutable_data_ptr<S>(), o.lm, k, i0, n,
-                                              g.dv[k])
-                              : g.dv[k];
+                                              g.mu_s[k])
+                              : g.mu_s[k];
         g.w_out[k] = mask[3] ? out_run<S, T>(o.weights.mutable_data_ptr<S>(), o.lw, k, i0, n,
-                                             g.mass[k])
-                             : g.mass[k];
+                                             g.w_s[k])
+                             : g.w_s[k];
       }
       dispatch_family(c.family, [&](auto fam) {
         grad_block<decltype(fam)::value>(b, g, c.K, n, c.logits, c.rate, prm);
       });
       // The gradients the loops could not write in place.
-      if (mask[0] && g.gy_out == g.gy) scatter(g.gy, y_layout, 0, i0, n, o.y.mutable_data_ptr<S>());
+      if (mask[0] && g.gy_out == g.gy_s) scatter(g.gy_s, y_layout, 0, i0, n, o.y.mutable_data_ptr<S>());
       for (int k = 0; k < c.K; ++k) {
-        if (mask[1] && g.sigma_out[k] == g.ds[k]) {
-          scatter(g.ds[k], o.ls, k, i0, n, o.scales.mutable_data_ptr<S>());
+        if (mask[1] && g.sigma_out[k] == g.sigma_s[k]) {
+          scatter(g.sigma_s[k], o.ls, k, i0, n, o.scales.mutable_data_ptr<S>());
         }
-        if (mask[2] && g.mu_out[k] == g.dv[k]) {
-          scatter(g.dv[k], o.lm, k, i0, n, o.means.mutable_data_ptr<S>());
+        if (mask[2] && g.mu_out[k] == g.mu_s[k]) {
+          scatter(g.mu_s[k], o.lm, k, i0, n, o.means.mutable_data_ptr<S>());
         }
-        if (mask[3] && g.w_out[k] == g.mass[k]) {
-          scatter(g.mass[k], o.lw, k, i0, n, o.weights.mutable_data_ptr<S>());
+        if (mask[3] && g.w_out[k] == g.w_s[k]) {
+          scatter(g.w_s[k], o.lw, k, i0, n, o.weights.mutable_data_ptr<S>());
         }
       }
     }
