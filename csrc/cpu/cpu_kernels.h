@@ -59,6 +59,15 @@ decltype(auto) dispatch_mode(int32_t mode, Fn&& fn) {
   }
 }
 
+// Whether every upstream gradient of P in g[0, n) is negative (NaN is not): the likelihood
+// bound then passes each of them whatever p is, so the backward need not know p first.
+template <typename T>
+bool all_negative(const T* g, int64_t n) {
+  bool all = true;
+  for (int64_t j = 0; j < n; ++j) all &= g[j] < T(0);
+  return all;
+}
+
 // The largest block a fill serves.
 constexpr int64_t kMaxNoiseBlock = 256;
 

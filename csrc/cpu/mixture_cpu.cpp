@@ -196,6 +196,26 @@ struct Grads {
   T* sigma_out[kMaxComponents];
 };
 
+// Both passes for component k at once, where g_p is known before p (every g_P negative, weights
+// as probabilities): mass, slopes and gradients in one loop, no p and no scratch. The same bits
+// as the two passes: g_p is g_P there too, and gy sums the components in the same order.
+template <int kFamily, typename T>
+inline __attribute__((always_inline)) void component_grads_one_pass(
+    int64_t n, const T* __restrict c, const T* __restrict rate, const T* __restrict mu,
+    const T* __restrict sigma, const T* __restrict w, const T* __restrict gp, T* __restrict gy,
+    T* __restrict w_out, T* __restrict mu_out, T* __restrict sigma_out,
+    const QuantParams<T>& prm) {
+  for (int64_t j = 0; j < n; ++j) {
+    const ComponentSlopes<T> d = component_mass_and_slopes<kFamily>(
+        component_residual(c[j], rate[j], mu[j]), sigma[j], prm);
+    gy[j] = gy[j] + (gp[j] * w[j]) * d.d_v;
+    const ComponentGrads<T> o = component_grads(gp[j], w[j], d, T(0), sigma[j], false, prm);
+    w_out[j] = o.weight;
+    mu_out[j] = o.mu;
+    sigma_out[j] = o.sigma;
+  }
+}
+
 // Pass 2 for component k: its gradients from g_p into the *_out pointers, and its term of the
 // gradient of y into gy. The arrays are parameters so that their __restrict holds (as locals
 // loaded from the blocks' pointer members, GCC left this loop scalar).
@@ -216,7 +236,8 @@ inline __attribute__((always_inline)) void component_grads_loop(
 }
 
 // Pass 1: every component's mass and slopes, and p; pass 2: g_p and the gradients into the
-// *_out pointers.
+// *_out pointers. With weights as probabilities and every g_P of the block negative, one pass
+// (component_grads_one_pass).
 // bits_grad (rate=True): g_lik holds the bits' gradient of each element's sample, and g_p is
 // formed from it and p.
 template <int kFamily, typename T>
@@ -230,6 +251,18 @@ LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logit
   const T* __restrict rate = b.rate;
   T* __restrict gp = g.g_p;
   T* __restrict gy = g.gy;
+  const T* __restrict g_yhat = g.g_yhat_in;
+  T* __restrict gy_out = g.gy_out;
+  if (!logits && !bits_grad && all_negative(g.g_lik_in, n)) {
+    for (int64_t j = 0; j < n; ++j) gy[j] = T(0);
+    for (int k = 0; k < K; ++k) {
+      component_grads_one_pass<kFamily>(n, c, rate, b.mu_in[k], b.sigma_in[k], b.w_in[k],
+                                        g.g_lik_in, gy, g.w_out[k], g.mu_out[k],
+                                        g.sigma_out[k], prm);
+    }
+    for (int64_t j = 0; j < n; ++j) gy_out[j] = canonical_nan(g_yhat[j] + gy[j]);
+    return;
+  }
   for (int64_t j = 0; j < n; ++j) p[j] = T(0);
   for (int k = 0; k < K; ++k) {
     const T* __restrict mu = b.mu_in[k];
@@ -261,8 +294,6 @@ LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logit
     component_grads_loop(n, gp, p, b.w_in[k], b.sigma_in[k], g.mass[k], g.dv[k], g.ds[k], gy,
                          g.w_out[k], g.mu_out[k], g.sigma_out[k], logits, prm);
   }
-  const T* __restrict g_yhat = g.g_yhat_in;
-  T* __restrict gy_out = g.gy_out;
   for (int64_t j = 0; j < n; ++j) gy_out[j] = canonical_nan(g_yhat[j] + gy[j]);
 }
 

@@ -74,12 +74,6 @@ void dispatch_mode_center(int32_t mode, bool zero_center, Fn&& fn) {
   });
 }
 
-bool all_negative(const float* g, int64_t n) {
-  bool all = true;
-  for (int64_t j = 0; j < n; ++j) all &= g[j] < 0.0f;
-  return all;
-}
-
 // Loads kBlock elements of a half/bfloat16/float tensor as float. float32 blocks are used in place.
 template <typename scalar_t>
 const float* as_float(const scalar_t* src, float* buf, int64_t n) {
