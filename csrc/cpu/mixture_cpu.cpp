@@ -463,7 +463,9 @@ void backward_impl(const CpuMixtureCall& c, const at::Tensor& g_yhat, const at::
         grad_block<decltype(fam)::value>(b, g, c.K, n, c.logits, c.rate, prm);
       });
       // The gradients the loops could not write in place.
-      if (mask[0] && g.gy_out == g.gy_s) scatter(g.gy_s, y_layout, 0, i0, n, o.y.mutable_data_ptr<S>());
+      if (mask[0] && g.gy_out == g.gy_s) {
+        scatter(g.gy_s, y_layout, 0, i0, n, o.y.mutable_data_ptr<S>());
+      }
       for (int k = 0; k < c.K; ++k) {
         if (mask[1] && g.sigma_out[k] == g.sigma_s[k]) {
           scatter(g.sigma_s[k], o.ls, k, i0, n, o.scales.mutable_data_ptr<S>());

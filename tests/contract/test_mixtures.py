@@ -1,8 +1,9 @@
 """docs/spec.md section 7: lic_quant.mixture_quantize, K-component mixtures of a family.
 
 Values and gradients of the fused kernels against lic_quant.reference.mixture_quantize_reference
-on the same noise (every family, mode, dtype, K in {1, 3, 8}, probabilities and logits); the
-reference against CompressAI's GaussianMixtureConditional; K = 1 against quantize(); the
+on the same noise (every family, mode, dtype, K in {1, 3, 8}, probabilities and logits), also
+with every g_P negative (the -log P loss); each element's gradients independent of the other
+elements' upstream, bit for bit; the reference against CompressAI's GaussianMixtureConditional; K = 1 against quantize(); the
 channel-blocked view read in place; NaN, empty and bad inputs; opcheck, torch.compile and
 determinism. Every kernel backend that lic_quant.api.MIXTURE_BACKENDS names runs them (the ids of
 tests/contract/conftest.py; the others skip); the Triton kernels' bits against the CPU kernel's are
@@ -66,8 +67,9 @@ def make_inputs(shape=(2, 3, 5, 7), K=3, dtype=torch.float32, logits=False, seed
     return ts[0], view(ts[1]), view(ts[2]), view(ts[3])
 
 
-def run(backend, y, sc, mu, w, grads=True, **kw):
-    """Outputs and the gradients of sum(y_hat * a + lik * b) for fixed random a, b."""
+def run(backend, y, sc, mu, w, grads=True, negative=False, **kw):
+    """Outputs and the gradients of sum(y_hat * a + lik * b) for fixed random a, b: b of both
+    signs, or with negative=True every b < 0 (the -log P loss)."""
     leaves = [t.detach().clone().requires_grad_(grads) for t in (y, sc, mu, w)]
     if backend == "reference-direct":
         yh, lik = lq.mixture_quantize_reference(*leaves, kw.pop("noise"), **kw)
@@ -78,7 +80,8 @@ def run(backend, y, sc, mu, w, grads=True, **kw):
     g = torch.Generator().manual_seed(1)
     a = torch.randn(yh.shape, generator=g, dtype=torch.float64).to(yh.dtype)
     b = (-torch.rand(lik.shape, generator=g, dtype=torch.float64) * 1e3).to(lik.dtype)
-    b[..., 0] = -b[..., 0]  # some positive likelihood gradients exercise the bound's rule
+    if not negative:
+        b[..., 0] = -b[..., 0]  # some positive likelihood gradients exercise the bound's rule
     torch.autograd.backward([yh, lik], [a, b])
     return yh, lik, [t.grad for t in leaves]
 
@@ -87,6 +90,14 @@ def assert_close(actual, expected, dtype, what):
     rtol, atol = TOL[dtype]
     torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol,
                                equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+def interpreter_dtypes(b):
+    """The dtypes a test runs on backend b: float32 only in the Triton interpreter (its other
+    dtypes' bits are the CPU kernel's, test_mixtures_bit_identity.py)."""
+    dtypes = (torch.float32,) if b.is_interpreter else (
+        torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    return [d for d in dtypes if b.takes(d)]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -103,11 +114,7 @@ def test_values_and_gradients_vs_reference(kernel_backend, reference_backend, fa
         # equal the CPU kernel's over every family, mode, K and setting
         # (test_mixtures_bit_identity.py).
         pytest.skip("triton-interpreter: one mode per family (see test_mixtures_bit_identity.py)")
-    # The interpreter: float32 (its float16 and bfloat16 bits are the CPU kernel's, see
-    # test_mixtures_bit_identity.py).
-    dtypes = (torch.float32,) if b.is_interpreter else (
-        torch.float32, torch.float64, torch.float16, torch.bfloat16)
-    for dtype in (d for d in dtypes if b.takes(d)):
+    for dtype in interpreter_dtypes(b):
         ins = make_inputs(K=K, dtype=dtype, logits=logits)
         kw = dict(family=family, mode=mode, weights_are_logits=logits, zero_center=zero_center,
                   temperature=0.6, seed=11)
@@ -122,6 +129,62 @@ def test_values_and_gradients_vs_reference(kernel_backend, reference_backend, fa
             # Gradients scale with the incoming 1e3: compare relative to their size.
             scale = z.double().abs().max().clamp_min(1.0)
             assert_close(x / scale, z / scale, dtype, f"{family} {mode} K={K} {dtype} grad {name}")
+
+
+# Many blocks of every kernel's size (128 elements on the CPU), the last one partial.
+MANY_BLOCKS = (2, 3, 16, 21)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_negative_upstream_vs_reference(kernel_backend, reference_backend, family):
+    """Every g_P < 0 with probabilities as weights: the likelihood bound passes every g_P whatever
+    p is, so kernels may form each component's gradients without p (the CPU kernel does, in one
+    pass per component). Values and gradients against the reference, every dtype and K."""
+    b = mixture_backend(kernel_backend)
+    for dtype in interpreter_dtypes(b):
+        for K in (3,) if b.is_interpreter else KS:
+            ins = make_inputs(shape=MANY_BLOCKS, K=K, dtype=dtype)
+            kw = dict(family=family, mode="mixed", seed=5)
+            out = run(b, *ins, negative=True, **kw)
+            ref = run(reference_backend, *ins, negative=True, **kw)
+            for name, x, z in zip(("y_hat", "likelihoods"), out[:2], ref[:2]):
+                assert_close(x, z, dtype, f"{family} K={K} {dtype} {name}")
+            for name, x, z in zip(("y", "scales", "means", "weights"), out[2], ref[2]):
+                scale = z.double().abs().max().clamp_min(1.0)
+                assert_close(x / scale, z / scale, dtype, f"{family} K={K} {dtype} grad {name}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradients_ignore_the_other_elements_upstream(kernel_backend, family):
+    """The op is elementwise: an element's gradients depend on its own upstream gradients only.
+    With every g_P negative, then with every 64th made positive (one in each block of 64 or more
+    elements), the other elements' gradients are the same bits; a kernel that forms the gradients
+    without p where all of a block's g_P are negative takes both of its paths here."""
+    b = mixture_backend(kernel_backend)
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64,
+            torch.float16: torch.int16, torch.bfloat16: torch.int16}
+    for dtype in interpreter_dtypes(b):
+        y, sc, mu, w = make_inputs(shape=MANY_BLOCKS, K=3, dtype=dtype)
+        lik_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        g = torch.Generator().manual_seed(3)
+        a = torch.randn(y.shape, generator=g, dtype=torch.float64).to(dtype)
+        negative = -(torch.rand(y.shape, generator=g, dtype=torch.float64) * 1e3 + 1e-3)
+        flipped = negative.clone()
+        flipped.view(-1)[::64] *= -1
+        grads = []
+        for upstream in (negative, flipped):
+            leaves = [t.detach().clone().requires_grad_() for t in (y, sc, mu, w)]
+            yh, lik = mixture_quantize(b, *leaves, family=family, mode="noise", seed=5)
+            torch.autograd.backward([yh, lik], [a, upstream.to(lik_dtype)])
+            grads.append([t.grad for t in leaves])
+        keep = torch.ones(y.numel(), dtype=torch.bool)
+        keep[::64] = False
+        keep = keep.view(y.shape)
+        for name, g1, g2 in zip(("y", "scales", "means", "weights"), *grads):
+            m = keep.expand_as(g1)
+            assert torch.equal(g1[m].view(bits[dtype]), g2[m].view(bits[dtype])), \
+                f"{family} {dtype} grad {name}"
+            assert not torch.equal(g1[~m], g2[~m]), f"{family} {dtype} grad {name}: no change"
 
 
 def test_reference_equals_compressai(backend):
