@@ -3,9 +3,9 @@
 Values and gradients of the fused kernels against lic_quant.reference.mixture_quantize_reference
 on the same noise (every family, mode, dtype, K in {1, 3, 8}, probabilities and logits), also
 with every g_P negative (the -log P loss); each element's gradients independent of the other
-elements' upstream, bit for bit; the reference against CompressAI's GaussianMixtureConditional; K = 1 against quantize(); the
-channel-blocked view read in place; NaN, empty and bad inputs; opcheck, torch.compile and
-determinism. Every kernel backend that lic_quant.api.MIXTURE_BACKENDS names runs them (the ids of
+elements' upstream, bit for bit; the reference against CompressAI's GaussianMixtureConditional;
+K = 1 against quantize(); the channel-blocked view read in place; NaN, empty and bad inputs;
+opcheck, torch.compile and determinism. Every kernel backend that lic_quant.api.MIXTURE_BACKENDS names runs them (the ids of
 tests/contract/conftest.py; the others skip); the Triton kernels' bits against the CPU kernel's are
 in test_mixtures_bit_identity.py.
 """
