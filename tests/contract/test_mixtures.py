@@ -1,13 +1,13 @@
 """docs/spec.md section 7: lic_quant.mixture_quantize, K-component mixtures of a family.
 
-Values and gradients of the fused kernels against lic_quant.reference.mixture_quantize_reference
-on the same noise (every family, mode, dtype, K in {1, 3, 8}, probabilities and logits), also
-with every g_P negative (the -log P loss); each element's gradients independent of the other
-elements' upstream, bit for bit; the reference against CompressAI's GaussianMixtureConditional;
-K = 1 against quantize(); the channel-blocked view read in place; NaN, empty and bad inputs;
-opcheck, torch.compile and determinism. Every kernel backend that lic_quant.api.MIXTURE_BACKENDS names runs them (the ids of
-tests/contract/conftest.py; the others skip); the Triton kernels' bits against the CPU kernel's are
-in test_mixtures_bit_identity.py.
+Values and gradients of the fused kernels against lic_quant.reference.mixture_quantize_reference on
+the same noise (every family, mode, dtype, K in {1, 3, 8}, probabilities and logits), also with
+every g_P negative (the -log P loss); each element's gradients independent of the other elements'
+upstream, bit for bit; the reference against CompressAI's GaussianMixtureConditional; K = 1 against
+quantize(); the channel-blocked view read in place; NaN, empty and bad inputs; opcheck,
+torch.compile and determinism. Every kernel backend that lic_quant.api.MIXTURE_BACKENDS names runs
+them (the ids of tests/contract/conftest.py; the others skip); the Triton kernels' bits against the
+CPU kernel's are in test_mixtures_bit_identity.py.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def test_values_and_gradients_vs_reference(kernel_backend, reference_backend, fa
             assert_close(x / scale, z / scale, dtype, f"{family} {mode} K={K} {dtype} grad {name}")
 
 
-# Many blocks of every kernel's size (128 elements on the CPU), the last one partial.
+# Many blocks of every kernel's size (256 elements on the CPU), the last one partial.
 MANY_BLOCKS = (2, 3, 16, 21)
 
 
