@@ -433,15 +433,15 @@ void backward_impl(const CpuMixtureCall& c, const at::Tensor& g_yhat, const at::
   at::parallel_for(0, (numel + kBlock - 1) / kBlock, kGrain / kBlock, [&](int64_t b0, int64_t b1) {
     Block<T> b;
     Grads<T> g;
+    if (!gyh) std::fill(g.g_yhat, g.g_yhat + kBlock, T(0));  // no y_hat gradient: zeros, once
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t i0 = blk * kBlock, n = std::min(kBlock, numel - i0);
       load<S, T>(c, b, i0, n, keys, b.aux);  // y_hat is not needed
+      g.g_yhat_in = g.g_yhat;
       if constexpr (std::is_same_v<S, T>) {
         if (gyh) g.g_yhat_in = gyh + i0;
-      }
-      if (!gyh || !std::is_same_v<S, T>) {
-        for (int64_t j = 0; j < n; ++j) g.g_yhat[j] = gyh ? static_cast<T>(gyh[i0 + j]) : T(0);
-        g.g_yhat_in = g.g_yhat;
+      } else if (gyh) {
+        for (int64_t j = 0; j < n; ++j) g.g_yhat[j] = static_cast<T>(gyh[i0 + j]);
       }
       if (c.rate) {
         spread_sample_grads(gl, c.sample_size, i0, n, g.g_lik);
