@@ -1,11 +1,18 @@
 // Fused CPU kernels of the K-component mixture (docs/spec.md section 7): one pass forward
 // (y, mu_k, sigma_k, w_k -> y_hat, P, or with rate=True y_hat and the bits of section 8) and one
 // pass backward (g_yhat, g_P or the bits' gradient, y, mu_k, sigma_k, w_k -> the four gradients),
-// the noise recomputed from the seed. Work goes in blocks of kBlock
-// elements of y: each block's parameters are gathered into scratch (in their own layout, see
-// component_layout), and the per-element math of mixture_math.h runs in loops over the block with
-// the component loop outside, so the element loop is straight-line code GCC vectorizes.
+// the noise recomputed from the seed. Work goes in blocks of kBlock elements of y: each block's
+// parameters are read in place or gathered into scratch (in their own layout, see
+// component_layout), and the per-element math of mixture_math.h runs in loops over the block, a
+// few components per loop (for_each_group), so the element loop is straight-line code GCC
+// vectorizes.
 // Separate from quantize_cpu.cpp so that the two compile in parallel and alone.
+//
+// GCC schedules x86 code only after register allocation unless told otherwise; scheduling before
+// it (register-pressure aware) interleaves the independent chains of a loop body, which the
+// mixture's long bodies need (see for_each_group). Before the includes, so that every inline
+// function of this file is compiled with the same options.
+#pragma GCC optimize("schedule-insns", "sched-pressure")
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -163,22 +170,73 @@ LQ_CLONES void center_block(Block<T>& b, int K, int64_t n, bool zero_center, T t
   }
 }
 
+// The loops take the components in groups, a group's per-element math in one loop body: the
+// group's chains are independent, so with the pre-allocation scheduling above their instructions
+// interleave and the core overlaps their latencies (by our reading of the timings: one component
+// per body leaves it waiting on one chain). Groups of three forward, two backward, where the slopes' live values would spill
+// more (docs/design/cpu_kernels.md has the measurements). p and the gradient of y still sum the
+// components in the order k = 0 .. K-1, so the bits do not depend on the grouping.
+constexpr int kForwardGroup = 3;
+constexpr int kBackwardGroup = 2;
+
+// fn(group size G as a type constant, first component) over 0 .. K-1: groups of kMax, then one
+// of the remaining components.
+template <int kMax, typename Fn>
+inline __attribute__((always_inline)) void for_each_group(int K, Fn&& fn) {
+  int k = 0;
+  for (; K - k >= kMax; k += kMax) fn(std::integral_constant<int, kMax>{}, k);
+  if constexpr (kMax > 2) {
+    if (K - k == 2) fn(std::integral_constant<int, 2>{}, k);
+  }
+  if (K - k == 1) fn(std::integral_constant<int, 1>{}, k);
+}
+
+// The runs of components k0 .. k0 + G - 1 that the loops read. They sit in arrays, where
+// __restrict cannot be stated: the group loops state with ivdep that nothing they read or write
+// overlaps (the block's arrays and the outputs never do), without which GCC would version them
+// for aliasing beyond its limit of run-time checks and leave them scalar.
+template <typename T, int G>
+struct GroupRuns {
+  const T* mu[G];
+  const T* sigma[G];
+  const T* w[G];
+  GroupRuns(const Block<T>& b, int k0) {
+    for (int i = 0; i < G; ++i) {
+      mu[i] = b.mu_in[k0 + i];
+      sigma[i] = b.sigma_in[k0 + i];
+      w[i] = b.w_in[k0 + i];
+    }
+  }
+};
+
+// p += sum over the group of w_k mass_k, k in increasing order.
+template <int kFamily, int G, typename T>
+inline __attribute__((always_inline)) void mass_group(Block<T>& b, int k0, int64_t n,
+                                                      const QuantParams<T>& prm) {
+  T* __restrict p = b.p;
+  const T* __restrict c = b.c;
+  const T* __restrict rate = b.rate;
+  const GroupRuns<T, G> r(b, k0);
+#pragma GCC ivdep
+  for (int64_t j = 0; j < n; ++j) {
+    T acc = p[j];
+#pragma GCC unroll 3
+    for (int i = 0; i < G; ++i) {
+      acc = acc + r.w[i][j] * component_mass<kFamily>(
+                                  component_residual(c[j], rate[j], r.mu[i][j]), r.sigma[i][j], prm);
+    }
+    p[j] = acc;
+  }
+}
+
 // p = sum_k w_k mass_k, then P = max(p, b_p) into lik (the output's memory or scratch).
 template <int kFamily, typename T>
 LQ_CLONES void mass_block(Block<T>& b, int K, int64_t n, QuantParams<T> prm, T* __restrict lik) {
   T* __restrict p = b.p;
-  const T* __restrict c = b.c;
-  const T* __restrict rate = b.rate;
   for (int64_t j = 0; j < n; ++j) p[j] = T(0);
-  for (int k = 0; k < K; ++k) {
-    const T* __restrict mu = b.mu_in[k];
-    const T* __restrict sigma = b.sigma_in[k];
-    const T* __restrict w = b.w_in[k];
-    for (int64_t j = 0; j < n; ++j) {
-      p[j] = p[j] + w[j] * component_mass<kFamily>(component_residual(c[j], rate[j], mu[j]),
-                                                   sigma[j], prm);
-    }
-  }
+  for_each_group<kForwardGroup>(K, [&](auto grp, int k0) __attribute__((always_inline)) {
+    mass_group<kFamily, decltype(grp)::value>(b, k0, n, prm);
+  });
   for (int64_t j = 0; j < n; ++j) lik[j] = canonical_nan(lower_bound(p[j], prm.likelihood_bound));
 }
 
@@ -199,23 +257,67 @@ struct Grads {
   T* sigma_out[kMaxComponents];
 };
 
-// Both passes for component k at once, where g_p is known before p (every g_P negative, weights
-// as probabilities): mass, slopes and gradients in one loop, no p and no scratch. The same bits
-// as the two passes: g_p is g_P there too, and gy sums the components in the same order.
-template <int kFamily, typename T>
-inline __attribute__((always_inline)) void component_grads_one_pass(
-    int64_t n, const T* __restrict c, const T* __restrict rate, const T* __restrict mu,
-    const T* __restrict sigma, const T* __restrict w, const T* __restrict gp, T* __restrict gy,
-    T* __restrict w_out, T* __restrict mu_out, T* __restrict sigma_out,
-    const QuantParams<T>& prm) {
+// Both passes for a group of components at once, where g_p is known before p (every g_P
+// negative, weights as probabilities): mass, slopes and gradients in one loop, no p and no
+// scratch. The same bits as the two passes: g_p is g_P there too, and gy sums the components in
+// the same order.
+template <int kFamily, int G, typename T>
+inline __attribute__((always_inline)) void one_pass_group(const Block<T>& b, Grads<T>& g, int k0,
+                                                          int64_t n, const QuantParams<T>& prm) {
+  const T* __restrict c = b.c;
+  const T* __restrict rate = b.rate;
+  const T* __restrict gp = g.g_lik_in;
+  T* __restrict gy = g.gy;
+  const GroupRuns<T, G> r(b, k0);
+  T* w_out[G];
+  T* mu_out[G];
+  T* sigma_out[G];
+  for (int i = 0; i < G; ++i) {
+    w_out[i] = g.w_out[k0 + i];
+    mu_out[i] = g.mu_out[k0 + i];
+    sigma_out[i] = g.sigma_out[k0 + i];
+  }
+#pragma GCC ivdep
   for (int64_t j = 0; j < n; ++j) {
-    const ComponentSlopes<T> d = component_mass_and_slopes<kFamily>(
-        component_residual(c[j], rate[j], mu[j]), sigma[j], prm);
-    gy[j] = gy[j] + (gp[j] * w[j]) * d.d_v;
-    const ComponentGrads<T> o = component_grads(gp[j], w[j], d, T(0), sigma[j], false, prm);
-    w_out[j] = o.weight;
-    mu_out[j] = o.mu;
-    sigma_out[j] = o.sigma;
+    T acc = gy[j];
+#pragma GCC unroll 3
+    for (int i = 0; i < G; ++i) {
+      const ComponentSlopes<T> d = component_mass_and_slopes<kFamily>(
+          component_residual(c[j], rate[j], r.mu[i][j]), r.sigma[i][j], prm);
+      acc = acc + (gp[j] * r.w[i][j]) * d.d_v;
+      const ComponentGrads<T> o =
+          component_grads(gp[j], r.w[i][j], d, T(0), r.sigma[i][j], false, prm);
+      w_out[i][j] = o.weight;
+      mu_out[i][j] = o.mu;
+      sigma_out[i][j] = o.sigma;
+    }
+    gy[j] = acc;
+  }
+}
+
+// Pass 1 for a group: each component's mass and slopes into scratch, and its term of p. The mass
+// and the slopes in one body share the bin's arguments and exponentials (as two loops: 1.25x the
+// time, same bits).
+template <int kFamily, int G, typename T>
+inline __attribute__((always_inline)) void slopes_group(Block<T>& b, Grads<T>& g, int k0,
+                                                        int64_t n, const QuantParams<T>& prm) {
+  T* __restrict p = b.p;
+  const T* __restrict c = b.c;
+  const T* __restrict rate = b.rate;
+  const GroupRuns<T, G> r(b, k0);
+#pragma GCC ivdep
+  for (int64_t j = 0; j < n; ++j) {
+    T acc = p[j];
+#pragma GCC unroll 3
+    for (int i = 0; i < G; ++i) {
+      const ComponentSlopes<T> d = component_mass_and_slopes<kFamily>(
+          component_residual(c[j], rate[j], r.mu[i][j]), r.sigma[i][j], prm);
+      g.mass[k0 + i][j] = d.mass;
+      acc = acc + r.w[i][j] * d.mass;
+      g.dv[k0 + i][j] = d.d_v;
+      g.ds[k0 + i][j] = d.d_s;
+    }
+    p[j] = acc;
   }
 }
 
@@ -246,46 +348,23 @@ inline __attribute__((always_inline)) void component_grads_loop(
 template <int kFamily, typename T>
 LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logits,
                           bool bits_grad, QuantParams<T> prm) {
-  // GCC honours __restrict on these locals only partly: with the eleven arrays of pass 1 it would
-  // version the loop for aliasing beyond its limit of checks and leave it scalar. The block's
-  // arrays never overlap, which ivdep states.
   T* __restrict p = b.p;
-  const T* __restrict c = b.c;
-  const T* __restrict rate = b.rate;
   T* __restrict gp = g.g_p;
   T* __restrict gy = g.gy;
   const T* __restrict g_yhat = g.g_yhat_in;
   T* __restrict gy_out = g.gy_out;
   if (!logits && !bits_grad && all_negative(g.g_lik_in, n)) {
     for (int64_t j = 0; j < n; ++j) gy[j] = T(0);
-    for (int k = 0; k < K; ++k) {
-      component_grads_one_pass<kFamily>(n, c, rate, b.mu_in[k], b.sigma_in[k], b.w_in[k],
-                                        g.g_lik_in, gy, g.w_out[k], g.mu_out[k],
-                                        g.sigma_out[k], prm);
-    }
+    for_each_group<kBackwardGroup>(K, [&](auto grp, int k0) __attribute__((always_inline)) {
+      one_pass_group<kFamily, decltype(grp)::value>(b, g, k0, n, prm);
+    });
     for (int64_t j = 0; j < n; ++j) gy_out[j] = canonical_nan(g_yhat[j] + gy[j]);
     return;
   }
   for (int64_t j = 0; j < n; ++j) p[j] = T(0);
-  for (int k = 0; k < K; ++k) {
-    const T* __restrict mu = b.mu_in[k];
-    const T* __restrict sigma = b.sigma_in[k];
-    const T* __restrict w = b.w_in[k];
-    T* __restrict mass = g.mass[k];
-    T* __restrict dv = g.dv[k];
-    T* __restrict ds = g.ds[k];
-    // The mass and the slopes in one body, sharing the bin's arguments and exponentials (as two
-    // loops: 1.25x the time of this one, same bits).
-#pragma GCC ivdep
-    for (int64_t j = 0; j < n; ++j) {
-      const ComponentSlopes<T> d = component_mass_and_slopes<kFamily>(
-          component_residual(c[j], rate[j], mu[j]), sigma[j], prm);
-      mass[j] = d.mass;
-      p[j] = p[j] + w[j] * d.mass;
-      dv[j] = d.d_v;
-      ds[j] = d.d_s;
-    }
-  }
+  for_each_group<kBackwardGroup>(K, [&](auto grp, int k0) __attribute__((always_inline)) {
+    slopes_group<kFamily, decltype(grp)::value>(b, g, k0, n, prm);
+  });
   const T* __restrict g_lik = g.g_lik_in;
   if (bits_grad) {
     for (int64_t j = 0; j < n; ++j) gp[j] = rate_grad_p(g_lik[j], p[j], prm.likelihood_bound);
