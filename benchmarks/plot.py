@@ -18,7 +18,8 @@ import results_csv  # noqa: E402
 
 def run_name(key, width=60):
     date, commit, machine, label = key
-    text = f"{date[:16].replace('T', ' ')} {commit} {machine.split(';')[0]}"
+    # To the second: the series are keyed by this name, and runs a minute apart must stay apart.
+    text = f"{date[:19].replace('T', ' ')} {commit} {machine.split(';')[0]}"
     return textwrap.fill(f"{text}; {label}" if label else text, width)
 
 
@@ -48,7 +49,12 @@ def grouped_bars(ax, categories, series, ylabel, fmt="%.2f", errors=None):
             ax.bar_label(bars, fmt=fmt, fontsize=6)
     ax.set_xticks(range(len(categories)), categories, fontsize=7)
     ax.set_ylabel(ylabel, fontsize=8)
-    ax.legend(fontsize=6)
+    if len(series) > 6:  # beside the axes: inside, a long list of runs hides the bars
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        fig = ax.figure  # tall enough for the list (two lines of 6 pt per run)
+        fig.set_figheight(max(fig.get_figheight(), 0.25 * len(series)))
+    else:
+        ax.legend(fontsize=6)
 
 
 def figure(n, width, height):
@@ -65,7 +71,7 @@ def save(fig, path):
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
