@@ -173,9 +173,10 @@ LQ_CLONES void center_block(Block<T>& b, int K, int64_t n, bool zero_center, T t
 // The loops take the components in groups, a group's per-element math in one loop body: the
 // group's chains are independent, so with the pre-allocation scheduling above their instructions
 // interleave and the core overlaps their latencies (by our reading of the timings: one component
-// per body leaves it waiting on one chain). Groups of three forward, two backward, where the slopes' live values would spill
-// more (docs/design/cpu_kernels.md has the measurements). p and the gradient of y still sum the
-// components in the order k = 0 .. K-1, so the bits do not depend on the grouping.
+// per body leaves it waiting on one chain). Groups of three forward; two backward, where three
+// components' live values spill more than the overlap gains (docs/design/cpu_kernels.md has the
+// measurements). p and the gradient of y still sum the components in the order k = 0 .. K-1, so
+// the bits do not depend on the grouping.
 constexpr int kForwardGroup = 3;
 constexpr int kBackwardGroup = 2;
 
@@ -222,8 +223,8 @@ inline __attribute__((always_inline)) void mass_group(Block<T>& b, int k0, int64
     T acc = p[j];
 #pragma GCC unroll 3
     for (int i = 0; i < G; ++i) {
-      acc = acc + r.w[i][j] * component_mass<kFamily>(
-                                  component_residual(c[j], rate[j], r.mu[i][j]), r.sigma[i][j], prm);
+      const T v = component_residual(c[j], rate[j], r.mu[i][j]);
+      acc = acc + r.w[i][j] * component_mass<kFamily>(v, r.sigma[i][j], prm);
     }
     p[j] = acc;
   }
@@ -342,7 +343,7 @@ inline __attribute__((always_inline)) void component_grads_loop(
 
 // Pass 1: every component's mass and slopes, and p; pass 2: g_p and the gradients into the
 // *_out pointers. With weights as probabilities and every g_P of the block negative, one pass
-// (component_grads_one_pass).
+// (one_pass_group).
 // bits_grad (rate=True): g_lik holds the bits' gradient of each element's sample, and g_p is
 // formed from it and p.
 template <int kFamily, typename T>
