@@ -12,7 +12,9 @@
 // it (register-pressure aware) interleaves the independent chains of a loop body, which the
 // mixture's long bodies need (see for_each_group). Before the includes, so that every inline
 // function of this file is compiled with the same options.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("schedule-insns", "sched-pressure")
+#endif
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
