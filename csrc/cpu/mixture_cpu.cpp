@@ -212,10 +212,11 @@ struct GroupRuns {
   }
 };
 
-// p += sum over the group of w_k mass_k, k in increasing order.
-template <int kFamily, int G, typename T>
-inline __attribute__((always_inline)) void mass_group(Block<T>& b, int k0, int64_t n,
-                                                      const QuantParams<T>& prm) {
+// p += the group's terms in increasing k: term(r, i, j, v) for component k0 + i at element j,
+// v its residual. The forward's terms are w_k mass_k; pass 1's also store the slopes.
+template <int G, typename T, typename Term>
+inline __attribute__((always_inline)) void accumulate_p(Block<T>& b, int k0, int64_t n,
+                                                        Term&& term) {
   T* __restrict p = b.p;
   const T* __restrict c = b.c;
   const T* __restrict rate = b.rate;
@@ -225,8 +226,7 @@ inline __attribute__((always_inline)) void mass_group(Block<T>& b, int k0, int64
     T acc = p[j];
 #pragma GCC unroll 3
     for (int i = 0; i < G; ++i) {
-      const T v = component_residual(c[j], rate[j], r.mu[i][j]);
-      acc = acc + r.w[i][j] * component_mass<kFamily>(v, r.sigma[i][j], prm);
+      acc = acc + term(r, i, j, component_residual(c[j], rate[j], r.mu[i][j]));
     }
     p[j] = acc;
   }
@@ -238,7 +238,10 @@ LQ_CLONES void mass_block(Block<T>& b, int K, int64_t n, QuantParams<T> prm, T* 
   T* __restrict p = b.p;
   for (int64_t j = 0; j < n; ++j) p[j] = T(0);
   for_each_group<kForwardGroup>(K, [&](auto grp, int k0) __attribute__((always_inline)) {
-    mass_group<kFamily, decltype(grp)::value>(b, k0, n, prm);
+    accumulate_p<decltype(grp)::value>(
+        b, k0, n, [&](const auto& r, int i, int64_t j, T v) __attribute__((always_inline)) {
+          return r.w[i][j] * component_mass<kFamily>(v, r.sigma[i][j], prm);
+        });
   });
   for (int64_t j = 0; j < n; ++j) lik[j] = canonical_nan(lower_bound(p[j], prm.likelihood_bound));
 }
@@ -298,32 +301,6 @@ inline __attribute__((always_inline)) void one_pass_group(const Block<T>& b, Gra
   }
 }
 
-// Pass 1 for a group: each component's mass and slopes into scratch, and its term of p. The mass
-// and the slopes in one body share the bin's arguments and exponentials (as two loops: 1.25x the
-// time, same bits).
-template <int kFamily, int G, typename T>
-inline __attribute__((always_inline)) void slopes_group(Block<T>& b, Grads<T>& g, int k0,
-                                                        int64_t n, const QuantParams<T>& prm) {
-  T* __restrict p = b.p;
-  const T* __restrict c = b.c;
-  const T* __restrict rate = b.rate;
-  const GroupRuns<T, G> r(b, k0);
-#pragma GCC ivdep
-  for (int64_t j = 0; j < n; ++j) {
-    T acc = p[j];
-#pragma GCC unroll 3
-    for (int i = 0; i < G; ++i) {
-      const ComponentSlopes<T> d = component_mass_and_slopes<kFamily>(
-          component_residual(c[j], rate[j], r.mu[i][j]), r.sigma[i][j], prm);
-      g.mass[k0 + i][j] = d.mass;
-      acc = acc + r.w[i][j] * d.mass;
-      g.dv[k0 + i][j] = d.d_v;
-      g.ds[k0 + i][j] = d.d_s;
-    }
-    p[j] = acc;
-  }
-}
-
 // Pass 2 for component k: its gradients from g_p into the *_out pointers, and its term of the
 // gradient of y into gy. The arrays are parameters so that their __restrict holds (as locals
 // loaded from the blocks' pointer members, GCC left this loop scalar).
@@ -365,8 +342,18 @@ LQ_CLONES void grad_block(Block<T>& b, Grads<T>& g, int K, int64_t n, bool logit
     return;
   }
   for (int64_t j = 0; j < n; ++j) p[j] = T(0);
+  // Pass 1: each component's mass and slopes into scratch, and its term of p. The mass and the
+  // slopes in one body share the bin's arguments and exponentials (as two loops: 1.25x the time,
+  // same bits).
   for_each_group<kBackwardGroup>(K, [&](auto grp, int k0) __attribute__((always_inline)) {
-    slopes_group<kFamily, decltype(grp)::value>(b, g, k0, n, prm);
+    accumulate_p<decltype(grp)::value>(
+        b, k0, n, [&](const auto& r, int i, int64_t j, T v) __attribute__((always_inline)) {
+          const ComponentSlopes<T> d = component_mass_and_slopes<kFamily>(v, r.sigma[i][j], prm);
+          g.mass[k0 + i][j] = d.mass;
+          g.dv[k0 + i][j] = d.d_v;
+          g.ds[k0 + i][j] = d.d_s;
+          return r.w[i][j] * d.mass;
+        });
   });
   const T* __restrict g_lik = g.g_lik_in;
   if (bits_grad) {
