@@ -196,8 +196,9 @@ inline __attribute__((always_inline)) void for_each_group(int K, Fn&& fn) {
 
 // The runs of components k0 .. k0 + G - 1 that the loops read. They sit in arrays, where
 // __restrict cannot be stated: the group loops state with ivdep that nothing they read or write
-// overlaps (the block's arrays and the outputs never do), without which GCC would version them
-// for aliasing beyond its limit of run-time checks and leave them scalar.
+// overlaps (the block's arrays and the outputs never do), so that GCC need not version them for
+// aliasing (with the eleven arrays of pass 1 that took more run-time checks than its limit, and
+// it left the loop scalar).
 template <typename T, int G>
 struct GroupRuns {
   const T* mu[G];

@@ -139,7 +139,7 @@ MANY_BLOCKS = (2, 3, 16, 21)
 def test_negative_upstream_vs_reference(kernel_backend, reference_backend, family):
     """Every g_P < 0 with probabilities as weights: the likelihood bound passes every g_P whatever
     p is, so kernels may form each component's gradients without p (the CPU kernel does, in one
-    pass per component). Values and gradients against the reference, every dtype and K."""
+    pass per group of components). Values and gradients against the reference, every dtype and K."""
     b = mixture_backend(kernel_backend)
     for dtype in interpreter_dtypes(b):
         for K in (3,) if b.is_interpreter else KS:
