@@ -200,6 +200,15 @@ def _round_half_even(x, ON_GPU: tl.constexpr):
 
 
 @triton.jit
+def _round_half_even_small(x, ON_GPU: tl.constexpr):
+    """Round half to even for |x| < 2^22 (normal_dist.h, round_half_even_small)."""
+    if ON_GPU:
+        return _round_half_even(x, ON_GPU)
+    else:
+        return (x + 12582912.0) - 12582912.0  # 1.5 * 2^23
+
+
+@triton.jit
 def _scale_by_exp2(x, k):
     return _float(_bits(x) + (k.to(tl.int32) << 23).to(tl.uint32, bitcast=True))
 
@@ -216,7 +225,7 @@ def _expm1_over_r(r, ON_GPU: tl.constexpr):
 @triton.jit
 def _reduce_ln2(x, ON_GPU: tl.constexpr):
     """(k, r) with x = k ln2 + r, |r| <= ln2/2 (normal_dist.h, reduce_ln2)."""
-    k = _round_half_even(_mul(x, 1.44269504, ON_GPU), ON_GPU)
+    k = _round_half_even_small(_mul(x, 1.44269504, ON_GPU), ON_GPU)
     return k, _fma(k, 1.90465421e-9, _fma(k, -0.693147182, x, ON_GPU), ON_GPU)
 
 

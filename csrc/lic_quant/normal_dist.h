@@ -73,6 +73,19 @@ LQ_HD double round_half_even(double x) {
 #endif
 }
 
+// Round half to even for |x| < 2^22 and NaN, the arguments reduce_ln2 rounds: adding and
+// subtracting 1.5 * 2^23 puts the sum in [2^23, 2^24), where the float spacing is 1, so the
+// addition rounds to an integer in the current (nearest-even) mode. Two operations where
+// round_half_even needs six on the host; it differs from it only in giving +0 for x in (-1/2, -0],
+// which reduce_ln2 does not see (see there).
+LQ_HD float round_half_even_small(float x) {
+#if defined(__CUDA_ARCH__)
+  return rintf(x);
+#else
+  return (x + 12582912.0f) - 12582912.0f;
+#endif
+}
+
 // x * 2^k for integer-valued float k, by adding k to x's exponent bits: exact where x * 2^k is a
 // normal number, which the callers guarantee by clamping their arguments.
 LQ_HD float scale_by_exp2(float x, float k) {
@@ -95,13 +108,15 @@ LQ_HD float expm1_over_r(float r) {
 }
 
 // Cody-Waite reduction: x = k ln2 + r with integer-valued k and |r| <= ln2 / 2 (to a few ulps of
-// r), so that e^x = 2^k e^r.
+// r), so that e^x = 2^k e^r. Every caller passes |x| <= 128. Where k is a zero its sign does not
+// reach the results: r is then x itself for x != 0 and +0 for x = +-0 with either zero, and the
+// callers use k only through its integer value.
 struct Ln2Reduced {
   float k;
   float r;
 };
 LQ_HD Ln2Reduced reduce_ln2(float x) {
-  const float k = round_half_even(x * kLog2e);
+  const float k = round_half_even_small(x * kLog2e);
   return {k, fma_rn(k, -kLn2Lo, fma_rn(k, -kLn2Hi, x))};
 }
 
