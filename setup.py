@@ -163,7 +163,7 @@ def extension():
            "-fopenmp"]  # at::parallel_for is an OpenMP pragma in the ATen headers
     sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/host_scalars.cpp",
                "csrc/cpu/quantize_cpu.cpp", "csrc/cpu/mixture_cpu.cpp",
-               "csrc/cpu/entropy_bottleneck_cpu.cpp"]
+               "csrc/cpu/entropy_bottleneck_cpu.cpp", "csrc/cpu/clamp_limits.cpp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     # setuptools skips an extension whose sources are older than the .so; the headers hold the
     # math, so an edited header must count too (ninja then recompiles only what includes it).

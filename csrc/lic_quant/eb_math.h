@@ -75,8 +75,16 @@ LQ_HD T eb_factor_slope(T x) {
 // the quotient gives 1 exactly, and the quotient is held at 1. The clamps act on |x| only: with a
 // two-sided clamp GCC folds the held lanes to constants and blends them back with a dozen mask
 // operations per tanh (the forward took 1.25x longer). NaN -> NaN.
+constexpr float kEbTanhArgMax = 9.02000237f;
+constexpr float kEbTanhMax = 1.0f;
+#if !defined(__CUDA_ARCH__)
+namespace host_limits {
+extern const float kEbTanhArgMax, kEbTanhMax, kEbLogitMax;
+}  // namespace host_limits
+#endif
+
 LQ_HD float eb_tanh(float x) {
-  const float c = upper_bound(abs_bits(x), 9.02000237f);
+  const float c = upper_bound(abs_bits(x), LQ_LIMIT(kEbTanhArgMax));
   const float s = c * c;
   float p = -7.97609998e-14f;
   p = fma_rn(p, s, 5.07903407e-11f);
@@ -89,17 +97,18 @@ LQ_HD float eb_tanh(float x) {
   q = fma_rn(q, s, 0.0244568568f);
   q = fma_rn(q, s, 0.464087218f);
   q = fma_rn(q, s, 1.0f);
-  return with_sign_of(upper_bound((c * p) / q, 1.0f), x);
+  return with_sign_of(upper_bound((c * p) / q, LQ_LIMIT(kEbTanhMax)), x);
 }
 LQ_HD double eb_tanh(double x) { return ::tanh(x); }
 
 // The largest |logit| the sigmoids see: e^{-87} = 1.6e-38 is still a normal float32;
 // beyond it the bin mass is below 1e-37 and its slopes below 2e-38.
+constexpr float kEbLogitMax = 87.0f;
 template <typename T>
 struct EbLogitClamp;
 template <>
 struct EbLogitClamp<float> {
-  static constexpr float kMax = 87.0f;
+  static constexpr float kMax = kEbLogitMax;
 };
 template <>
 struct EbLogitClamp<double> {
@@ -108,7 +117,7 @@ struct EbLogitClamp<double> {
 
 // e^{-|x|}: the one exponential of sigma(x) and of its slope.
 LQ_HD float eb_exp_neg_abs(float x) {
-  return neg_exp(upper_bound(abs_bits(x), EbLogitClamp<float>::kMax)).exp;
+  return neg_exp(upper_bound(abs_bits(x), LQ_LIMIT(kEbLogitMax))).exp;
 }
 LQ_HD double eb_exp_neg_abs(double x) {
   return ::exp(-upper_bound(abs_bits(x), EbLogitClamp<double>::kMax));

@@ -59,7 +59,7 @@ struct FamilySlopes {
 template <typename T>
 LQ_HD FamilySlopes<T> laplace_bin_slopes(T h, T a, const LaplaceExps<T>& e) {
   // a enters a product with E = e^{-|a|}, which is 0 beyond the clamp.
-  const T ac = upper_bound(lower_bound(a, -ExpClamp<T>::kMax), ExpClamp<T>::kMax);
+  const T ac = upper_bound(lower_bound(a, -ExpClamp<T>::limit()), ExpClamp<T>::limit());
   const T slope = fma_rn(ac, -e.ey.expm1, -(h * e.ey.exp));
   // E times each factor first: E (a - b e^{-y}) is at most 2/e, so the product by h/2 stays
   // finite where h is huge.

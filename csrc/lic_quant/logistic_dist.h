@@ -61,7 +61,7 @@ LQ_HD T logistic_bin_probability(T h, T a, T m) {
 template <typename T>
 LQ_HD FamilySlopes<T> logistic_bin_slopes(T h, T a, const LogisticTerms<T>& t) {
   // a enters a product with E = e^{-|a|}, which is 0 beyond the clamp.
-  const T ac = upper_bound(lower_bound(a, -ExpClamp<T>::kMax), ExpClamp<T>::kMax);
+  const T ac = upper_bound(lower_bound(a, -ExpClamp<T>::limit()), ExpClamp<T>::limit());
   const T one_plus_e = T(1) + t.e;
   const T s = fma_rn(ac, t.beta * t.m1, -(h * t.ey) * (one_plus_e * one_plus_e));
   // E / D^2 times each factor first (at most ~1), then h: finite where h is huge.

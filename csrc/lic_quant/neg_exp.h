@@ -21,15 +21,26 @@ struct NegExp {
 // smallest subnormal 1.4e-45; float64: e^-800 below 4.9e-324): the family headers clamp their
 // exponents and the factors multiplying an e^{-x} there, so a product of 0 and a huge or infinite
 // argument is 0, never inf * 0.
+// limit(): kMax as the clamps read it (LQ_LIMIT).
+constexpr float kNegExpArgMax = 128.0f;
+constexpr float kNegExpScaleMin = -30.0f;  // the expm1's 2^max(k, -30), see neg_exp
+#if !defined(__CUDA_ARCH__)
+namespace host_limits {
+extern const float kNegExpArgMax, kNegExpScaleMin;
+}  // namespace host_limits
+#endif
+
 template <typename T>
 struct ExpClamp;
 template <>
 struct ExpClamp<float> {
-  static constexpr float kMax = 128.0f;
+  static constexpr float kMax = kNegExpArgMax;
+  LQ_HD static float limit() { return LQ_LIMIT(kNegExpArgMax); }
 };
 template <>
 struct ExpClamp<double> {
   static constexpr double kMax = 800.0;
+  LQ_HD static double limit() { return kMax; }
 };
 
 // x = k ln2 + r, e^{-x} = 2^k e^r. The exponential is scaled by 2^(k + 64) first, a normal number
@@ -37,10 +48,10 @@ struct ExpClamp<double> {
 // exp_neg_half_square). The expm1 takes 2^max(k, -30): below, 2^k (1 + p) - 1 rounds to -1 either
 // way. NaN -> NaN.
 LQ_HD NegExp<float> neg_exp(float x) {
-  const Ln2Reduced e = reduce_ln2(-upper_bound(x, ExpClamp<float>::kMax));
+  const Ln2Reduced e = reduce_ln2(-upper_bound(x, ExpClamp<float>::limit()));
   const float g = expm1_over_r(e.r);
   const float ex = scale_by_exp2(fma_rn(g, e.r, 1.0f), e.k + 64.0f) * 5.42101086e-20f;
-  const float s = exp2_int(lower_bound(e.k, -30.0f));
+  const float s = exp2_int(lower_bound(e.k, LQ_LIMIT(kNegExpScaleMin)));
   return {ex, fma_rn(s, g * e.r, s - 1.0f)};
 }
 

@@ -46,6 +46,27 @@ LQ_HD T upper_bound(T x, T bound) {
   return x > bound ? bound : x;
 }
 
+// The limits of the float32 clamps of the per-element math (upper_bound / lower_bound against a
+// constant), read through LQ_LIMIT. GCC 12 compiles a clamp against a constant it can see into a
+// compare and a blend (a nested pair into four compares and two blends, their masks competing for
+// the eight mask registers), and a clamp against a value it cannot see into one vminps / vmaxps,
+// the same IEEE operation. So on the host the clamps read copies of the limits defined in another
+// translation unit (csrc/cpu/clamp_limits.cpp); on the device they are immediates.
+constexpr float kQuotientMax = 64.0f;      // refined quotients and the slopes' a and b
+constexpr float kHalfSquareArgMax = 16.0f;  // exp(-x^2/2) is 0 beyond
+constexpr float kTailXMax = 20.0f;          // every Q(x) is 0 beyond
+// Beyond this argument e^{-x} is below 4.5e-38 and only its being tiny matters to the callers: the
+// clamp keeps 2^k normal so that scale_by_exp2 is exact.
+constexpr float kExpNegMaxArg = 86.0f;  // exp(-86) = 4.5e-38
+#if defined(__CUDA_ARCH__)
+#define LQ_LIMIT(name) (::lic_quant::name)
+#else
+namespace host_limits {
+extern const float kQuotientMax, kHalfSquareArgMax, kTailXMax, kExpNegMaxArg;
+}  // namespace host_limits
+#define LQ_LIMIT(name) (::lic_quant::host_limits::name)
+#endif
+
 LQ_HD float abs_bits(float x) { return bits_float(float_bits(x) & 0x7fffffffu); }
 LQ_HD double abs_bits(double x) { return bits_double(double_bits(x) & 0x7fffffffffffffffull); }
 
@@ -120,15 +141,11 @@ LQ_HD Ln2Reduced reduce_ln2(float x) {
   return {k, fma_rn(k, -kLn2Lo, fma_rn(k, -kLn2Hi, x))};
 }
 
-// Beyond this argument e^{-x} is below 4.5e-38 and only its being tiny matters to the callers: the
-// clamp keeps 2^k normal so that scale_by_exp2 is exact.
-constexpr float kExpNegMaxArg = 86.0f;  // exp(-86) = 4.5e-38
-
 // exp(-x^2 / 2) to a few ulps for any float x, gradually underflowing to 0 like the true value;
 // NaN -> NaN.
 LQ_HD float exp_neg_half_square(float x) {
   // exp(-128) is below the smallest subnormal: the clamp keeps 2^k in the range handled below.
-  const float a = upper_bound(abs_bits(x), 16.0f);
+  const float a = upper_bound(abs_bits(x), LQ_LIMIT(kHalfSquareArgMax));
   const float hi = a * a;
   const float lo = fma_rn(a, a, -hi);  // a^2 = hi + lo exactly
   const Ln2Reduced e = reduce_ln2(-0.5f * hi);  // -hi/2 is exact
@@ -165,11 +182,12 @@ LQ_HD float reciprocal_1_128(float d) {
   return fma_rn(r, fma_rn(-d, r, 1.0f), r);
 }
 
-// The tail argument t = 1 / (1 + 0.35 x) is used through 1 + 0.35 x; beyond x = 20 every Q is 0.
+// The tail argument t = 1 / (1 + 0.35 x) is used through 1 + 0.35 x.
 constexpr float kTailC = 0.35f;
-constexpr float kTailXMax = 20.0f;
 
-LQ_HD float tail_denominator(float ax) { return fma_rn(kTailC, upper_bound(ax, kTailXMax), 1.0f); }
+LQ_HD float tail_denominator(float ax) {
+  return fma_rn(kTailC, upper_bound(ax, LQ_LIMIT(kTailXMax)), 1.0f);
+}
 
 // t * R(t) = Q(x) * exp(x^2 / 2) for t = 1 / (1 + 0.35 x), x >= 0 (degree 8).
 LQ_HD float mills_scaled(float t) {

@@ -121,12 +121,13 @@ struct BinArgs {
 // clamped before the residual so that no inf - inf appears; a quotient beyond the clamp comes back
 // approximate (the bin mass and its slopes are 0 there).
 LQ_HD float refined_quotient(float num, float den, float inv_den) {
-  const float q = upper_bound(lower_bound(num * inv_den, -64.0f), 64.0f);
+  const float q = upper_bound(lower_bound(num * inv_den, -LQ_LIMIT(kQuotientMax)),
+                              LQ_LIMIT(kQuotientMax));
   return fma_rn(fma_rn(-q, den, num), inv_den, q);
 }
 // The same for num >= 0.
 LQ_HD float refined_quotient_nonnegative(float num, float den, float inv_den) {
-  const float q = upper_bound(num * inv_den, 64.0f);
+  const float q = upper_bound(num * inv_den, LQ_LIMIT(kQuotientMax));
   return fma_rn(fma_rn(-q, den, num), inv_den, q);
 }
 
@@ -180,7 +181,8 @@ LQ_HD float bin_probability(const BinArgs<float>& g, float e_a) {
   const bool series = use_series(g);
   const float w = g.h * g.h;
   // One small exponential serves both forms: e^{-x} (difference) or exp(h^2/8 - x/2) (series).
-  const float e = exp_neg(series ? fma_rn(w, -0.125f, 0.5f * g.x) : upper_bound(g.x, kExpNegMaxArg));
+  const float e = exp_neg(series ? fma_rn(w, -0.125f, 0.5f * g.x)
+                                 : upper_bound(g.x, LQ_LIMIT(kExpNegMaxArg)));
   // Difference form: Q(|a|) and Q(b) from one reciprocal of the product of their denominators.
   const float da = tail_denominator(abs_bits(g.a));
   const float db = tail_denominator(g.b);
@@ -237,9 +239,10 @@ LQ_HD BinSlopes<float> bin_slopes(const BinArgs<float>& g, float e_a) {
   // a and b enter products with phi(a), which is 0 beyond |a| = 16: finite stand-ins keep those
   // products 0 instead of inf * 0.
   const float phi_a = kInvSqrt2Pi * e_a;  // the bin mass's exp, shared
-  const float a = upper_bound(lower_bound(g.a, -64.0f), 64.0f);
-  const float b = upper_bound(g.b, 64.0f);
-  const ExpM1 e = exp_and_expm1(-upper_bound(g.x, kExpNegMaxArg));  // phi(b) = phi(a) e^{-x}
+  const float a = upper_bound(lower_bound(g.a, -LQ_LIMIT(kQuotientMax)), LQ_LIMIT(kQuotientMax));
+  const float b = upper_bound(g.b, LQ_LIMIT(kQuotientMax));
+  // phi(b) = phi(a) e^{-x}
+  const ExpM1 e = exp_and_expm1(-upper_bound(g.x, LQ_LIMIT(kExpNegMaxArg)));
   // a - b e^{-x}; for small x as -h - b (e^{-x} - 1), which does not cancel.
   const float slope = g.x < 1.0f ? fma_rn(-b, e.expm1, -g.h) : fma_rn(-b, e.exp, a);
   return {(phi_a * e.expm1) * g.h, (phi_a * slope) * g.h};
