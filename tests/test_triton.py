@@ -234,7 +234,8 @@ def test_gpu_machine_code_has_no_contraction():
 def test_eb_tanh_constants_are_the_fit():
     """eb_math.h's eb_tanh and its Triton port hold the coefficients and the argument clamp that
     tools/fit_eb_tanh.py computes (float32 for float32), in the order it lists them, so the tool
-    that bounds the error is about the code that runs."""
+    that bounds the error is about the code that runs. The header's clamp is kEbTanhArgMax, which
+    eb_tanh reads through LQ_LIMIT."""
     import inspect
     import re
     import sys
@@ -257,6 +258,9 @@ def test_eb_tanh_constants_are_the_fit():
         header = f.read()
     body = header[header.index("LQ_HD float eb_tanh(float x) {"):]
     body = body[:body.index("\n}\n")]
+    assert "LQ_LIMIT(kEbTanhArgMax)" in body
+    clamp = re.search(r"constexpr float kEbTanhArgMax = (\S+)f;", header).group(1)
+    body = clamp + " " + body
     # The Python function under the jit wrapper (compiled or interpreted), after its docstring.
     src = inspect.getsource(triton_kernels._eb_tanh.fn).split('"""')[-1]
     for text in (body, src):

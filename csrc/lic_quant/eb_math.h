@@ -67,6 +67,18 @@ LQ_HD T eb_factor_slope(T x) {
 // ---------------------------------------------------------------------------------------------
 // Per element.
 
+// The clamp limits of eb_tanh (below) and eb_exp_neg_abs, as LQ_LIMIT reads them.
+constexpr float kEbTanhArgMax = 9.02000237f;  // the first float32 a where the quotient gives 1
+constexpr float kEbTanhMax = 1.0f;
+// The largest |logit| the sigmoids see: e^{-87} = 1.6e-38 is still a normal float32;
+// beyond it the bin mass is below 1e-37 and its slopes below 2e-38.
+constexpr float kEbLogitMax = 87.0f;
+#if !defined(__CUDA_ARCH__)
+namespace host_limits {
+extern const float kEbTanhArgMax, kEbTanhMax, kEbLogitMax;
+}  // namespace host_limits
+#endif
+
 // tanh(x) = sign(x) a P(a^2) / Q(a^2) for a = |x|, degrees 6 and 3, fitted on a <= 9.2
 // (tools/fit_eb_tanh.py, which also checks every float32 argument: at most 5.0 ulp). A dozen
 // operations and one division, half of an exponential-based form: the 24 tanh per element of a
@@ -75,14 +87,6 @@ LQ_HD T eb_factor_slope(T x) {
 // the quotient gives 1 exactly, and the quotient is held at 1. The clamps act on |x| only: with a
 // two-sided clamp GCC folds the held lanes to constants and blends them back with a dozen mask
 // operations per tanh (the forward took 1.25x longer). NaN -> NaN.
-constexpr float kEbTanhArgMax = 9.02000237f;
-constexpr float kEbTanhMax = 1.0f;
-#if !defined(__CUDA_ARCH__)
-namespace host_limits {
-extern const float kEbTanhArgMax, kEbTanhMax, kEbLogitMax;
-}  // namespace host_limits
-#endif
-
 LQ_HD float eb_tanh(float x) {
   const float c = upper_bound(abs_bits(x), LQ_LIMIT(kEbTanhArgMax));
   const float s = c * c;
@@ -101,26 +105,15 @@ LQ_HD float eb_tanh(float x) {
 }
 LQ_HD double eb_tanh(double x) { return ::tanh(x); }
 
-// The largest |logit| the sigmoids see: e^{-87} = 1.6e-38 is still a normal float32;
-// beyond it the bin mass is below 1e-37 and its slopes below 2e-38.
-constexpr float kEbLogitMax = 87.0f;
-template <typename T>
-struct EbLogitClamp;
-template <>
-struct EbLogitClamp<float> {
-  static constexpr float kMax = kEbLogitMax;
-};
-template <>
-struct EbLogitClamp<double> {
-  static constexpr double kMax = 708.0;
-};
+// float64's kEbLogitMax: e^{-708} = 3.3e-308 is still a normal float64.
+constexpr double kEbLogitMaxDouble = 708.0;
 
 // e^{-|x|}: the one exponential of sigma(x) and of its slope.
 LQ_HD float eb_exp_neg_abs(float x) {
   return neg_exp(upper_bound(abs_bits(x), LQ_LIMIT(kEbLogitMax))).exp;
 }
 LQ_HD double eb_exp_neg_abs(double x) {
-  return ::exp(-upper_bound(abs_bits(x), EbLogitClamp<double>::kMax));
+  return ::exp(-upper_bound(abs_bits(x), kEbLogitMaxDouble));
 }
 
 // sigma(s x) for s = +-1 given e = e^{-|x|}: 1/(1 + e) where s x >= 0, e/(1 + e) below.

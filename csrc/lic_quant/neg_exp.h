@@ -17,12 +17,8 @@ struct NegExp {
   T expm1;  // e^{-x} - 1, relative accuracy for every x (no cancellation at small x)
 };
 
-// Beyond these arguments e^{-x} is 0 in the type (float32: e^-128 = 2.6e-56 is below the
-// smallest subnormal 1.4e-45; float64: e^-800 below 4.9e-324): the family headers clamp their
-// exponents and the factors multiplying an e^{-x} there, so a product of 0 and a huge or infinite
-// argument is 0, never inf * 0.
-// limit(): kMax as the clamps read it (LQ_LIMIT).
-constexpr float kNegExpArgMax = 128.0f;
+// The float32 clamp limits of this file, as LQ_LIMIT reads them (normal_dist.h).
+constexpr float kNegExpArgMax = 128.0f;    // ExpClamp<float>::kMax
 constexpr float kNegExpScaleMin = -30.0f;  // the expm1's 2^max(k, -30), see neg_exp
 #if !defined(__CUDA_ARCH__)
 namespace host_limits {
@@ -30,6 +26,10 @@ extern const float kNegExpArgMax, kNegExpScaleMin;
 }  // namespace host_limits
 #endif
 
+// Beyond these arguments e^{-x} is 0 in the type (float32: e^-128 = 2.6e-56 is below the
+// smallest subnormal 1.4e-45; float64: e^-800 below 4.9e-324): the family headers clamp their
+// exponents and the factors multiplying an e^{-x} there, so a product of 0 and a huge or infinite
+// argument is 0, never inf * 0. limit(): kMax as the clamps read it.
 template <typename T>
 struct ExpClamp;
 template <>

@@ -97,7 +97,7 @@ LQ_HD double round_half_even(double x) {
 // Round half to even for |x| < 2^22 and NaN, the arguments reduce_ln2 rounds: adding and
 // subtracting 1.5 * 2^23 puts the sum in [2^23, 2^24), where the float spacing is 1, so the
 // addition rounds to an integer in the current (nearest-even) mode. Two operations where
-// round_half_even needs six on the host; it differs from it only in giving +0 for x in (-1/2, -0],
+// round_half_even needs six on the host; it differs from it only in giving +0 for x in [-1/2, -0],
 // which reduce_ln2 does not see (see there).
 LQ_HD float round_half_even_small(float x) {
 #if defined(__CUDA_ARCH__)
