@@ -18,7 +18,7 @@ struct NegExp {
 };
 
 // The float32 clamp limits of this file, as LQ_LIMIT reads them (normal_dist.h).
-constexpr float kNegExpArgMax = 128.0f;    // ExpClamp<float>::kMax
+constexpr float kNegExpArgMax = 128.0f;    // ExpClamp<float>::limit()
 constexpr float kNegExpScaleMin = -30.0f;  // the expm1's 2^max(k, -30), see neg_exp
 #if !defined(__CUDA_ARCH__)
 namespace host_limits {
@@ -29,18 +29,16 @@ extern const float kNegExpArgMax, kNegExpScaleMin;
 // Beyond these arguments e^{-x} is 0 in the type (float32: e^-128 = 2.6e-56 is below the
 // smallest subnormal 1.4e-45; float64: e^-800 below 4.9e-324): the family headers clamp their
 // exponents and the factors multiplying an e^{-x} there, so a product of 0 and a huge or infinite
-// argument is 0, never inf * 0. limit(): kMax as the clamps read it.
+// argument is 0, never inf * 0.
 template <typename T>
 struct ExpClamp;
 template <>
 struct ExpClamp<float> {
-  static constexpr float kMax = kNegExpArgMax;
   LQ_HD static float limit() { return LQ_LIMIT(kNegExpArgMax); }
 };
 template <>
 struct ExpClamp<double> {
-  static constexpr double kMax = 800.0;
-  LQ_HD static double limit() { return kMax; }
+  LQ_HD static double limit() { return 800.0; }
 };
 
 // x = k ln2 + r, e^{-x} = 2^k e^r. The exponential is scaled by 2^(k + 64) first, a normal number
@@ -56,7 +54,7 @@ LQ_HD NegExp<float> neg_exp(float x) {
 }
 
 LQ_HD NegExp<double> neg_exp(double x) {
-  const double c = upper_bound(x, ExpClamp<double>::kMax);
+  const double c = upper_bound(x, ExpClamp<double>::limit());
   return {::exp(-c), ::expm1(-c)};
 }
 
